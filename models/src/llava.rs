@@ -1,0 +1,393 @@
+//! LLaVA: a vision tower, a projector and a decoder; the projected patch features of each image
+//! replace the `<image>` token slots of the text.
+
+use burn::config::Config;
+use burn::module::Module;
+use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
+use serde::{Deserialize, Serialize};
+
+use crate::llm::{DecoderConfig, DecoderLm, KvCache};
+use crate::mask::position_ids_from_mask;
+use crate::projector::{Projector, ProjectorConfig, ProjectorKind};
+use crate::vit::{VisionConfig, VisionTransformer};
+
+/// Which vision tokens feed the LLM (`vision_feature_select_strategy`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FeatureSelect {
+    /// Patch tokens only (the class token is dropped) — LLaVA-1.5.
+    Default,
+    /// Class token and patches.
+    Full,
+}
+
+/// Configuration of a [`Llava`] model.
+#[derive(Config, Debug, PartialEq)]
+pub struct LlavaConfig {
+    /// The vision tower.
+    pub vision: VisionConfig,
+    /// The language model.
+    pub text: DecoderConfig,
+    /// Token id whose slots receive image features (`image_token_index`).
+    pub image_token_id: usize,
+    /// Projector architecture.
+    #[config(default = "ProjectorKind::MlpGelu { depth: 2 }")]
+    pub projector: ProjectorKind,
+    /// Bias on the projector's linear layers.
+    #[config(default = true)]
+    pub projector_bias: bool,
+    /// Vision layer whose hidden states are used, HF-style index (`-2`: second to last).
+    #[config(default = -2)]
+    pub vision_feature_layer: i64,
+    /// Whether the class token is kept.
+    #[config(default = "FeatureSelect::Default")]
+    pub vision_feature_select_strategy: FeatureSelect,
+}
+
+impl LlavaConfig {
+    /// The `tiny` preset: [`VisionConfig::tiny`] (16 visual tokens per image) and
+    /// [`DecoderConfig::tiny`] with the given vocabulary.
+    pub fn tiny(vocab_size: usize, image_token_id: usize) -> Self {
+        Self::new(
+            VisionConfig::tiny(),
+            DecoderConfig::tiny(vocab_size),
+            image_token_id,
+        )
+    }
+
+    /// Number of `<image>` slots one image fills.
+    pub fn image_tokens(&self) -> usize {
+        self.vision.num_patches()
+            + usize::from(self.vision_feature_select_strategy == FeatureSelect::Full)
+    }
+
+    /// Initialise the model on `device`.
+    pub fn init(&self, device: &Device) -> Llava {
+        assert!(
+            self.image_token_id < self.text.vocab_size,
+            "image_token_id {} is outside the vocabulary ({})",
+            self.image_token_id,
+            self.text.vocab_size
+        );
+        Llava {
+            vision_tower: self.vision.init(device),
+            multi_modal_projector: ProjectorConfig::new(
+                self.vision.hidden_size,
+                self.text.hidden_size,
+            )
+            .with_kind(self.projector)
+            .with_bias(self.projector_bias)
+            .init(device),
+            language_model: self.text.init(device),
+            image_token_id: self.image_token_id as i64,
+            vision_feature_layer: self.vision_feature_layer,
+            drop_cls: self.vision_feature_select_strategy == FeatureSelect::Default,
+        }
+    }
+}
+
+/// One batch of LLaVA input.
+#[derive(Clone, Debug)]
+pub struct LlavaInput {
+    /// Token ids `[batch, seq]` with every `<image>` already expanded to
+    /// [`LlavaConfig::image_tokens`] slots of `image_token_id`.
+    pub input_ids: Tensor<2, Int>,
+    /// `[batch, seq]`, `true` for real tokens, `false` for padding (left or right).
+    pub attention_mask: Tensor<2, Bool>,
+    /// Pixel values `[images, 3, H, W]`, in the order their slots appear (row by row).
+    pub images: Option<Tensor<4>>,
+}
+
+/// Logits `[batch, seq, vocab]` of a forward pass.
+#[derive(Clone, Debug)]
+pub struct ModelOutput {
+    /// Next-token logits at every position.
+    pub logits: Tensor<3>,
+}
+
+/// Output of [`Llava::forward_text_only`].
+#[derive(Clone, Debug)]
+pub struct TextOnlyOutput {
+    /// Logits `[batch, kept, vocab]` of the text tokens, packed to the left; rows with fewer
+    /// text tokens are right-padded.
+    pub logits: Tensor<3>,
+    /// For each row, the index in the original sequence of each kept token, in order.
+    pub positions: Vec<Vec<usize>>,
+}
+
+/// Host-side view of a batch: which slots are images, which are padding, and positions.
+#[derive(Clone, Debug)]
+pub(crate) struct Layout {
+    pub ids: Vec<Vec<i64>>,
+    pub valid: Vec<Vec<bool>>,
+    pub positions: Vec<Vec<i64>>,
+    pub image: Vec<Vec<bool>>,
+}
+
+impl Layout {
+    pub(crate) fn new(ids: Vec<Vec<i64>>, valid: Vec<Vec<bool>>, image_token: i64) -> Self {
+        let positions = position_ids_from_mask(&valid);
+        let image = ids
+            .iter()
+            .zip(&valid)
+            .map(|(row, v)| {
+                row.iter()
+                    .zip(v)
+                    .map(|(&t, &v)| v && t == image_token)
+                    .collect()
+            })
+            .collect();
+        Self {
+            ids,
+            valid,
+            positions,
+            image,
+        }
+    }
+
+    fn read(input: &LlavaInput, image_token: i64) -> Self {
+        let [batch, seq] = input.input_ids.dims();
+        let ids = input
+            .input_ids
+            .to_data()
+            .convert::<i64>()
+            .try_into_vec::<i64>()
+            .expect("int tensor data");
+        let valid = input
+            .attention_mask
+            .to_data()
+            .try_into_vec::<bool>()
+            .expect("bool tensor data");
+        assert_eq!(
+            input.attention_mask.dims(),
+            [batch, seq],
+            "attention_mask shape"
+        );
+        Self::new(
+            ids.chunks(seq).map(<[i64]>::to_vec).collect(),
+            valid.chunks(seq).map(<[bool]>::to_vec).collect(),
+            image_token,
+        )
+    }
+
+    pub(crate) fn has_padding(&self) -> bool {
+        self.valid.iter().flatten().any(|v| !v)
+    }
+
+    pub(crate) fn image_slots(&self) -> usize {
+        self.image.iter().flatten().filter(|&&i| i).count()
+    }
+}
+
+pub(crate) fn int_tensor(rows: &[Vec<i64>], device: &Device) -> Tensor<2, Int> {
+    let seq = rows.first().map_or(0, Vec::len);
+    let flat: Vec<i64> = rows.iter().flatten().copied().collect();
+    Tensor::from_data(TensorData::new(flat, [rows.len(), seq]), device)
+}
+
+pub(crate) fn bool_tensor(rows: &[Vec<bool>], device: &Device) -> Tensor<2, Bool> {
+    let seq = rows.first().map_or(0, Vec::len);
+    let flat: Vec<bool> = rows.iter().flatten().copied().collect();
+    Tensor::from_data(TensorData::new(flat, [rows.len(), seq]), device)
+}
+
+/// The LLaVA model (HF `LlavaForConditionalGeneration`).
+#[derive(Module, Debug)]
+pub struct Llava {
+    /// CLIP vision tower.
+    pub vision_tower: VisionTransformer,
+    /// Vision → LLM projector.
+    pub multi_modal_projector: Projector,
+    /// The decoder LM.
+    pub language_model: DecoderLm,
+    /// Token id of the image slots.
+    #[module(skip)]
+    pub image_token_id: i64,
+    /// HF-style index of the vision layer used.
+    #[module(skip)]
+    pub vision_feature_layer: i64,
+    /// Whether the class token is dropped.
+    #[module(skip)]
+    pub drop_cls: bool,
+}
+
+impl Llava {
+    /// Projected visual tokens `[images, tokens, d_llm]`.
+    pub fn encode_images(&self, images: Tensor<4>) -> Tensor<3> {
+        let features =
+            self.vision_tower
+                .forward_features(images, self.vision_feature_layer, self.drop_cls);
+        self.multi_modal_projector.forward(features)
+    }
+
+    /// Token embeddings with the image slots replaced by projected image features, in order.
+    pub(crate) fn splice(
+        &self,
+        input_ids: Tensor<2, Int>,
+        images: Option<Tensor<4>>,
+        layout: &Layout,
+    ) -> Tensor<3> {
+        let text = self.language_model.embed(input_ids);
+        let slots = layout.image_slots();
+        let Some(images) = images else {
+            assert_eq!(
+                slots, 0,
+                "{slots} image slots in the text but no images given"
+            );
+            return text;
+        };
+        let visual = self.encode_images(images);
+        let [n_images, per_image, d] = visual.dims();
+        assert_eq!(
+            slots,
+            n_images * per_image,
+            "the text has {slots} image slots but {n_images} images give {} visual tokens \
+             ({per_image} each)",
+            n_images * per_image
+        );
+        let [batch, seq, _] = text.dims();
+        let mut next_visual = (batch * seq) as i64;
+        let index: Vec<i64> = layout
+            .image
+            .iter()
+            .flatten()
+            .enumerate()
+            .map(|(k, &is_image)| {
+                if is_image {
+                    next_visual += 1;
+                    next_visual - 1
+                } else {
+                    k as i64
+                }
+            })
+            .collect();
+        let device = text.device();
+        let index = Tensor::<1, Int>::from_data(TensorData::new(index, [batch * seq]), &device);
+        let pool = Tensor::cat(
+            vec![
+                text.reshape([batch * seq, d]),
+                visual.reshape([n_images * per_image, d]),
+            ],
+            0,
+        );
+        pool.select(0, index).reshape([batch, seq, d])
+    }
+
+    /// Final hidden states `[batch, seq, d]` of the full multimodal sequence.
+    pub fn forward_hidden(&self, input: LlavaInput) -> Tensor<3> {
+        let layout = Layout::read(&input, self.image_token_id);
+        let device = input.input_ids.device();
+        let embeds = self.splice(input.input_ids, input.images, &layout);
+        let key_valid = layout
+            .has_padding()
+            .then(|| bool_tensor(&layout.valid, &device));
+        self.language_model.forward_embeds(
+            embeds,
+            int_tensor(&layout.positions, &device),
+            key_valid,
+            None,
+        )
+    }
+
+    /// Next-token logits `[batch, seq, vocab]` of the full multimodal sequence.
+    pub fn forward(&self, input: LlavaInput) -> ModelOutput {
+        ModelOutput {
+            logits: self.language_model.logits(self.forward_hidden(input)),
+        }
+    }
+
+    /// CAL's contrast pass: the same text with the image slots removed, each text token keeping
+    /// the position id it has in the full sequence. Only the text tokens run, so this equals
+    /// [`forward_image_keys_masked`](Self::forward_image_keys_masked) at the text positions at
+    /// a fraction of its cost. Run it on `model.valid()` when no gradient is wanted.
+    pub fn forward_text_only(&self, input: LlavaInput) -> TextOnlyOutput {
+        let layout = Layout::read(&input, self.image_token_id);
+        let device = input.input_ids.device();
+        let positions: Vec<Vec<usize>> = layout
+            .valid
+            .iter()
+            .zip(&layout.image)
+            .map(|(valid, image)| {
+                (0..valid.len())
+                    .filter(|&t| valid[t] && !image[t])
+                    .collect()
+            })
+            .collect();
+        let kept = positions.iter().map(Vec::len).max().unwrap_or(0).max(1);
+        let pad = |row: Vec<i64>, fill: i64| {
+            let mut row = row;
+            row.resize(kept, fill);
+            row
+        };
+        let ids: Vec<Vec<i64>> = positions
+            .iter()
+            .zip(&layout.ids)
+            .map(|(p, ids)| pad(p.iter().map(|&t| ids[t]).collect(), 0))
+            .collect();
+        let pos: Vec<Vec<i64>> = positions
+            .iter()
+            .zip(&layout.positions)
+            .map(|(p, orig)| pad(p.iter().map(|&t| orig[t]).collect(), 1))
+            .collect();
+        let valid: Vec<Vec<bool>> = positions
+            .iter()
+            .map(|p| (0..kept).map(|j| j < p.len()).collect())
+            .collect();
+        let key_valid = valid
+            .iter()
+            .flatten()
+            .any(|v| !v)
+            .then(|| bool_tensor(&valid, &device));
+        let logits = self.language_model.forward(
+            int_tensor(&ids, &device),
+            int_tensor(&pos, &device),
+            key_valid,
+            None,
+        );
+        TextOnlyOutput { logits, positions }
+    }
+
+    /// The reference implementation of CAL's contrast (the official code's way): the full
+    /// sequence with the images spliced in, but every image slot hidden from attention.
+    /// Logits `[batch, seq, vocab]`; only the text positions are meaningful.
+    pub fn forward_image_keys_masked(&self, input: LlavaInput) -> ModelOutput {
+        let layout = Layout::read(&input, self.image_token_id);
+        let device = input.input_ids.device();
+        let embeds = self.splice(input.input_ids, input.images, &layout);
+        let key_valid: Vec<Vec<bool>> = layout
+            .valid
+            .iter()
+            .zip(&layout.image)
+            .map(|(v, i)| v.iter().zip(i).map(|(&v, &i)| v && !i).collect())
+            .collect();
+        let hidden = self.language_model.forward_embeds(
+            embeds,
+            int_tensor(&layout.positions, &device),
+            Some(bool_tensor(&key_valid, &device)),
+            None,
+        );
+        ModelOutput {
+            logits: self.language_model.logits(hidden),
+        }
+    }
+
+    /// Run the decoder on spliced embeddings with a cache (used by generation).
+    pub(crate) fn step(
+        &self,
+        embeds: Tensor<3>,
+        positions: &[Vec<i64>],
+        key_valid: Option<&[Vec<bool>]>,
+        cache: &mut KvCache,
+    ) -> Tensor<2> {
+        let device = embeds.device();
+        let hidden = self.language_model.forward_embeds(
+            embeds,
+            int_tensor(positions, &device),
+            key_valid.map(|v| bool_tensor(v, &device)),
+            Some(cache),
+        );
+        let [batch, seq, d] = hidden.dims();
+        let last = hidden.narrow(1, seq - 1, 1).reshape([batch, d]);
+        self.language_model.logits(last)
+    }
+}

@@ -1,0 +1,1 @@
+pub use vlalign_models as models;

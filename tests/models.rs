@@ -1,0 +1,288 @@
+//! Properties of the model family: shapes, causality, KV cache, padding, CAL's text-only
+//! identity, gradient flow.
+
+mod common;
+
+use burn::module::Module;
+use burn::tensor::{Int, Tensor, TensorData};
+use common::*;
+use vlalign::models::{
+    DecoderConfig, GenerationConfig, ProjectorConfig, ProjectorKind, VisionConfig,
+};
+
+#[test]
+fn output_shapes() {
+    let device = device();
+    let vit = VisionConfig::tiny().init(&device);
+    let x = images(2, &device);
+    assert_eq!(
+        vit.forward_features(x.clone(), -2, true).dims(),
+        [2, 16, 64]
+    );
+    assert_eq!(
+        vit.forward_features(x.clone(), -1, false).dims(),
+        [2, 17, 64]
+    );
+    assert_eq!(
+        vit.forward_features(x.clone(), 0, false).dims(),
+        [2, 17, 64]
+    );
+    assert_eq!(vit.forward_pooled(x).dims(), [2, 64]);
+
+    for (kind, layers) in [
+        (ProjectorKind::Linear, 1),
+        (ProjectorKind::MlpGelu { depth: 2 }, 2),
+    ] {
+        let p = ProjectorConfig::new(64, 48).with_kind(kind).init(&device);
+        assert_eq!(p.layers.len(), layers);
+        let y = p.forward(Tensor::<3>::zeros([2, 16, 64], &device));
+        assert_eq!(y.dims(), [2, 16, 48]);
+    }
+
+    for tie in [false, true] {
+        let lm = DecoderConfig::tiny(VOCAB)
+            .with_tie_word_embeddings(tie)
+            .init(&device);
+        assert_eq!(lm.lm_head.is_none(), tie);
+        let ids = Tensor::<2, Int>::from_data(
+            TensorData::new(vec![1i64, 2, 3, 4, 5, 6], [2, 3]),
+            &device,
+        );
+        let pos = Tensor::<2, Int>::from_data(
+            TensorData::new(vec![0i64, 1, 2, 0, 1, 2], [2, 3]),
+            &device,
+        );
+        assert_eq!(lm.forward(ids, pos, None, None).dims(), [2, 3, VOCAB]);
+    }
+
+    let llava = tiny_llava(&device);
+    let rows = vec![row(&[1, 2, 3, 4], 1), row(&[5, 6], 2)];
+    let out = llava.forward(input(&rows, false, Some(images(2, &device)), &device));
+    assert_eq!(out.logits.dims(), [2, 20, VOCAB]);
+}
+
+#[test]
+fn changing_a_later_token_leaves_earlier_logits_unchanged() {
+    let device = device();
+    let llava = tiny_llava(&device);
+    let imgs = images(1, &device);
+    let a = row(&[1, 2, 3, 4, 5, 6], 2);
+    let mut b = a.clone();
+    let changed = a.len() - 2;
+    b[changed] = 42;
+    let la = llava
+        .forward(input(&[a.clone()], false, Some(imgs.clone()), &device))
+        .logits;
+    let lb = llava
+        .forward(input(&[b], false, Some(imgs), &device))
+        .logits;
+    let before = max_abs_diff(
+        la.clone().narrow(1, 0, changed),
+        lb.clone().narrow(1, 0, changed),
+    );
+    let after = max_abs_diff(la.narrow(1, changed, 1), lb.narrow(1, changed, 1));
+    assert!(before < 1e-6, "earlier logits moved by {before}");
+    assert!(
+        after > 1e-4,
+        "the changed position itself must change ({after})"
+    );
+}
+
+#[test]
+fn left_padded_batch_matches_each_item_alone() {
+    let device = device();
+    let llava = tiny_llava(&device);
+    let imgs = images(2, &device);
+    let rows = vec![row(&[1, 2, 3, 4, 5, 6, 7], 1), row(&[8, 9], 1)];
+    for left in [true, false] {
+        let batch = llava
+            .forward(input(&rows, left, Some(imgs.clone()), &device))
+            .logits;
+        let width = batch.dims()[1];
+        for (i, r) in rows.iter().enumerate() {
+            let alone = llava
+                .forward(input(
+                    &[r.clone()],
+                    left,
+                    Some(imgs.clone().narrow(0, i, 1)),
+                    &device,
+                ))
+                .logits;
+            let start = if left { width - r.len() } else { 0 };
+            let part = batch.clone().narrow(0, i, 1).narrow(1, start, r.len());
+            let diff = max_abs_diff(part, alone);
+            assert!(diff < 1e-5, "row {i} (left={left}) differs by {diff}");
+        }
+    }
+}
+
+#[test]
+fn text_only_pass_equals_masking_the_image_keys() {
+    let device = device();
+    let llava = tiny_llava(&device);
+    // Two images in the first row (one in the middle of the text), one in the second, padding.
+    let mut first = row(&[1, 2, 3, 4, 5], 1);
+    first.extend(image_slots());
+    first.extend([6, 7, 8]);
+    let rows = vec![first, row(&[9, 10, 11], 2)];
+    let input = input(&rows, true, Some(images(3, &device)), &device);
+    let masked = llava.forward_image_keys_masked(input.clone()).logits;
+    let text = llava.forward_text_only(input.clone());
+    let full = llava.forward(input).logits;
+    let mut worst = 0f32;
+    let mut moved = 0f32;
+    for (b, positions) in text.positions.iter().enumerate() {
+        assert_eq!(positions.len(), [8, 3][b]);
+        for (j, &t) in positions.iter().enumerate() {
+            let a = text.logits.clone().narrow(0, b, 1).narrow(1, j, 1);
+            let m = masked.clone().narrow(0, b, 1).narrow(1, t, 1);
+            let f = full.clone().narrow(0, b, 1).narrow(1, t, 1);
+            worst = worst.max(max_abs_diff(a.clone(), m));
+            moved = moved.max(max_abs_diff(a, f));
+        }
+    }
+    assert!(worst <= 1e-5, "text-only and masked differ by {worst}");
+    assert!(
+        moved > 1e-3,
+        "the image must matter to the full pass ({moved})"
+    );
+}
+
+/// Greedy decoding by recomputing the whole sequence at every step.
+fn greedy_uncached(
+    llava: &vlalign::models::Llava,
+    prompt: &[i64],
+    imgs: Tensor<4>,
+    steps: usize,
+) -> Vec<u32> {
+    let device = imgs.device();
+    let mut seq = prompt.to_vec();
+    let mut out = Vec::new();
+    for _ in 0..steps {
+        let logits = llava
+            .forward(input(&[seq.clone()], false, Some(imgs.clone()), &device))
+            .logits;
+        let t = seq.len();
+        let next: Tensor<2, Int> = logits.narrow(1, t - 1, 1).reshape([1, VOCAB]).argmax(1);
+        let next = next
+            .into_data()
+            .convert::<i64>()
+            .try_into_vec::<i64>()
+            .unwrap()[0];
+        out.push(next as u32);
+        seq.push(next);
+    }
+    out
+}
+
+#[test]
+fn kv_cache_generation_matches_recomputation() {
+    let device = device();
+    let llava = tiny_llava(&device);
+    let imgs = images(2, &device);
+    let prompts = vec![row(&[1, 2, 3, 4, 5], 2), row(&[6, 7], 1)];
+    let config = GenerationConfig::new().with_max_new_tokens(10);
+    let as_u32 = |r: &Vec<i64>| r.iter().map(|&t| t as u32).collect::<Vec<_>>();
+    let batch = llava.generate(
+        &prompts.iter().map(as_u32).collect::<Vec<_>>(),
+        Some(imgs.clone()),
+        &config,
+    );
+    for (i, p) in prompts.iter().enumerate() {
+        let expected = greedy_uncached(&llava, p, imgs.clone().narrow(0, i, 1), 10);
+        let alone = llava.generate(&[as_u32(p)], Some(imgs.clone().narrow(0, i, 1)), &config);
+        assert_eq!(alone[0], expected, "cached generation of prompt {i} alone");
+        assert_eq!(
+            batch[i], expected,
+            "cached, left-padded batch generation of prompt {i}"
+        );
+    }
+    // Stop tokens end a row and are kept.
+    let stop = batch[0][3];
+    let first = batch[0].iter().position(|&t| t == stop).unwrap();
+    let stopped = llava.generate(
+        &[as_u32(&prompts[0])],
+        Some(imgs.narrow(0, 0, 1)),
+        &config.clone().with_stop_tokens(vec![stop]),
+    );
+    assert_eq!(stopped[0], batch[0][..=first].to_vec());
+}
+
+#[test]
+fn gradients_reach_projector_and_llm_but_not_a_frozen_vit() {
+    let device = device().autodiff();
+    let mut llava = tiny_llava(&device);
+    llava.vision_tower = llava.vision_tower.no_grad();
+    let rows = vec![row(&[1, 2, 3], 1)];
+    let logits = llava
+        .forward(input(&rows, false, Some(images(1, &device)), &device))
+        .logits;
+    let grads = logits.powf_scalar(2.0).mean().backward();
+    let proj = &llava.multi_modal_projector.layers[0].weight;
+    assert!(
+        proj.grad(&grads).is_some(),
+        "projector weight has no gradient"
+    );
+    let lm = &llava.language_model;
+    assert!(lm.embed_tokens.weight.grad(&grads).is_some());
+    assert!(lm.layers[0].self_attn.q_proj.weight.grad(&grads).is_some());
+    assert!(lm.lm_head.as_ref().unwrap().weight.grad(&grads).is_some());
+    let vit = &llava.vision_tower;
+    assert!(vit.patch_embedding.weight.grad(&grads).is_none());
+    assert!(vit.layers[0].fc1.weight.grad(&grads).is_none());
+    let g = to_vec(proj.grad(&grads).unwrap());
+    assert!(g.iter().any(|v| v.abs() > 0.0) && g.iter().all(|v| v.is_finite()));
+
+    // Unfrozen, the ViT gets gradients too.
+    let llava = tiny_llava(&device);
+    let logits = llava
+        .forward(input(&rows, false, Some(images(1, &device)), &device))
+        .logits;
+    let grads = logits.powf_scalar(2.0).mean().backward();
+    assert!(
+        llava
+            .vision_tower
+            .patch_embedding
+            .weight
+            .grad(&grads)
+            .is_some()
+    );
+}
+
+#[test]
+fn kv_cache_logits_match_the_full_forward() {
+    let device = device();
+    let lm = DecoderConfig::tiny(VOCAB).init(&device);
+    let tokens: Vec<i64> = vec![3, 14, 15, 92, 65, 35, 89, 79, 32, 38];
+    let t = tokens.len();
+    let ids = |r: std::ops::Range<usize>| {
+        Tensor::<2, Int>::from_data(
+            TensorData::new(tokens[r.clone()].to_vec(), [1, r.len()]),
+            &device,
+        )
+    };
+    let pos = |r: std::ops::Range<usize>| {
+        let p: Vec<i64> = r.clone().map(|p| p as i64).collect();
+        Tensor::<2, Int>::from_data(TensorData::new(p, [1, r.len()]), &device)
+    };
+    let full = lm.forward(ids(0..t), pos(0..t), None, None);
+    let mut cache = vlalign::models::KvCache::new();
+    let mut parts = vec![lm.forward(ids(0..4), pos(0..4), None, Some(&mut cache))];
+    for i in 4..t {
+        parts.push(lm.forward(ids(i..i + 1), pos(i..i + 1), None, Some(&mut cache)));
+        assert_eq!(cache.len(), i + 1);
+    }
+    let diff = max_abs_diff(Tensor::cat(parts, 1), full.clone());
+    assert!(diff < 1e-5, "cached logits differ by {diff}");
+    // RoPE is relative: shifting every position alike changes nothing, a gap changes the
+    // logits after it.
+    let shifted = lm.forward(ids(0..t), pos(5..t + 5), None, None);
+    assert!(max_abs_diff(shifted, full.clone()) < 1e-4);
+    let gap: Vec<i64> = (0..t as i64)
+        .map(|p| if p < 4 { p } else { p + 3 })
+        .collect();
+    let gap = Tensor::<2, Int>::from_data(TensorData::new(gap, [1, t]), &device);
+    let gapped = lm.forward(ids(0..t), gap, None, None);
+    assert!(max_abs_diff(gapped.clone().narrow(1, 0, 4), full.clone().narrow(1, 0, 4)) < 1e-6);
+    assert!(max_abs_diff(gapped.narrow(1, 4, t - 4), full.narrow(1, 4, t - 4)) > 1e-4);
+}
