@@ -1,1 +1,4 @@
+//! Shared code of the vlalign experiment binaries. This crate is the only place a backend is
+//! chosen: see [`device`].
 
+pub mod device;

@@ -1,0 +1,263 @@
+//! The compiled-in backends and the `--device` flag.
+//!
+//! Cargo features decide which backends exist in a build (`flex` by default; `ndarray`, `wgpu`,
+//! `cuda` on request); `--device NAME` or the `BURN_DEVICE` environment variable picks one at
+//! run time. Devices are constructed explicitly: burn's `Device::default()` prefers any GPU
+//! backend compiled in, and on a machine without a GPU wgpu silently falls back to a software
+//! rasteriser that is orders of magnitude slower than the CPU backend. We detect that case and
+//! say so.
+
+use std::fmt;
+use std::str::FromStr;
+
+use burn::tensor::Device;
+
+/// A backend vlalign can be built with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    /// Pure-Rust CPU backend (default).
+    Flex,
+    /// The deprecated ndarray CPU backend, kept for comparison.
+    Ndarray,
+    /// WGPU: Vulkan, Metal, DirectX or WebGPU.
+    Wgpu,
+    /// NVIDIA CUDA.
+    Cuda,
+}
+
+impl Backend {
+    /// Every backend, in the order a device is picked when none is asked for.
+    pub const ALL: [Backend; 4] = [Backend::Cuda, Backend::Wgpu, Backend::Flex, Backend::Ndarray];
+
+    /// The feature / flag name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Flex => "flex",
+            Backend::Ndarray => "ndarray",
+            Backend::Wgpu => "wgpu",
+            Backend::Cuda => "cuda",
+        }
+    }
+
+    /// Whether this build has the backend.
+    pub fn compiled(self) -> bool {
+        match self {
+            Backend::Flex => cfg!(feature = "flex"),
+            Backend::Ndarray => cfg!(feature = "ndarray"),
+            Backend::Wgpu => cfg!(feature = "wgpu"),
+            Backend::Cuda => cfg!(feature = "cuda"),
+        }
+    }
+}
+
+impl fmt::Display for Backend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Backends compiled into this build, in preference order.
+pub fn compiled_backends() -> Vec<Backend> {
+    Backend::ALL.into_iter().filter(|b| b.compiled()).collect()
+}
+
+/// Why no device could be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum DeviceError {
+    /// The name is not a backend at all.
+    #[error("unknown device '{name}': expected one of flex, ndarray, wgpu, cuda (optionally cuda:N)")]
+    Unknown {
+        /// What was asked for.
+        name: String,
+    },
+    /// The backend exists but this build lacks its feature.
+    #[error(
+        "device '{backend}' is not compiled into this build (compiled: {compiled}); rebuild with \
+         `--features {backend}`"
+    )]
+    NotCompiled {
+        /// What was asked for.
+        backend: Backend,
+        /// What this build has.
+        compiled: String,
+    },
+}
+
+/// A parsed `--device` value: a backend and, for CUDA, a device index.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DeviceSpec {
+    /// Backend.
+    pub backend: Backend,
+    /// Device index (CUDA), 0 otherwise.
+    pub index: usize,
+}
+
+impl FromStr for DeviceSpec {
+    type Err = DeviceError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let lower = s.trim().to_ascii_lowercase();
+        let (name, index) = match lower.split_once(':') {
+            Some((name, idx)) => (
+                name.to_string(),
+                idx.parse::<usize>().map_err(|_| DeviceError::Unknown {
+                    name: s.to_string(),
+                })?,
+            ),
+            None => (lower.clone(), 0),
+        };
+        let backend = match name.as_str() {
+            "flex" | "cpu" => Backend::Flex,
+            "ndarray" => Backend::Ndarray,
+            "wgpu" | "vulkan" | "metal" => Backend::Wgpu,
+            "cuda" | "gpu" => Backend::Cuda,
+            _ => {
+                return Err(DeviceError::Unknown {
+                    name: s.to_string(),
+                });
+            }
+        };
+        Ok(DeviceSpec { backend, index })
+    }
+}
+
+impl fmt::Display for DeviceSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.backend {
+            Backend::Cuda => write!(f, "cuda:{}", self.index),
+            b => write!(f, "{b}"),
+        }
+    }
+}
+
+/// An opened device and what we know about it.
+#[derive(Clone, Debug)]
+pub struct SelectedDevice {
+    /// The device (without autodiff; call `.autodiff()` to train).
+    pub device: Device,
+    /// What was selected.
+    pub spec: DeviceSpec,
+    /// The adapter's own name, where the backend reports one.
+    pub adapter: Option<String>,
+    /// A warning to print (e.g. a software rasteriser behind wgpu).
+    pub warning: Option<String>,
+}
+
+/// Open the device named by `requested` (the `--device` flag), else by `BURN_DEVICE`, else the
+/// first compiled backend in [`Backend::ALL`] order (a GPU when one is compiled in).
+pub fn select_device(requested: Option<&str>) -> Result<SelectedDevice, DeviceError> {
+    let env = std::env::var("BURN_DEVICE").ok().filter(|s| !s.is_empty());
+    let spec = match requested.or(env.as_deref()) {
+        Some(name) => name.parse::<DeviceSpec>()?,
+        None => DeviceSpec {
+            backend: compiled_backends().first().copied().ok_or_else(|| {
+                DeviceError::NotCompiled {
+                    backend: Backend::Flex,
+                    compiled: "none".into(),
+                }
+            })?,
+            index: 0,
+        },
+    };
+    open(spec)
+}
+
+fn not_compiled(backend: Backend) -> DeviceError {
+    DeviceError::NotCompiled {
+        backend,
+        compiled: compiled_backends()
+            .iter()
+            .map(|b| b.name())
+            .collect::<Vec<_>>()
+            .join(", "),
+    }
+}
+
+fn open(spec: DeviceSpec) -> Result<SelectedDevice, DeviceError> {
+    let selected = |device: Device, adapter: Option<String>, warning: Option<String>| SelectedDevice {
+        device,
+        spec,
+        adapter,
+        warning,
+    };
+    match spec.backend {
+        Backend::Flex => {
+            #[cfg(feature = "flex")]
+            return Ok(selected(Device::flex(), Some("CPU (flex)".into()), None));
+        }
+        Backend::Ndarray => {
+            #[cfg(feature = "ndarray")]
+            #[allow(deprecated)]
+            return Ok(selected(
+                Device::ndarray(),
+                Some("CPU (ndarray, deprecated)".into()),
+                None,
+            ));
+        }
+        Backend::Wgpu => {
+            #[cfg(feature = "wgpu")]
+            {
+                let device = Device::wgpu(burn::tensor::DeviceKind::DefaultDevice);
+                let identity = device.identity();
+                let name = identity.as_ref().map(|i| i.name.clone());
+                let software = identity.as_ref().is_some_and(|i| i.physical.is_none());
+                let warning = software.then(|| {
+                    format!(
+                        "wgpu found no GPU and runs on a software rasteriser ({}): expect it to \
+                         be far slower than `--device flex`",
+                        name.as_deref().unwrap_or("unknown adapter")
+                    )
+                });
+                return Ok(selected(device, name, warning));
+            }
+        }
+        Backend::Cuda => {
+            #[cfg(feature = "cuda")]
+            {
+                let device = Device::cuda(spec.index);
+                let name = device.identity().map(|i| i.name);
+                return Ok(selected(device, name, None));
+            }
+        }
+    }
+    #[allow(unreachable_code)]
+    Err(not_compiled(spec.backend))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_names() {
+        assert_eq!(
+            "cuda:1".parse::<DeviceSpec>().unwrap(),
+            DeviceSpec {
+                backend: Backend::Cuda,
+                index: 1
+            }
+        );
+        assert_eq!("FLEX".parse::<DeviceSpec>().unwrap().backend, Backend::Flex);
+        assert!(matches!(
+            "tpu".parse::<DeviceSpec>(),
+            Err(DeviceError::Unknown { .. })
+        ));
+        assert!("cuda:x".parse::<DeviceSpec>().is_err());
+    }
+
+    #[test]
+    fn default_build_opens_flex() {
+        if cfg!(feature = "flex") && !cfg!(feature = "wgpu") && !cfg!(feature = "cuda") {
+            let s = select_device(Some("flex")).unwrap();
+            assert_eq!(s.spec.backend, Backend::Flex);
+        }
+    }
+
+    #[test]
+    fn missing_backend_is_an_error_naming_the_feature() {
+        if !cfg!(feature = "cuda") {
+            let e = select_device(Some("cuda")).unwrap_err().to_string();
+            assert!(e.contains("--features cuda"), "{e}");
+        }
+    }
+}
