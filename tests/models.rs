@@ -71,7 +71,12 @@ fn changing_a_later_token_leaves_earlier_logits_unchanged() {
     let changed = a.len() - 2;
     b[changed] = 42;
     let la = llava
-        .forward(input(&[a.clone()], false, Some(imgs.clone()), &device))
+        .forward(input(
+            std::slice::from_ref(&a),
+            false,
+            Some(imgs.clone()),
+            &device,
+        ))
         .logits;
     let lb = llava
         .forward(input(&[b], false, Some(imgs), &device))
@@ -102,7 +107,7 @@ fn left_padded_batch_matches_each_item_alone() {
         for (i, r) in rows.iter().enumerate() {
             let alone = llava
                 .forward(input(
-                    &[r.clone()],
+                    std::slice::from_ref(r),
                     left,
                     Some(imgs.clone().narrow(0, i, 1)),
                     &device,
@@ -180,7 +185,7 @@ fn kv_cache_generation_matches_recomputation() {
     let device = device();
     let llava = tiny_llava(&device);
     let imgs = images(2, &device);
-    let prompts = vec![row(&[1, 2, 3, 4, 5], 2), row(&[6, 7], 1)];
+    let prompts = [row(&[1, 2, 3, 4, 5], 2), row(&[6, 7], 1)];
     let config = GenerationConfig::new().with_max_new_tokens(10);
     let as_u32 = |r: &Vec<i64>| r.iter().map(|&t| t as u32).collect::<Vec<_>>();
     let batch = llava.generate(
@@ -285,4 +290,59 @@ fn kv_cache_logits_match_the_full_forward() {
     let gapped = lm.forward(ids(0..t), gap, None, None);
     assert!(max_abs_diff(gapped.clone().narrow(1, 0, 4), full.clone().narrow(1, 0, 4)) < 1e-6);
     assert!(max_abs_diff(gapped.narrow(1, 4, t - 4), full.narrow(1, 4, t - 4)) > 1e-4);
+}
+
+#[test]
+fn hf_config_builds_a_model_and_configs_round_trip() {
+    use vlalign::models::hf::{HfModelConfig, parse_config};
+    let json = serde_json::json!({
+        "model_type": "llava", "image_token_index": 90, "projector_hidden_act": "gelu",
+        "vision_feature_layer": -1, "vision_feature_select_strategy": "full",
+        "text_config": {"model_type": "qwen2", "vocab_size": 97, "hidden_size": 32,
+            "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 4,
+            "num_key_value_heads": 1, "tie_word_embeddings": true,
+            "rope_parameters": {"rope_theta": 1000000.0, "rope_type": "default"}},
+        "vision_config": {"model_type": "clip_vision_model", "hidden_size": 16,
+            "intermediate_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
+            "image_size": 16, "patch_size": 8, "hidden_act": "gelu"}
+    });
+    let HfModelConfig::Llava(config) = parse_config(&json).unwrap() else {
+        panic!("expected a llava config")
+    };
+    assert_eq!(
+        config.image_tokens(),
+        5,
+        "4 patches + the class token ('full')"
+    );
+    let device = device();
+    let model = config.init(&device);
+    assert!(model.language_model.lm_head.is_none());
+    assert!(
+        model.language_model.layers[0]
+            .self_attn
+            .q_proj
+            .bias
+            .is_some()
+    );
+    assert!(
+        model.language_model.layers[0]
+            .self_attn
+            .o_proj
+            .bias
+            .is_none()
+    );
+    let rows = vec![{
+        let mut r = vec![1, 2];
+        r.extend(vec![90; 5]);
+        r.extend([3, 4]);
+        r
+    }];
+    let imgs = Tensor::<4>::zeros([1, 3, 16, 16], &device);
+    let out = model.forward(input(&rows, false, Some(imgs), &device));
+    assert_eq!(out.logits.dims(), [1, 9, 97]);
+
+    // Configs serialise as JSON and read back equal (run directories store them).
+    let text = serde_json::to_string(&config).unwrap();
+    let back: vlalign::models::LlavaConfig = serde_json::from_str(&text).unwrap();
+    assert_eq!(back, config);
 }

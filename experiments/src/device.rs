@@ -27,7 +27,12 @@ pub enum Backend {
 
 impl Backend {
     /// Every backend, in the order a device is picked when none is asked for.
-    pub const ALL: [Backend; 4] = [Backend::Cuda, Backend::Wgpu, Backend::Flex, Backend::Ndarray];
+    pub const ALL: [Backend; 4] = [
+        Backend::Cuda,
+        Backend::Wgpu,
+        Backend::Flex,
+        Backend::Ndarray,
+    ];
 
     /// The feature / flag name.
     pub fn name(self) -> &'static str {
@@ -65,7 +70,9 @@ pub fn compiled_backends() -> Vec<Backend> {
 #[derive(Debug, thiserror::Error)]
 pub enum DeviceError {
     /// The name is not a backend at all.
-    #[error("unknown device '{name}': expected one of flex, ndarray, wgpu, cuda (optionally cuda:N)")]
+    #[error(
+        "unknown device '{name}': expected one of flex, ndarray, wgpu, cuda (optionally cuda:N)"
+    )]
     Unknown {
         /// What was asked for.
         name: String,
@@ -174,12 +181,13 @@ fn not_compiled(backend: Backend) -> DeviceError {
 }
 
 fn open(spec: DeviceSpec) -> Result<SelectedDevice, DeviceError> {
-    let selected = |device: Device, adapter: Option<String>, warning: Option<String>| SelectedDevice {
-        device,
-        spec,
-        adapter,
-        warning,
-    };
+    let selected =
+        |device: Device, adapter: Option<String>, warning: Option<String>| SelectedDevice {
+            device,
+            spec,
+            adapter,
+            warning,
+        };
     match spec.backend {
         Backend::Flex => {
             #[cfg(feature = "flex")]

@@ -22,7 +22,7 @@ pub enum Masking {
     Causal,
     /// An explicit mask `[batch, 1, queries, keys]`, `true` where a query must not attend
     /// (see [`crate::mask::causal_mask`]).
-    Explicit(Tensor<4, Bool>),
+    Explicit(Box<Tensor<4, Bool>>),
 }
 
 /// Configuration of a [`SelfAttention`] layer.
@@ -154,7 +154,7 @@ impl SelfAttention {
                 options.is_causal = true;
                 None
             }
-            Masking::Explicit(m) => Some(m.clone().expand([batch, self.n_heads, seq, keys])),
+            Masking::Explicit(m) => Some((**m).clone().expand([batch, self.n_heads, seq, keys])),
         };
         let context = attention(q, k, v, mask, None, options);
         let context = context

@@ -236,7 +236,10 @@ pub fn decoder_config(value: &Value) -> Result<DecoderConfig, ConfigError> {
     if config.num_attention_heads == 0 || config.num_key_value_heads == 0 {
         return Err(f.invalid("num_attention_heads", "heads must be positive"));
     }
-    if config.num_attention_heads % config.num_key_value_heads != 0 {
+    if !config
+        .num_attention_heads
+        .is_multiple_of(config.num_key_value_heads)
+    {
         return Err(f.invalid(
             "num_key_value_heads",
             format!(
@@ -245,7 +248,11 @@ pub fn decoder_config(value: &Value) -> Result<DecoderConfig, ConfigError> {
             ),
         ));
     }
-    if config.head_dim.is_none() && config.hidden_size % config.num_attention_heads != 0 {
+    if config.head_dim.is_none()
+        && !config
+            .hidden_size
+            .is_multiple_of(config.num_attention_heads)
+    {
         return Err(f.invalid(
             "hidden_size",
             "not a multiple of num_attention_heads and no head_dim given",
@@ -260,16 +267,12 @@ pub fn decoder_config(value: &Value) -> Result<DecoderConfig, ConfigError> {
 /// RoPE base and scaling from either dialect.
 fn rope(f: &Fields<'_>) -> Result<(f64, RopeScaling), ConfigError> {
     let params = f.nested("rope_parameters")?;
-    let scaling_obj = match &params {
-        Some(p) => Some(p),
-        None => None,
-    };
     let legacy = f.nested("rope_scaling")?;
     let theta = match &params {
         Some(p) if p.get("rope_theta").is_some() => p.f64_or("rope_theta", 10000.0)?,
         _ => f.f64_or("rope_theta", 10000.0)?,
     };
-    let Some(s) = scaling_obj.or(legacy.as_ref()) else {
+    let Some(s) = params.as_ref().or(legacy.as_ref()) else {
         return Ok((theta, RopeScaling::Default));
     };
     let kind = match s.get("rope_type") {
@@ -330,7 +333,7 @@ fn vision_fields(
     .with_num_channels(f.usize_or("num_channels", 3)?)
     .with_layer_norm_eps(f.f64_or("layer_norm_eps", 1e-5)?)
     .with_hidden_act(hidden_act);
-    if config.patch_size == 0 || config.image_size % config.patch_size != 0 {
+    if config.patch_size == 0 || !config.image_size.is_multiple_of(config.patch_size) {
         return Err(f.invalid(
             "patch_size",
             format!(
@@ -339,7 +342,11 @@ fn vision_fields(
             ),
         ));
     }
-    if config.num_attention_heads == 0 || config.hidden_size % config.num_attention_heads != 0 {
+    if config.num_attention_heads == 0
+        || !config
+            .hidden_size
+            .is_multiple_of(config.num_attention_heads)
+    {
         return Err(f.invalid("num_attention_heads", "must divide hidden_size"));
     }
     Ok(config)

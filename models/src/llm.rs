@@ -39,7 +39,7 @@ pub struct DecoderConfig {
     /// RoPE frequency rescaling.
     #[config(default = "RopeScaling::Default")]
     pub rope_scaling: RopeScaling,
-    /// Longest context the model was trained for (informational; generation checks it).
+    /// Longest context the model was trained for (informational).
     #[config(default = 2048)]
     pub max_position_embeddings: usize,
     /// Bias on q/k/v projections (Qwen2: true; LLaMA: `attention_bias`).
@@ -73,7 +73,7 @@ impl DecoderConfig {
     pub fn init(&self, device: &Device) -> DecoderLm {
         let head_dim = self.head_dim();
         assert!(
-            head_dim % 2 == 0,
+            head_dim.is_multiple_of(2),
             "RoPE needs an even head_dim, got {head_dim}"
         );
         let d = self.hidden_size;
@@ -245,7 +245,7 @@ impl DecoderLm {
         let seq = embeds.dims()[1];
         let rope = RotaryCache::new(position_ids, &self.inv_freq, &device);
         let masking = match key_valid {
-            Some(valid) => Masking::Explicit(causal_mask(valid, seq)),
+            Some(valid) => Masking::Explicit(Box::new(causal_mask(valid, seq))),
             None => Masking::Causal,
         };
         if let Some(cache) = cache.as_deref_mut()

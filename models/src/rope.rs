@@ -57,7 +57,7 @@ pub fn inv_freq(head_dim: usize, theta: f64, scaling: &RopeScaling) -> Vec<f32> 
                     let scaled = if wavelen > low_wavelen { f / factor } else { f };
                     let smooth =
                         (old / wavelen - low_freq_factor) / (high_freq_factor - low_freq_factor);
-                    let medium = !(wavelen < high_wavelen) && !(wavelen > low_wavelen);
+                    let medium = (high_wavelen..=low_wavelen).contains(&wavelen);
                     if medium {
                         ((1.0 - smooth) * scaled / factor + smooth * scaled) as f32
                     } else {

@@ -10,8 +10,8 @@
 use std::process::ExitCode;
 use std::time::Instant;
 
-use burn::tensor::{Bool, Distribution, Int, Tensor, TensorData};
 use burn::module::Module;
+use burn::tensor::{Bool, Distribution, Int, Tensor, TensorData};
 use clap::Parser;
 use experiments::device::{compiled_backends, select_device};
 use vlalign_models::{GenerationConfig, LlavaConfig, LlavaInput};
@@ -45,7 +45,10 @@ fn main() -> ExitCode {
     println!(
         "device: {} ({})",
         selected.spec,
-        selected.adapter.as_deref().unwrap_or("adapter not reported")
+        selected
+            .adapter
+            .as_deref()
+            .unwrap_or("adapter not reported")
     );
     if let Some(w) = &selected.warning {
         eprintln!("warning: {w}");
@@ -69,13 +72,21 @@ fn main() -> ExitCode {
         })
         .collect();
     let make_input = |device: &burn::tensor::Device| LlavaInput {
-        input_ids: Tensor::<2, Int>::from_data(TensorData::new(ids.clone(), [args.batch, seq]), device),
+        input_ids: Tensor::<2, Int>::from_data(
+            TensorData::new(ids.clone(), [args.batch, seq]),
+            device,
+        ),
         attention_mask: Tensor::<2, Bool>::from_data(
             TensorData::new(vec![true; args.batch * seq], [args.batch, seq]),
             device,
         ),
         images: Some(Tensor::random(
-            [args.batch, 3, config.vision.image_size, config.vision.image_size],
+            [
+                args.batch,
+                3,
+                config.vision.image_size,
+                config.vision.image_size,
+            ],
             Distribution::Normal(0.0, 1.0),
             device,
         )),
@@ -85,7 +96,11 @@ fn main() -> ExitCode {
     let model = config.init(&train_device);
     let eval = model.valid();
     let finite = |t: Tensor<3>| {
-        let v = t.into_data().convert::<f32>().try_into_vec::<f32>().unwrap_or_default();
+        let v = t
+            .into_data()
+            .convert::<f32>()
+            .try_into_vec::<f32>()
+            .unwrap_or_default();
         !v.is_empty() && v.iter().all(|x| x.is_finite())
     };
     let time = |name: &str, f: &dyn Fn() -> bool| {
@@ -93,18 +108,27 @@ fn main() -> ExitCode {
         let start = Instant::now();
         let ok = f();
         let ms = start.elapsed().as_secs_f64() * 1e3;
-        println!("{name:<28} {ms:>9.2} ms  {}", if ok { "ok" } else { "NOT FINITE" });
+        println!(
+            "{name:<28} {ms:>9.2} ms  {}",
+            if ok { "ok" } else { "NOT FINITE" }
+        );
         ok
     };
     let mut ok = true;
-    ok &= time("forward (no grad)", &|| finite(eval.forward(make_input(&device)).logits));
+    ok &= time("forward (no grad)", &|| {
+        finite(eval.forward(make_input(&device)).logits)
+    });
     ok &= time("text-only pass (no grad)", &|| {
         finite(eval.forward_text_only(make_input(&device)).logits)
     });
     ok &= time("forward + backward", &|| {
         let logits = model.forward(make_input(&train_device)).logits;
         let grads = logits.clone().powf_scalar(2.0).mean().backward();
-        model.multi_modal_projector.layers[0].weight.grad(&grads).is_some() && finite(logits.inner())
+        model.multi_modal_projector.layers[0]
+            .weight
+            .grad(&grads)
+            .is_some()
+            && finite(logits.inner())
     });
     ok &= time("generate 16 tokens (greedy)", &|| {
         let input = make_input(&device);
