@@ -2,3 +2,4 @@
 //! chosen: see [`device`].
 
 pub mod device;
+pub mod world;

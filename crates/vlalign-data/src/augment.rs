@@ -1,0 +1,116 @@
+//! Augmentations on normalized CHW pixels: Gaussian blur (VIG's contrast) and diffusion noise
+//! (SeVa's rejected-answer image).
+
+use rand::Rng;
+
+/// Gaussian blur of each channel of a CHW image, kernel radius ⌈3σ⌉, reflected borders.
+pub fn gaussian_blur(pixels: &[f32], channels: usize, size: usize, sigma: f32) -> Vec<f32> {
+    if sigma <= 0.0 {
+        return pixels.to_vec();
+    }
+    let radius = (3.0 * sigma).ceil() as i64;
+    let kernel: Vec<f32> = (-radius..=radius)
+        .map(|i| (-(i * i) as f32 / (2.0 * sigma * sigma)).exp())
+        .collect();
+    let total: f32 = kernel.iter().sum();
+    let kernel: Vec<f32> = kernel.iter().map(|k| k / total).collect();
+    let n = size as i64;
+    let reflect = |i: i64| -> usize {
+        let mut i = i;
+        while i < 0 || i >= n {
+            i = if i < 0 { -i - 1 } else { 2 * n - i - 1 };
+        }
+        i as usize
+    };
+    let mut out = pixels.to_vec();
+    let mut tmp = vec![0.0; size * size];
+    for c in 0..channels {
+        let plane = &pixels[c * size * size..(c + 1) * size * size];
+        for y in 0..size {
+            for x in 0..size {
+                tmp[y * size + x] = kernel
+                    .iter()
+                    .enumerate()
+                    .map(|(k, w)| w * plane[y * size + reflect(x as i64 + k as i64 - radius)])
+                    .sum();
+            }
+        }
+        let dst = &mut out[c * size * size..(c + 1) * size * size];
+        for y in 0..size {
+            for x in 0..size {
+                dst[y * size + x] = kernel
+                    .iter()
+                    .enumerate()
+                    .map(|(k, w)| w * tmp[reflect(y as i64 + k as i64 - radius) * size + x])
+                    .sum();
+            }
+        }
+    }
+    out
+}
+
+/// SeVa's noise schedule: `β_s = sigmoid(linspace(−6, 6, steps)) · (5e-3 − 1e-5) + 1e-5`;
+/// returns `ᾱ_t = Π_{s ≤ t} (1 − β_s)` for every step.
+pub fn alpha_bars(steps: usize) -> Vec<f64> {
+    let mut acc = 1.0;
+    (0..steps)
+        .map(|s| {
+            let x = -6.0 + 12.0 * s as f64 / (steps - 1).max(1) as f64;
+            let beta = 1.0 / (1.0 + (-x).exp()) * (5e-3 - 1e-5) + 1e-5;
+            acc *= 1.0 - beta;
+            acc
+        })
+        .collect()
+}
+
+/// `x_t = sqrt(ᾱ_t) · x_0 + sqrt(1 − ᾱ_t) · ε` at step `t` of a 1000-step schedule.
+pub fn diffusion_noise(pixels: &[f32], step: usize, rng: &mut impl Rng) -> Vec<f32> {
+    let bars = alpha_bars(1000);
+    let a = bars[step.min(999)];
+    let (sa, sn) = (a.sqrt() as f32, (1.0 - a).sqrt() as f32);
+    pixels
+        .iter()
+        .map(|&x| sa * x + sn * standard_normal(rng))
+        .collect()
+}
+
+/// One N(0, 1) draw (Box–Muller).
+pub fn standard_normal(rng: &mut impl Rng) -> f32 {
+    let u1: f64 = rng.random::<f64>().max(f64::MIN_POSITIVE);
+    let u2: f64 = rng.random();
+    ((-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()) as f32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+
+    #[test]
+    fn blur_preserves_constants_and_spreads_a_point() {
+        let flat = vec![0.7; 2 * 9 * 9];
+        let b = gaussian_blur(&flat, 2, 9, 1.5);
+        assert!(b.iter().all(|v| (v - 0.7).abs() < 1e-5));
+        let mut point = vec![0.0; 9 * 9];
+        point[4 * 9 + 4] = 1.0;
+        let b = gaussian_blur(&point, 1, 9, 1.0);
+        let sum: f32 = b.iter().sum();
+        assert!((sum - 1.0).abs() < 1e-4, "mass is kept ({sum})");
+        assert!(
+            b[4 * 9 + 4] < 0.2 && b[4 * 9 + 5] > 0.05 && (b[4 * 9 + 5] - b[5 * 9 + 4]).abs() < 1e-6
+        );
+    }
+
+    #[test]
+    fn seva_schedule_endpoints() {
+        let bars = alpha_bars(1000);
+        assert!(bars[0] < 1.0 && bars[0] > 0.9999);
+        assert!(bars[500] > 0.3 && bars[500] < 0.6, "{}", bars[500]);
+        assert!(bars[999] < bars[800] && bars[800] < bars[500]);
+        let mut rng = rand::rngs::StdRng::seed_from_u64(0);
+        let x = vec![1.0; 10_000];
+        let y = diffusion_noise(&x, 500, &mut rng);
+        let mean = y.iter().sum::<f32>() / y.len() as f32;
+        assert!((mean - bars[500].sqrt() as f32).abs() < 0.05);
+    }
+}
