@@ -10,7 +10,7 @@ use std::str::FromStr;
 
 use crate::error::{DatasetError, Problem};
 use crate::record::{IMAGE_PLACEHOLDER, Record, Role};
-use crate::tokenizer::TextTokenizer;
+use crate::tokenizer::{Offsets, TextTokenizer};
 use crate::truth::{TokenTruth, WordKind};
 
 /// Label of an unsupervised position.
@@ -308,7 +308,7 @@ impl Encoder {
         Ok(())
     }
 
-    fn tokenize(&self, text: &str) -> Result<(Vec<u32>, Vec<(usize, usize)>), Problem> {
+    fn tokenize(&self, text: &str) -> Result<(Vec<u32>, Offsets), Problem> {
         self.tokenizer
             .encode(text)
             .map_err(|e| Problem::Json(format!("tokenizer failed: {e}")))

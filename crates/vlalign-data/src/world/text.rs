@@ -11,7 +11,7 @@ use crate::record::{GroundedSpan, Record, Role, Turn};
 #[derive(Default)]
 struct Answer {
     text: String,
-    spans: Vec<(usize, usize, &'static str, Option<[f32; 4]>, bool)>,
+    spans: Vec<GroundedSpan>,
 }
 
 impl Answer {
@@ -24,8 +24,14 @@ impl Answer {
         let start = self.text.len();
         self.text.push_str(s);
         let prior = kind == "color" && obj.is_some_and(|o| o.prior);
-        self.spans
-            .push((start, self.text.len(), kind, obj.map(Object::bbox), prior));
+        self.spans.push(GroundedSpan {
+            turn: 0,
+            start,
+            end: self.text.len(),
+            kind: kind.to_string(),
+            bbox: obj.map(Object::bbox),
+            prior,
+        });
         self
     }
 
@@ -44,14 +50,7 @@ impl Answer {
     fn spans(&self, turn: usize) -> Vec<GroundedSpan> {
         self.spans
             .iter()
-            .map(|&(start, end, kind, bbox, prior)| GroundedSpan {
-                turn,
-                start,
-                end,
-                kind: kind.to_string(),
-                bbox,
-                prior,
-            })
+            .map(|s| GroundedSpan { turn, ..s.clone() })
             .collect()
     }
 }
@@ -188,7 +187,7 @@ impl ShapeStats {
     }
 }
 
-fn unique<'a>(scene: &'a Scene, key: impl Fn(&Object) -> String) -> Vec<&'a Object> {
+fn unique(scene: &Scene, key: impl Fn(&Object) -> String) -> Vec<&Object> {
     scene
         .objects
         .iter()
@@ -340,7 +339,7 @@ pub fn group_record(id: &str, images: &[String], shared: &Object) -> Record {
         .word(shared.shape.name(), "shape", Some(shared))
         .lit(".");
     // Boxes differ per image; the group answer carries none.
-    a.spans.iter_mut().for_each(|s| s.3 = None);
+    a.spans.iter_mut().for_each(|s| s.bbox = None);
     Record {
         id: id.to_string(),
         images: images.to_vec(),
