@@ -435,3 +435,17 @@ fn batches_pad_right_for_training_and_left_for_generation() {
         }
     }
 }
+
+#[test]
+fn prompts_end_where_the_answer_starts() {
+    let tk = tokenizer();
+    for template in [Template::Plain, Template::VicunaV1, Template::Chatml] {
+        let e = Encoder::new(tk.clone(), template, 3, 512, None).unwrap();
+        let record = two_turn_record();
+        let full = e.encode(&record).unwrap();
+        let (prompt, images, reference) = e.encode_prompt(&record).unwrap();
+        let first_answer = full.labels.iter().position(|&l| l != IGNORE).unwrap();
+        assert_eq!(prompt, full.ids[..first_answer].to_vec(), "{template}");
+        assert_eq!((images, reference.as_str()), (1, "The circle is red."));
+    }
+}

@@ -171,6 +171,29 @@ impl Encoder {
 
     /// Encode a whole record (training).
     pub fn encode(&self, record: &Record) -> Result<Encoded, Problem> {
+        self.truncate(self.build(record)?.finish())
+    }
+
+    /// Encode the prompt of the first assistant turn (generation): its token ids (ending where
+    /// the answer starts), the number of images it holds, and the reference answer text.
+    pub fn encode_prompt(&self, record: &Record) -> Result<(Vec<u32>, usize, String), Problem> {
+        let first_answer = record
+            .turns
+            .iter()
+            .position(|t| t.role == Role::Gpt)
+            .ok_or(Problem::NoAnswer)?;
+        let prompt = Record {
+            turns: record.turns[..first_answer].to_vec(),
+            truth: Vec::new(),
+            ..record.clone()
+        };
+        let b = self.build(&prompt)?;
+        let images = b.image_spans.len();
+        Ok((b.ids, images, record.turns[first_answer].value.clone()))
+    }
+
+    /// The untruncated sequence of a record, turn by turn.
+    fn build(&self, record: &Record) -> Result<Builder, Problem> {
         let mut b = Builder::default();
         if let Some(bos) = self.bos {
             b.push(&[bos], None);
@@ -186,7 +209,7 @@ impl Encoder {
                     self.answer(&mut b, record, i, "")?;
                 }
                 (_, Role::Human) => {
-                    let first = i == 0 || !record.turns[..i].iter().any(|t| t.role == Role::Human);
+                    let first = !record.turns[..i].iter().any(|t| t.role == Role::Human);
                     let text = self.human_text(&turn.value, first);
                     self.context(&mut b, &text)?;
                 }
@@ -199,38 +222,7 @@ impl Encoder {
                 }
             }
         }
-        self.truncate(b.finish())
-    }
-
-    /// Encode the prompt of the first assistant turn (generation): everything up to where the
-    /// answer starts, and the reference answer text.
-    pub fn encode_prompt(&self, record: &Record) -> Result<(Vec<u32>, usize, String), Problem> {
-        let first_answer = record
-            .turns
-            .iter()
-            .position(|t| t.role == Role::Gpt)
-            .ok_or(Problem::NoAnswer)?;
-        let prompt = Record {
-            turns: record.turns[..first_answer].to_vec(),
-            truth: Vec::new(),
-            ..record.clone()
-        };
-        let mut b = Builder::default();
-        if let Some(bos) = self.bos {
-            b.push(&[bos], None);
-        }
-        for (i, turn) in prompt.turns.iter().enumerate() {
-            match self.template {
-                Template::Plain => {
-                    for _ in 0..turn.value.matches(IMAGE_PLACEHOLDER).count() {
-                        b.image(self.image_token_id, self.image_tokens);
-                    }
-                }
-                _ => self.context(&mut b, &self.human_text(&turn.value, i == 0))?,
-            }
-        }
-        let images = b.image_spans.len();
-        Ok((b.ids, images, record.turns[first_answer].value.clone()))
+        Ok(b)
     }
 
     fn human_text(&self, value: &str, first: bool) -> String {
