@@ -391,3 +391,65 @@ impl Llava {
         self.language_model.logits(last)
     }
 }
+
+/// HF → vlalign key map of a LLaVA checkpoint, accepting the hub layout
+/// (`language_model.model.*`, `vision_tower.vision_model.*`), what transformers 5 writes
+/// (`vision_tower.*`), transformers 4.52's (`model.language_model.*`, `lm_head.*`,
+/// `model.vision_tower.*`) and the original LLaVA projector (`model.mm_projector.{0,2}`).
+pub fn hf_key_map() -> Vec<(String, String)> {
+    let mut map: Vec<(String, String)> = [
+        (r"^model\.language_model\.", "language_model.model."),
+        (r"^lm_head\.", "language_model.lm_head."),
+        (r"^model\.multi_modal_projector\.", "multi_modal_projector."),
+        (r"^model\.vision_tower\.", "vision_tower."),
+        (
+            r"^multi_modal_projector\.linear_1\.",
+            "multi_modal_projector.layers.0.",
+        ),
+        (
+            r"^multi_modal_projector\.linear_2\.",
+            "multi_modal_projector.layers.1.",
+        ),
+        (
+            r"^model\.mm_projector\.(weight|bias)$",
+            "multi_modal_projector.layers.0.${1}",
+        ),
+        (
+            r"^model\.mm_projector\.0\.",
+            "multi_modal_projector.layers.0.",
+        ),
+        (
+            r"^model\.mm_projector\.2\.",
+            "multi_modal_projector.layers.1.",
+        ),
+        (
+            r"^model\.mm_projector\.4\.",
+            "multi_modal_projector.layers.2.",
+        ),
+        (
+            r"^model\.mm_projector\.6\.",
+            "multi_modal_projector.layers.3.",
+        ),
+    ]
+    .iter()
+    .map(|(a, b)| (a.to_string(), b.to_string()))
+    .collect();
+    map.extend(crate::vit::hf_key_map("vision_tower."));
+    map.extend(crate::llm::hf_key_map("language_model."));
+    map
+}
+
+/// vlalign → HF key map: the layout transformers 5 writes for `LlavaForConditionalGeneration`.
+pub fn hf_save_map() -> Vec<(String, String)> {
+    let mut map = crate::llm::hf_save_map("language_model.");
+    map.push((
+        r"^multi_modal_projector\.layers\.0\.".into(),
+        "multi_modal_projector.linear_1.".into(),
+    ));
+    map.push((
+        r"^multi_modal_projector\.layers\.1\.".into(),
+        "multi_modal_projector.linear_2.".into(),
+    ));
+    map.extend(crate::vit::hf_save_map("vision_tower.", false));
+    map
+}

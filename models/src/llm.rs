@@ -281,3 +281,19 @@ impl DecoderLm {
         self.logits(hidden)
     }
 }
+
+/// HF → vlalign key map of a LLaMA/Qwen2 causal LM whose keys start with `prefix`
+/// (`model.*`, `lm_head.*` below it).
+pub fn hf_key_map(prefix: &str) -> Vec<(String, String)> {
+    let p = crate::hf::checkpoint::escape(prefix);
+    vec![(format!(r"^{p}model\."), prefix.to_string())]
+}
+
+/// vlalign → HF key map (inverse of [`hf_key_map`]).
+pub fn hf_save_map(prefix: &str) -> Vec<(String, String)> {
+    let p = crate::hf::checkpoint::escape(prefix);
+    vec![(
+        format!(r"^{p}(embed_tokens|layers|norm)\."),
+        format!("{prefix}model.${{1}}."),
+    )]
+}

@@ -250,3 +250,82 @@ impl VisionTransformer {
         idx as usize
     }
 }
+
+/// HF → vlalign key map of a CLIP vision tower whose keys start with `prefix` (`""` for a
+/// `CLIPVisionModel`, `"vision_tower."` inside LLaVA); accepts keys with and without the
+/// `vision_model.` level.
+pub fn hf_key_map(prefix: &str) -> Vec<(String, String)> {
+    let p = crate::hf::checkpoint::escape(prefix);
+    let v = r"(vision_model\.)?";
+    vec![
+        (
+            format!(r"^{p}{v}embeddings\.patch_embedding\."),
+            format!("{prefix}patch_embedding."),
+        ),
+        (
+            format!(r"^{p}{v}embeddings\.class_embedding$"),
+            format!("{prefix}class_embedding"),
+        ),
+        (
+            format!(r"^{p}{v}embeddings\.position_embedding\."),
+            format!("{prefix}position_embedding."),
+        ),
+        (
+            format!(r"^{p}{v}embeddings\.position_ids$"),
+            format!("{prefix}position_ids"),
+        ),
+        (
+            format!(r"^{p}{v}pre_layrnorm\."),
+            format!("{prefix}pre_layrnorm."),
+        ),
+        (
+            format!(r"^{p}{v}post_layernorm\."),
+            format!("{prefix}post_layernorm."),
+        ),
+        (
+            format!(r"^{p}{v}encoder\.layers\.(\d+)\.self_attn\.out_proj\."),
+            format!("{prefix}layers.${{2}}.self_attn.o_proj."),
+        ),
+        (
+            format!(r"^{p}{v}encoder\.layers\.(\d+)\.mlp\."),
+            format!("{prefix}layers.${{2}}."),
+        ),
+        (
+            format!(r"^{p}{v}encoder\.layers\.(\d+)\."),
+            format!("{prefix}layers.${{2}}."),
+        ),
+    ]
+}
+
+/// vlalign → HF key map (the layout transformers 5 writes: no `vision_model.` level inside
+/// LLaVA, `vision_model.` for a standalone `CLIPVisionModel`).
+pub fn hf_save_map(prefix: &str, vision_model_level: bool) -> Vec<(String, String)> {
+    let p = crate::hf::checkpoint::escape(prefix);
+    let out = if vision_model_level {
+        format!("{prefix}vision_model.")
+    } else {
+        prefix.to_string()
+    };
+    vec![
+        (
+            format!(r"^{p}layers\.(\d+)\.self_attn\.o_proj\."),
+            format!("{out}encoder.layers.${{1}}.self_attn.out_proj."),
+        ),
+        (
+            format!(r"^{p}layers\.(\d+)\.(fc1|fc2)\."),
+            format!("{out}encoder.layers.${{1}}.mlp.${{2}}."),
+        ),
+        (
+            format!(r"^{p}layers\.(\d+)\.(self_attn|layer_norm1|layer_norm2)\."),
+            format!("{out}encoder.layers.${{1}}.${{2}}."),
+        ),
+        (
+            format!(r"^{p}(patch_embedding|class_embedding|position_embedding)"),
+            format!("{out}embeddings.${{1}}"),
+        ),
+        (
+            format!(r"^{p}(pre_layrnorm|post_layernorm)\."),
+            format!("{out}${{1}}."),
+        ),
+    ]
+}

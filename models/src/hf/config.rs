@@ -415,6 +415,80 @@ pub fn llava_config(value: &Value) -> Result<LlavaConfig, ConfigError> {
         .with_vision_feature_select_strategy(select))
 }
 
+/// A transformers-5 `config.json` for a LLaVA model built here (so that a model trained with
+/// vlalign opens in `transformers`).
+pub fn llava_to_hf(c: &LlavaConfig) -> Value {
+    let t = &c.text;
+    let v = &c.vision;
+    let (rope_type, extra) = match &t.rope_scaling {
+        RopeScaling::Default => ("default", serde_json::json!({})),
+        RopeScaling::Linear { factor } => ("linear", serde_json::json!({ "factor": factor })),
+        RopeScaling::Llama3 {
+            factor,
+            low_freq_factor,
+            high_freq_factor,
+            original_max_position_embeddings,
+        } => (
+            "llama3",
+            serde_json::json!({"factor": factor, "low_freq_factor": low_freq_factor,
+                "high_freq_factor": high_freq_factor,
+                "original_max_position_embeddings": original_max_position_embeddings}),
+        ),
+    };
+    let mut rope = serde_json::json!({"rope_theta": t.rope_theta, "rope_type": rope_type});
+    if let (Some(r), Some(e)) = (rope.as_object_mut(), extra.as_object()) {
+        r.extend(e.clone());
+    }
+    let model_type = if t.qkv_bias && !t.o_bias {
+        "qwen2"
+    } else {
+        "llama"
+    };
+    serde_json::json!({
+        "architectures": ["LlavaForConditionalGeneration"],
+        "model_type": "llava",
+        "image_token_index": c.image_token_id,
+        "projector_hidden_act": "gelu",
+        "multimodal_projector_bias": c.projector_bias,
+        "vision_feature_layer": c.vision_feature_layer,
+        "vision_feature_select_strategy": match c.vision_feature_select_strategy {
+            FeatureSelect::Default => "default",
+            FeatureSelect::Full => "full",
+        },
+        "image_seq_length": c.image_tokens(),
+        "tie_word_embeddings": t.tie_word_embeddings,
+        "text_config": {
+            "model_type": model_type,
+            "vocab_size": t.vocab_size,
+            "hidden_size": t.hidden_size,
+            "intermediate_size": t.intermediate_size,
+            "num_hidden_layers": t.num_hidden_layers,
+            "num_attention_heads": t.num_attention_heads,
+            "num_key_value_heads": t.num_key_value_heads,
+            "head_dim": t.head_dim(),
+            "rms_norm_eps": t.rms_norm_eps,
+            "rope_parameters": rope,
+            "max_position_embeddings": t.max_position_embeddings,
+            "attention_bias": t.o_bias,
+            "mlp_bias": t.mlp_bias,
+            "hidden_act": "silu",
+            "tie_word_embeddings": t.tie_word_embeddings,
+        },
+        "vision_config": {
+            "model_type": "clip_vision_model",
+            "hidden_size": v.hidden_size,
+            "intermediate_size": v.intermediate_size,
+            "num_hidden_layers": v.num_hidden_layers,
+            "num_attention_heads": v.num_attention_heads,
+            "image_size": v.image_size,
+            "patch_size": v.patch_size,
+            "num_channels": v.num_channels,
+            "layer_norm_eps": v.layer_norm_eps,
+            "hidden_act": serde_json::to_value(v.hidden_act).unwrap_or(Value::Null),
+        },
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -474,6 +548,16 @@ mod tests {
         let c = decoder_config(&v).unwrap();
         assert_eq!(c.rope_theta, 500000.0);
         assert!(matches!(c.rope_scaling, RopeScaling::Llama3 { factor, .. } if factor == 32.0));
+    }
+
+    #[test]
+    fn written_llava_config_reads_back_equal() {
+        let mut c = LlavaConfig::tiny(100, 99);
+        c.text.head_dim = Some(c.text.head_dim()); // the reader always makes it explicit
+        let HfModelConfig::Llava(back) = parse_config(&llava_to_hf(&c)).unwrap() else {
+            panic!("not llava")
+        };
+        assert_eq!(back, c);
     }
 
     #[test]

@@ -1,0 +1,215 @@
+//! Open a Hugging Face model directory with vlalign and run one forward pass.
+//!
+//! ```text
+//! cargo run --release -p experiments --bin hf_check -- --model DIR \
+//!     (--input-ids 1,2,3 | --prompt TEXT) [--image PNG]... [--out logits.safetensors] [--save-hf DIR]
+//! ```
+//! Accepts `LlavaForConditionalGeneration` (every key layout), `LlamaForCausalLM`,
+//! `Qwen2ForCausalLM`, single or sharded safetensors, f32/f16/bf16. Prints the load report and
+//! the top-5 next tokens. `--input-ids` are taken exactly as `transformers` takes them (image
+//! tokens already expanded); `--prompt` goes through the directory's `tokenizer.json` and a chat
+//! template. Images go through the data crate's preprocessing with the directory's
+//! `preprocessor_config.json` when present (CLIP's constants otherwise). `--out` writes the
+//! logits of every position, `[T, V]` f32 under the key `logits`.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use burn::tensor::{Bool, Int, Tensor, TensorData};
+use clap::Parser;
+use experiments::device::select_device;
+use vlalign_data::record::{Record, Role, Turn};
+use vlalign_data::{AspectMode, Encoder, ImageProcessor, Template, TextTokenizer};
+use vlalign_models::hf::{self, HfModelConfig};
+use vlalign_models::{LlavaInput, mask::position_ids_from_mask};
+
+#[derive(Parser, Debug)]
+#[command(about = "Load a Hugging Face model directory and run one forward pass")]
+struct Args {
+    /// Model directory (config.json + safetensors).
+    #[arg(long)]
+    model: PathBuf,
+    /// Token ids, comma separated, image tokens already expanded.
+    #[arg(long, value_delimiter = ',', conflicts_with = "prompt")]
+    input_ids: Option<Vec<i64>>,
+    /// A user message; `<image>` marks where each image goes (added in front when absent).
+    #[arg(long)]
+    prompt: Option<String>,
+    /// Chat template for `--prompt`: plain, vicuna_v1, chatml.
+    #[arg(long, default_value = "vicuna_v1")]
+    template: Template,
+    /// Image files, in order (repeatable).
+    #[arg(long)]
+    image: Vec<PathBuf>,
+    /// Write the logits `[T, V]` (f32, key `logits`) here.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Also save the model back as a transformers directory (LLaVA only).
+    #[arg(long)]
+    save_hf: Option<PathBuf>,
+    /// Backend: flex, ndarray, wgpu, cuda[:N].
+    #[arg(long)]
+    device: Option<String>,
+}
+
+fn main() -> ExitCode {
+    match run(Args::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn processor(dir: &Path, size: usize) -> ImageProcessor {
+    let file = dir.join("preprocessor_config.json");
+    match std::fs::read_to_string(&file)
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok())
+    {
+        Some(v) => ImageProcessor::from_hf_json(&v, AspectMode::CenterCrop),
+        None => ImageProcessor {
+            mode: AspectMode::CenterCrop,
+            ..ImageProcessor::clip(size)
+        },
+    }
+}
+
+fn prompt_ids(
+    args: &Args,
+    text: &str,
+    image_tokens: usize,
+    image_token_id: u32,
+) -> Result<Vec<i64>, Box<dyn std::error::Error>> {
+    let tokenizer = TextTokenizer::from_file(&args.model.join("tokenizer.json"))?;
+    let mut value = text.to_string();
+    let missing = args
+        .image
+        .len()
+        .saturating_sub(value.matches("<image>").count());
+    value = "<image>\n".repeat(missing) + &value;
+    let encoder = Encoder::new(
+        tokenizer,
+        args.template,
+        image_tokens,
+        usize::MAX,
+        Some(image_token_id),
+    )?;
+    let record = Record {
+        id: "prompt".into(),
+        images: args.image.iter().map(|p| p.display().to_string()).collect(),
+        turns: vec![
+            Turn {
+                role: Role::Human,
+                value,
+            },
+            Turn {
+                role: Role::Gpt,
+                value: String::new(),
+            },
+        ],
+        truth: Vec::new(),
+    };
+    let (ids, _, _) = encoder.encode_prompt(&record)?;
+    Ok(ids.into_iter().map(i64::from).collect())
+}
+
+fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
+    let selected = select_device(args.device.as_deref())?;
+    if let Some(w) = &selected.warning {
+        eprintln!("warning: {w}");
+    }
+    let device = selected.device;
+    let config = hf::read_config(&args.model)?;
+    let (image_tokens, image_token_id, image_size) = match &config {
+        HfModelConfig::Llava(c) => (
+            c.image_tokens(),
+            c.image_token_id as u32,
+            c.vision.image_size,
+        ),
+        _ => (0, 0, 0),
+    };
+    let ids: Vec<i64> = match (&args.input_ids, &args.prompt) {
+        (Some(ids), _) => ids.clone(),
+        (None, Some(text)) => prompt_ids(&args, text, image_tokens, image_token_id)?,
+        (None, None) => return Err("give --input-ids or --prompt".into()),
+    };
+    if ids.is_empty() {
+        return Err("the input is empty".into());
+    }
+    let t = ids.len();
+    let id_tensor = Tensor::<2, Int>::from_data(TensorData::new(ids.clone(), [1, t]), &device);
+    let logits = match config {
+        HfModelConfig::Llava(_) => {
+            let (model, config, report) = hf::load_llava(&args.model, &device)?;
+            println!("loaded LLaVA from {}: {report}", args.model.display());
+            let images = if args.image.is_empty() {
+                None
+            } else {
+                let p = processor(&args.model, image_size);
+                let mut pixels = Vec::new();
+                for path in &args.image {
+                    pixels.extend(
+                        p.load(path)
+                            .map_err(|e| format!("{}: {e}", path.display()))?,
+                    );
+                }
+                let s = p.size;
+                Some(Tensor::<4>::from_data(
+                    TensorData::new(pixels, [args.image.len(), 3, s, s]),
+                    &device,
+                ))
+            };
+            if let Some(dir) = &args.save_hf {
+                hf::save_llava(&model, &config, dir)?;
+                println!("saved to {}", dir.display());
+            }
+            let mask =
+                Tensor::<2, Bool>::from_data(TensorData::new(vec![true; t], [1, t]), &device);
+            model
+                .forward(LlavaInput {
+                    input_ids: id_tensor,
+                    attention_mask: mask,
+                    images,
+                })
+                .logits
+        }
+        HfModelConfig::Decoder(_) => {
+            let (model, _, report) = hf::load_decoder(&args.model, &device)?;
+            println!("loaded causal LM from {}: {report}", args.model.display());
+            let pos = position_ids_from_mask(&[vec![true; t]]).concat();
+            let pos = Tensor::<2, Int>::from_data(TensorData::new(pos, [1, t]), &device);
+            model.forward(id_tensor, pos, None, None)
+        }
+        HfModelConfig::Vision(_) => {
+            return Err(
+                "a vision tower has no next-token logits; give a LLaVA or causal LM directory"
+                    .into(),
+            );
+        }
+    };
+    let [_, _, vocab] = logits.dims();
+    let logits = logits.reshape([t, vocab]);
+    let values: Vec<f32> = logits.to_data().convert::<f32>().try_into_vec()?;
+    let last = &values[(t - 1) * vocab..];
+    let mut top: Vec<(usize, f32)> = last.iter().copied().enumerate().collect();
+    top.sort_by(|a, b| b.1.total_cmp(&a.1));
+    let tokenizer = TextTokenizer::from_file(&args.model.join("tokenizer.json")).ok();
+    println!("{t} input tokens; top-5 next tokens:");
+    for (id, logit) in top.iter().take(5) {
+        let text = tokenizer
+            .as_ref()
+            .and_then(|tk| tk.inner().id_to_token(*id as u32))
+            .unwrap_or_default();
+        println!("  {id:>8}  {logit:>10.4}  {text:?}");
+    }
+    if let Some(out) = &args.out {
+        let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let view =
+            safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![t, vocab], &bytes)?;
+        safetensors::serialize_to_file([("logits", view)], None, out)?;
+        println!("wrote logits [{t}, {vocab}] to {}", out.display());
+    }
+    Ok(())
+}

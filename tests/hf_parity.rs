@@ -1,0 +1,297 @@
+//! Numerical parity with `transformers` on tiny random checkpoints (`tools/make_fixtures.py`),
+//! every key layout, sharded and bf16 files, error messages, and the save → load round trip.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use burn::tensor::{Bool, Int, Tensor, TensorData};
+use common::{device, max_abs_diff};
+use vlalign::models::hf::{self, LoadError};
+use vlalign::models::{GenerationConfig, LlavaInput};
+
+const TOL: f32 = 1e-4;
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
+}
+
+/// The tensors of an `io.safetensors`.
+struct Io(Vec<u8>);
+
+impl Io {
+    fn open(dir: &str) -> Self {
+        Io(std::fs::read(fixture(dir).join("io.safetensors")).unwrap())
+    }
+
+    fn view(&self, name: &str) -> (Vec<usize>, safetensors::Dtype, Vec<u8>) {
+        let st = safetensors::SafeTensors::deserialize(&self.0).unwrap();
+        let t = st.tensor(name).unwrap();
+        (t.shape().to_vec(), t.dtype(), t.data().to_vec())
+    }
+
+    fn float<const D: usize>(&self, name: &str) -> Tensor<D> {
+        let (shape, dtype, data) = self.view(name);
+        assert_eq!(dtype, safetensors::Dtype::F32);
+        let v: Vec<f32> = data
+            .chunks(4)
+            .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+            .collect();
+        Tensor::from_data(TensorData::new(v, shape), &device())
+    }
+
+    fn ints(&self, name: &str) -> (Vec<usize>, Vec<i64>) {
+        let (shape, dtype, data) = self.view(name);
+        assert_eq!(dtype, safetensors::Dtype::I64);
+        (
+            shape,
+            data.chunks(8)
+                .map(|b| i64::from_le_bytes(b.try_into().unwrap()))
+                .collect(),
+        )
+    }
+
+    fn int(&self, name: &str) -> Tensor<2, Int> {
+        let (shape, v) = self.ints(name);
+        Tensor::from_data(TensorData::new(v, shape), &device())
+    }
+}
+
+#[test]
+fn clip_vision_features_match() {
+    let (vit, _, report) = hf::load_vision(&fixture("clip_vision"), &device()).unwrap();
+    assert!(
+        report.missing.is_empty() && report.unused.is_empty(),
+        "{report}"
+    );
+    let io = Io::open("clip_vision");
+    let pixels = io.float::<4>("pixel_values");
+    let feats = vit.forward_features(pixels.clone(), -2, true);
+    let d = max_abs_diff(feats, io.float::<3>("hidden_m2"));
+    println!("clip hidden_states[-2] (no CLS) max abs diff {d:e}");
+    assert!(d <= TOL, "{d}");
+    let d = max_abs_diff(vit.forward_pooled(pixels), io.float::<2>("pooled"));
+    println!("clip pooled max abs diff {d:e}");
+    assert!(d <= TOL, "{d}");
+}
+
+fn positions(mask: &[i64], t: usize) -> Tensor<2, Int> {
+    let rows: Vec<Vec<bool>> = mask
+        .chunks(t)
+        .map(|r| r.iter().map(|&m| m == 1).collect())
+        .collect();
+    let p: Vec<i64> = vlalign::models::mask::position_ids_from_mask(&rows).concat();
+    Tensor::from_data(TensorData::new(p, [rows.len(), t]), &device())
+}
+
+#[test]
+fn llama_logits_match_including_a_left_padded_row() {
+    let (lm, config, report) = hf::load_decoder(&fixture("llama"), &device()).unwrap();
+    assert!(
+        config.num_key_value_heads < config.num_attention_heads,
+        "GQA fixture"
+    );
+    assert!(
+        report.missing.is_empty() && report.unused.is_empty(),
+        "{report}"
+    );
+    let io = Io::open("llama");
+    let ids = io.int("input_ids");
+    let (shape, mask) = io.ints("attention_mask");
+    let valid: Vec<bool> = mask.iter().map(|&m| m == 1).collect();
+    let key_valid =
+        Tensor::<2, Bool>::from_data(TensorData::new(valid.clone(), shape.clone()), &device());
+    let logits = lm.forward(ids, positions(&mask, shape[1]), Some(key_valid), None);
+    // Compare real positions only (transformers' logits at padding are arbitrary).
+    let expected = io.float::<3>("logits");
+    let keep =
+        Tensor::<3, Bool>::from_data(TensorData::new(valid, [shape[0], shape[1], 1]), &device())
+            .expand([shape[0], shape[1], config.vocab_size]);
+    let d = max_abs_diff(
+        logits.mask_fill(keep.clone().bool_not(), 0.0),
+        expected.mask_fill(keep.bool_not(), 0.0),
+    );
+    println!("llama logits max abs diff {d:e}");
+    assert!(d <= TOL, "{d}");
+}
+
+#[test]
+fn qwen2_with_bias_and_tied_embeddings_matches() {
+    let (lm, config, report) = hf::load_decoder(&fixture("qwen2"), &device()).unwrap();
+    assert!(config.tie_word_embeddings && config.qkv_bias && lm.lm_head.is_none());
+    assert!(
+        report.missing.is_empty() && report.unused.is_empty(),
+        "{report}"
+    );
+    let io = Io::open("qwen2");
+    let ids = io.int("input_ids");
+    let t = ids.dims()[1];
+    let logits = lm.forward(ids, positions(&vec![1; t], t), None, None);
+    let d = max_abs_diff(logits, io.float::<3>("logits"));
+    println!("qwen2 logits max abs diff {d:e}");
+    assert!(d <= TOL, "{d}");
+}
+
+#[test]
+fn sharded_and_bf16_checkpoints_load() {
+    for dir in ["llama_sharded", "llama_bf16"] {
+        let (lm, _, report) = hf::load_decoder(&fixture(dir), &device()).unwrap();
+        assert!(
+            report.missing.is_empty() && report.unused.is_empty(),
+            "{dir}: {report}"
+        );
+        if dir == "llama_sharded" {
+            assert!(report.files.len() > 1, "{dir} should have several shards");
+        }
+        let io = Io::open(dir);
+        let ids = io.int("input_ids");
+        let t = ids.dims()[1];
+        let logits = lm.forward(ids, positions(&vec![1; t], t), None, None);
+        let d = max_abs_diff(logits, io.float::<3>("logits"));
+        println!("{dir} logits max abs diff {d:e}");
+        assert!(d <= TOL, "{dir}: {d}");
+    }
+}
+
+fn llava_input(io: &Io) -> LlavaInput {
+    let ids = io.int("input_ids");
+    let [b, t] = ids.dims();
+    LlavaInput {
+        input_ids: ids,
+        attention_mask: Tensor::from_data(TensorData::new(vec![true; b * t], [b, t]), &device()),
+        images: Some(io.float::<4>("pixel_values")),
+    }
+}
+
+#[test]
+fn llava_forward_matches_in_every_key_layout() {
+    let io = Io::open("llava");
+    for dir in ["llava", "llava_hub", "llava_v452"] {
+        let (llava, _, report) = hf::load_llava(&fixture(dir), &device()).unwrap();
+        assert!(
+            report.missing.is_empty() && report.unused.is_empty(),
+            "{dir}: {report}"
+        );
+        let logits = llava.forward(llava_input(&io)).logits;
+        let d = max_abs_diff(logits, io.float::<3>("logits"));
+        println!("{dir} llava logits max abs diff {d:e}");
+        assert!(d <= TOL, "{dir}: {d}");
+    }
+}
+
+#[test]
+fn kv_cache_greedy_generation_matches_transformers() {
+    let io = Io::open("llava");
+    let (llava, _, _) = hf::load_llava(&fixture("llava"), &device()).unwrap();
+    let (_, ids) = io.ints("input_ids");
+    let prompt: Vec<u32> = ids.iter().map(|&t| t as u32).collect();
+    let (_, expected) = io.ints("greedy");
+    let out = llava.generate(
+        &[prompt],
+        Some(io.float::<4>("pixel_values")),
+        &GenerationConfig::new().with_max_new_tokens(expected.len()),
+    );
+    assert_eq!(
+        out[0],
+        expected.iter().map(|&t| t as u32).collect::<Vec<_>>()
+    );
+}
+
+#[test]
+fn original_projector_file_loads_into_llava() {
+    let (reference, _, _) = hf::load_llava(&fixture("llava"), &device()).unwrap();
+    let (_, config, _) = hf::load_llava(&fixture("llava"), &device()).unwrap();
+    let mut fresh = config.init(&device());
+    let report = hf::load_projector(&mut fresh, &fixture("mm_projector.safetensors")).unwrap();
+    assert_eq!(report.applied.len(), 4);
+    for i in 0..2 {
+        let d = max_abs_diff(
+            fresh.multi_modal_projector.layers[i].weight.val(),
+            reference.multi_modal_projector.layers[i].weight.val(),
+        );
+        assert_eq!(d, 0.0);
+    }
+}
+
+#[test]
+fn errors_name_the_key_and_the_shapes() {
+    // A config that disagrees with the weights: shape mismatch named with both shapes.
+    let dir = tempfile::tempdir().unwrap();
+    let weights = "model.safetensors";
+    std::fs::copy(fixture("llama").join(weights), dir.path().join(weights)).unwrap();
+    let mut config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(fixture("llama").join("config.json")).unwrap())
+            .unwrap();
+    config["intermediate_size"] = 80.into();
+    std::fs::write(dir.path().join("config.json"), config.to_string()).unwrap();
+    let err = hf::load_decoder(dir.path(), &device()).unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.contains("shape mismatch") && msg.contains("80") && msg.contains("96"),
+        "{msg}"
+    );
+
+    // Fewer layers in the config: the extra layer's tensors are unexpected.
+    config["intermediate_size"] = 96.into();
+    config["num_hidden_layers"] = 1.into();
+    std::fs::write(dir.path().join("config.json"), config.to_string()).unwrap();
+    let err = hf::load_decoder(dir.path(), &device()).unwrap_err();
+    assert!(
+        matches!(&err, hf::HfError::Load(LoadError::Unexpected(k)) if k.iter().any(|k| k.starts_with("layers.1."))),
+        "{err}"
+    );
+
+    // More layers: the missing ones are named.
+    config["num_hidden_layers"] = 3.into();
+    std::fs::write(dir.path().join("config.json"), config.to_string()).unwrap();
+    let err = hf::load_decoder(dir.path(), &device()).unwrap_err();
+    assert!(
+        matches!(&err, hf::HfError::Load(LoadError::Missing(k)) if k.iter().any(|k| k.starts_with("layers.2."))),
+        "{err}"
+    );
+
+    // No weights at all.
+    std::fs::remove_file(dir.path().join("model.safetensors")).unwrap();
+    let err = hf::load_decoder(dir.path(), &device())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("no weights"), "{err}");
+}
+
+#[test]
+fn save_then_load_gives_identical_tensors() {
+    let (llava, config, _) = hf::load_llava(&fixture("llava"), &device()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    hf::save_llava(&llava, &config, dir.path()).unwrap();
+    let (back, back_config, report) = hf::load_llava(dir.path(), &device()).unwrap();
+    assert_eq!(back_config, config);
+    assert!(
+        report.missing.is_empty() && report.unused.is_empty(),
+        "{report}"
+    );
+    // Same keys as transformers writes.
+    let ours = safetensors::SafeTensors::deserialize(
+        &std::fs::read(dir.path().join("model.safetensors")).unwrap(),
+    )
+    .unwrap()
+    .names()
+    .into_iter()
+    .map(str::to_string)
+    .collect::<std::collections::BTreeSet<_>>();
+    let theirs_bytes = std::fs::read(fixture("llava").join("model.safetensors")).unwrap();
+    let theirs = safetensors::SafeTensors::deserialize(&theirs_bytes)
+        .unwrap()
+        .names()
+        .into_iter()
+        .map(str::to_string)
+        .collect::<std::collections::BTreeSet<_>>();
+    assert_eq!(ours, theirs);
+    let io = Io::open("llava");
+    let a = llava.forward(llava_input(&io)).logits;
+    let b = back.forward(llava_input(&io)).logits;
+    assert_eq!(max_abs_diff(a, b), 0.0);
+    let l = |m: &vlalign::models::Llava| m.language_model.layers[1].mlp.up_proj.weight.val();
+    assert_eq!(max_abs_diff(l(&llava), l(&back)), 0.0);
+}

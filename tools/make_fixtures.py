@@ -1,0 +1,218 @@
+#!/usr/bin/env python3
+"""Tiny, randomly initialised Hugging Face models and their outputs, for vlalign's parity tests.
+
+    pip install torch transformers safetensors
+    python tools/make_fixtures.py            # writes tests/fixtures/
+
+For each model this saves the checkpoint with `save_pretrained` (config.json + safetensors) and an
+`io.safetensors` with fixed inputs and the outputs `transformers` computes from them:
+
+  clip_vision/   CLIPVisionModel (quick_gelu)      pixel_values → hidden_states[-2] without CLS, pooled
+  llama/         LlamaForCausalLM, GQA             input_ids (+ a left-padded row) → logits; greedy ids
+  llama_sharded/ the same weights in 3 shards + model.safetensors.index.json
+  llama_bf16/    the same weights stored as bfloat16 → logits of the bf16 weights
+  qwen2/         Qwen2ForCausalLM, qkv bias, tied embeddings → logits
+  llava/         LlavaForConditionalGeneration (tiny CLIP + tiny Llama), as this transformers saves it
+  llava_hub/     the same weights in the hub layout (language_model.model.*, vision_tower.vision_model.*)
+  llava_v452/    the same weights in transformers 4.52's layout (model.language_model.*, lm_head.*)
+  mm_projector.safetensors   the projector alone, original LLaVA keys (model.mm_projector.0/2)
+
+The package versions used are written to tests/fixtures/VERSIONS.
+"""
+
+import json
+import os
+import shutil
+import sys
+
+import safetensors.torch
+import torch
+import transformers
+from transformers import (
+    CLIPVisionConfig,
+    CLIPVisionModel,
+    LlamaConfig,
+    LlamaForCausalLM,
+    LlavaConfig,
+    LlavaForConditionalGeneration,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+)
+
+OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "fixtures")
+
+
+def fresh(name):
+    path = os.path.join(OUT, name)
+    shutil.rmtree(path, ignore_errors=True)
+    os.makedirs(path)
+    return path
+
+
+def save_io(path, tensors):
+    tensors = {k: v.detach().contiguous() for k, v in tensors.items()}
+    safetensors.torch.save_file(tensors, os.path.join(path, "io.safetensors"))
+
+
+def clip_config():
+    return CLIPVisionConfig(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4,
+        image_size=32, patch_size=8, hidden_act="quick_gelu", layer_norm_eps=1e-5,
+        initializer_factor=1.0,
+    )
+
+
+def llama_config(vocab=128):
+    return LlamaConfig(
+        vocab_size=vocab, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+        rms_norm_eps=1e-6, rope_theta=10000.0, tie_word_embeddings=False,
+        initializer_range=0.1, bos_token_id=1, eos_token_id=2, pad_token_id=0,
+    )
+
+
+def greedy(model, input_ids, n=8, **kw):
+    out = model.generate(
+        input_ids=input_ids, max_new_tokens=n, min_new_tokens=n, do_sample=False,
+        eos_token_id=None, pad_token_id=0, **kw,
+    )
+    return out[:, input_ids.shape[1]:]
+
+
+@torch.no_grad()
+def main():
+    torch.manual_seed(0)
+    os.makedirs(OUT, exist_ok=True)
+
+    # CLIP vision tower: LLaVA takes hidden_states[-2] without the class token.
+    path = fresh("clip_vision")
+    clip = CLIPVisionModel(clip_config()).eval()
+    clip.save_pretrained(path)
+    pixels = torch.randn(2, 3, 32, 32)
+    out = clip(pixel_values=pixels, output_hidden_states=True)
+    save_io(path, {
+        "pixel_values": pixels,
+        "hidden_m2": out.hidden_states[-2][:, 1:],
+        "last_hidden_state": out.last_hidden_state,
+        "pooled": out.pooler_output,
+    })
+
+    # Llama with GQA: a full row and a left-padded row.
+    path = fresh("llama")
+    llama = LlamaForCausalLM(llama_config()).eval()
+    llama.save_pretrained(path)
+    ids = torch.randint(3, 128, (2, 12))
+    mask = torch.ones(2, 12, dtype=torch.long)
+    ids[1, :3] = 0
+    mask[1, :3] = 0
+    position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
+    logits = llama(input_ids=ids, attention_mask=mask, position_ids=position_ids).logits
+    save_io(path, {
+        "input_ids": ids, "attention_mask": mask, "logits": logits,
+        "greedy": greedy(llama, ids[:1]),
+    })
+    llama.save_pretrained(fresh("llama_sharded"), max_shard_size="100KB")
+    save_io(os.path.join(OUT, "llama_sharded"), {"input_ids": ids[:1], "logits": logits[:1]})
+
+    path = fresh("llama_bf16")
+    bf16 = LlamaForCausalLM(llama_config()).eval()
+    bf16.load_state_dict(llama.state_dict())
+    bf16 = bf16.to(torch.bfloat16)
+    bf16.save_pretrained(path)
+    # Reference: the bf16 file opened in f32 (weights upcast exactly; rotary tables recomputed
+    # in f32, unlike `.float()` on the bf16 module, whose inv_freq buffer went through bf16).
+    ref = LlamaForCausalLM.from_pretrained(path, dtype=torch.float32).eval()(input_ids=ids[:1]).logits
+    save_io(path, {"input_ids": ids[:1], "logits": ref})
+
+    # Qwen2: qkv bias, tied embeddings, large theta.
+    path = fresh("qwen2")
+    qcfg = Qwen2Config(
+        vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=1, max_position_embeddings=256,
+        rms_norm_eps=1e-6, rope_theta=1000000.0, tie_word_embeddings=True,
+        initializer_range=0.1,
+    )
+    qwen = Qwen2ForCausalLM(qcfg).eval()
+    for layer in qwen.model.layers:  # random (not zero) biases so that they matter
+        for proj in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj):
+            proj.bias.normal_(0.0, 0.1)
+    qwen.save_pretrained(path)
+    ids = torch.randint(0, 128, (1, 10))
+    save_io(path, {"input_ids": ids, "logits": qwen(input_ids=ids).logits})
+
+    # LLaVA: tiny CLIP + tiny Llama; 16 image slots spliced after two text tokens.
+    image_token = 129
+    lcfg = LlavaConfig(
+        vision_config=clip_config(), text_config=llama_config(vocab=130),
+        image_token_index=image_token, projector_hidden_act="gelu",
+        vision_feature_layer=-2, vision_feature_select_strategy="default",
+    )
+    path = fresh("llava")
+    llava = LlavaForConditionalGeneration(lcfg).eval()
+    llava.save_pretrained(path)
+    pixels = torch.randn(1, 3, 32, 32)
+    ids = torch.cat([
+        torch.tensor([[1, 17]]), torch.full((1, 16), image_token), torch.randint(3, 120, (1, 6)),
+    ], dim=1)
+    logits = llava(input_ids=ids, pixel_values=pixels).logits
+    save_io(path, {
+        "input_ids": ids, "pixel_values": pixels, "logits": logits,
+        "greedy": greedy(llava, ids, pixel_values=pixels),
+    })
+
+    # The same weights in the two other key layouts found in the wild: the hub layout
+    # (vision_tower.vision_model.*) and transformers 4.52–4.x's (model.language_model.*, lm_head).
+    state = safetensors.torch.load_file(os.path.join(OUT, "llava", "model.safetensors"))
+
+    def canonical(key):  # → language_model.model.* / language_model.lm_head / vision_tower.<clip>
+        for old, new in (("model.language_model.", "language_model.model."),
+                         ("lm_head.", "language_model.lm_head."),
+                         ("model.multi_modal_projector.", "multi_modal_projector."),
+                         ("model.vision_tower.", "vision_tower.")):
+            if key.startswith(old):
+                key = new + key[len(old):]
+        if key.startswith("vision_tower.vision_model."):
+            key = "vision_tower." + key[len("vision_tower.vision_model."):]
+        return key
+
+    def hub(key):
+        key = canonical(key)
+        if key.startswith("vision_tower."):
+            key = "vision_tower.vision_model." + key[len("vision_tower."):]
+        return key
+
+    def v452(key):
+        key = hub(key)
+        for old, new in (("language_model.model.", "model.language_model."),
+                         ("language_model.lm_head.", "lm_head."),
+                         ("multi_modal_projector.", "model.multi_modal_projector."),
+                         ("vision_tower.", "model.vision_tower.")):
+            if key.startswith(old):
+                return new + key[len(old):]
+        return key
+
+    for name, rename in (("llava_hub", hub), ("llava_v452", v452)):
+        path = fresh(name)
+        renamed = {rename(k): v for k, v in state.items()}
+        safetensors.torch.save_file(renamed, os.path.join(path, "model.safetensors"),
+                                    metadata={"format": "pt"})
+        shutil.copy(os.path.join(OUT, "llava", "config.json"), path)
+
+    # The original LLaVA projector file.
+    proj = {
+        "model.mm_projector.0.weight": llava.model.multi_modal_projector.linear_1.weight,
+        "model.mm_projector.0.bias": llava.model.multi_modal_projector.linear_1.bias,
+        "model.mm_projector.2.weight": llava.model.multi_modal_projector.linear_2.weight,
+        "model.mm_projector.2.bias": llava.model.multi_modal_projector.linear_2.bias,
+    }
+    safetensors.torch.save_file({k: v.contiguous() for k, v in proj.items()},
+                                os.path.join(OUT, "mm_projector.safetensors"))
+
+    with open(os.path.join(OUT, "VERSIONS"), "w") as f:
+        f.write(f"python {sys.version.split()[0]}\ntorch {torch.__version__}\n"
+                f"transformers {transformers.__version__}\nsafetensors {safetensors.__version__}\n")
+    print("wrote", os.path.abspath(OUT))
+
+
+if __name__ == "__main__":
+    main()
