@@ -10,5 +10,6 @@
 //! Backends are chosen by cargo features (`flex` default, `ndarray`, `wgpu`, `cuda`) and, at run
 //! time, by the `Device` tensors are created on; the experiment binaries pick it with `--device`.
 
+pub use vlalign_align as align;
 pub use vlalign_data as data;
 pub use vlalign_models as models;

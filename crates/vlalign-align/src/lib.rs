@@ -1,0 +1,40 @@
+//! Alignment objectives. One seam: an [`Objective`] turns a model and a batch into a loss plus
+//! named diagnostics, and sees the model only through [`AlignModel`], so the objectives work
+//! for LLaVA and any future model alike.
+//!
+//! Token-level objectives share one core ([`token`]): per-token cross-entropy over supervised
+//! positions and a weight per token, `L = Σ w·ce / (Σ_valid w + 1e-6)`. Weightings compose by
+//! multiplication (CAL × a VIG mask carried by the batch); the weight never carries gradient.
+
+pub mod cal;
+pub mod mle;
+pub mod model;
+pub mod token;
+
+pub use cal::{CalConfig, CalObjective, Contrast, Pooling};
+pub use mle::MleObjective;
+pub use model::{AlignModel, TextOnlyLogits};
+
+use burn::tensor::Tensor;
+use vlalign_data::VlmBatch;
+
+/// A loss and what to log about it.
+#[derive(Clone, Debug)]
+pub struct ObjectiveOutput {
+    /// The scalar loss (with graph on an autodiff device).
+    pub loss: Tensor<1>,
+    /// Named diagnostics (host values), e.g. `supervised_tokens`, `cal_weight_mean`.
+    pub diagnostics: Vec<(&'static str, f64)>,
+    /// Per-token weights used `[batch][seq − 1]` (targets shifted: entry `t` weighs the
+    /// prediction of token `t + 1`); `None` when all weights are 1.
+    pub weights: Option<Vec<Vec<f32>>>,
+}
+
+/// An alignment objective.
+pub trait Objective<M: AlignModel>: Send + Sync {
+    /// Loss and diagnostics of `model` on `batch`.
+    fn loss(&self, model: &M, batch: &VlmBatch) -> ObjectiveOutput;
+
+    /// Short name for reports (`mle`, `cal`).
+    fn name(&self) -> &'static str;
+}
