@@ -12,9 +12,13 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
 
+use burn::data::dataset::Dataset;
 use clap::Parser;
 use vlalign_data::dataset::prepare;
-use vlalign_data::{BadRecordPolicy, Encoder, ImageCheck, Template, TextTokenizer, read_records};
+use vlalign_data::{
+    BadRecordPolicy, Encoder, ImageCheck, ImageProcessor, Template, TextTokenizer, VlmDataset,
+    read_records,
+};
 
 #[derive(Parser, Debug)]
 #[command(about = "Load a LLaVA-format dataset as training would and report on it")]
@@ -46,6 +50,10 @@ struct Args {
     /// Only check that images exist instead of decoding them.
     #[arg(long)]
     no_decode: bool,
+    /// Also run the full image preprocessing (decode, pad, resize to this side, normalize) for
+    /// every loaded sample, as the training data loader does, and report its speed.
+    #[arg(long)]
+    preprocess: Option<usize>,
     /// Also write the report as JSON.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -78,8 +86,24 @@ fn run(args: &Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
     } else {
         ImageCheck::Decode
     };
-    let (_, report) = prepare(parsed, &encoder, &args.image_folder, check);
+    let (samples, report) = prepare(parsed, &encoder, &args.image_folder, check);
     let secs = start.elapsed().as_secs_f64().max(1e-9);
+    let preprocess_speed = match args.preprocess {
+        Some(size) => {
+            let dataset = VlmDataset::new(samples, ImageProcessor::clip(size));
+            let start = Instant::now();
+            let mut failed = 0;
+            for i in 0..dataset.len() {
+                failed += usize::from(dataset.get(i).is_err());
+            }
+            let rate = dataset.len() as f64 / start.elapsed().as_secs_f64().max(1e-9);
+            println!(
+                "  preprocessing      {rate:.0} samples/s ({size} px, one thread, {failed} failed)"
+            );
+            Some(rate)
+        }
+        None => None,
+    };
     println!("{}", args.data.display());
     println!("  records            {}", report.records);
     println!("  loaded             {}", report.loaded);
@@ -114,6 +138,7 @@ fn run(args: &Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
             "images": report.images,
             "truncated": report.truncated.len(),
             "records_per_s": report.records as f64 / secs,
+            "preprocessed_samples_per_s": preprocess_speed,
         });
         std::fs::write(path, serde_json::to_string_pretty(&value)?)?;
     }

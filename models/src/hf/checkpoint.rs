@@ -8,7 +8,7 @@
 //! missing parameter, an unexpected tensor or a shape mismatch is an error naming it, and the
 //! report lists what was applied, missing and unused.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use burn::store::{
@@ -248,14 +248,4 @@ pub fn save_weights<M: ModuleSnapshot>(
 /// `\.`-escape a literal key prefix for use in a key-map pattern.
 pub(crate) fn escape(prefix: &str) -> String {
     prefix.replace('.', r"\.")
-}
-
-/// Count tensors per top-level module in a report (for printing).
-pub fn applied_by_module(report: &LoadReport) -> BTreeMap<String, usize> {
-    let mut m = BTreeMap::new();
-    for p in &report.applied {
-        *m.entry(p.split('.').next().unwrap_or("").to_string())
-            .or_insert(0) += 1;
-    }
-    m
 }
