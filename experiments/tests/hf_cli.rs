@@ -1,38 +1,41 @@
-//! `hf_check` on a fixture: loads, prints the report and writes the logits transformers computed.
+//! `hf_check` on the fixtures: loads, prints the report and writes the logits transformers
+//! computed.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures")
+}
+
+fn io(model: &str) -> Vec<u8> {
+    std::fs::read(fixtures().join(model).join("io.safetensors")).unwrap()
+}
+
+fn ids(bytes: &[u8]) -> Vec<String> {
+    let st = safetensors::SafeTensors::deserialize(bytes).unwrap();
+    let data = st.tensor("input_ids").unwrap().data().to_vec();
+    data.chunks(8)
+        .map(|b| i64::from_le_bytes(b.try_into().unwrap()).to_string())
+        .collect()
+}
+
+fn floats(d: &[u8]) -> Vec<f32> {
+    d.chunks(4)
+        .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+        .collect()
+}
 
 #[test]
 fn hf_check_writes_the_fixture_logits() {
-    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures");
-    let io = std::fs::read(fixtures.join("llava/io.safetensors")).unwrap();
-    let io = safetensors::SafeTensors::deserialize(&io).unwrap();
-    let ids: Vec<String> = io
-        .tensor("input_ids")
-        .unwrap()
-        .data()
-        .chunks(8)
-        .map(|b| i64::from_le_bytes(b.try_into().unwrap()).to_string())
-        .collect();
-    // The prompt's image slots need an image: use the fixture's pixels via a text-only prompt
-    // instead (the first two tokens), on the qwen2 fixture for a full check of the numbers.
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("logits.safetensors");
-    let qio = std::fs::read(fixtures.join("qwen2/io.safetensors")).unwrap();
-    let qio = safetensors::SafeTensors::deserialize(&qio).unwrap();
-    let qids: Vec<String> = qio
-        .tensor("input_ids")
-        .unwrap()
-        .data()
-        .chunks(8)
-        .map(|b| i64::from_le_bytes(b.try_into().unwrap()).to_string())
-        .collect();
+    let qio = io("qwen2");
     let run = Command::new(env!("CARGO_BIN_EXE_hf_check"))
         .arg("--model")
-        .arg(fixtures.join("qwen2"))
+        .arg(fixtures().join("qwen2"))
         .arg("--input-ids")
-        .arg(qids.join(","))
+        .arg(ids(&qio).join(","))
         .arg("--out")
         .arg(&out)
         .output()
@@ -50,26 +53,25 @@ fn hf_check_writes_the_fixture_logits() {
     let written = std::fs::read(&out).unwrap();
     let written = safetensors::SafeTensors::deserialize(&written).unwrap();
     let ours = written.tensor("logits").unwrap();
-    let theirs = qio.tensor("logits").unwrap();
+    let expected = safetensors::SafeTensors::deserialize(&qio).unwrap();
+    let theirs = expected.tensor("logits").unwrap();
     assert_eq!(ours.shape(), &theirs.shape()[1..]);
-    let f = |d: &[u8]| {
-        d.chunks(4)
-            .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
-            .collect::<Vec<_>>()
-    };
-    let diff = f(ours.data())
+    let diff = floats(ours.data())
         .iter()
-        .zip(f(theirs.data()))
+        .zip(floats(theirs.data()))
         .map(|(a, b)| (a - b).abs())
         .fold(0.0, f32::max);
     assert!(diff <= 1e-4, "{diff}");
+}
 
-    // A LLaVA layout loads too (text-only ids: no image slots).
-    assert!(ids.len() > 2);
+#[test]
+fn hf_check_opens_a_llava_layout() {
+    // Text-only ids (the first two tokens, before the image slots).
+    let llava_ids = ids(&io("llava"));
     let run = Command::new(env!("CARGO_BIN_EXE_hf_check"))
         .arg("--model")
-        .arg(fixtures.join("llava_hub"))
-        .args(["--input-ids", &ids[..2].join(",")])
+        .arg(fixtures().join("llava_hub"))
+        .args(["--input-ids", &llava_ids[..2].join(",")])
         .output()
         .unwrap();
     assert!(
@@ -77,4 +79,5 @@ fn hf_check_writes_the_fixture_logits() {
         "{}",
         String::from_utf8_lossy(&run.stderr)
     );
+    assert!(String::from_utf8_lossy(&run.stdout).contains("loaded LLaVA"));
 }

@@ -2,7 +2,7 @@
 //! mask, a KV cache, greedy or temperature/top-p sampling, stop tokens.
 
 use burn::config::Config;
-use burn::tensor::{Int, Tensor};
+use burn::tensor::{Int, Tensor, TensorData};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
@@ -49,7 +49,8 @@ pub struct GenerationConfig {
 impl Llava {
     /// Continue each prompt (token ids with image slots already expanded) and return the new
     /// tokens of each, including its stop token when one was produced. `images` holds the
-    /// images of all prompts in order. Prompts of different lengths are left-padded. Call on a
+    /// images of all prompts in order. Prompts of different lengths are left-padded; the image
+    /// token is never generated. Call on a
     /// model without autodiff (`model.valid()`).
     pub fn generate(
         &self,
@@ -87,12 +88,17 @@ impl Llava {
             padded.then_some(valid.as_slice()),
             &mut cache,
         );
+        // Image slots are filled by the vision tower, never generated.
+        let vocab = self.language_model.vocab_size();
+        let mut bias = vec![0.0f32; vocab];
+        bias[self.image_token_id as usize] = -1e9;
+        let bias = Tensor::<2>::from_data(TensorData::new(bias, [1, vocab]), &device);
         let mut next_pos: Vec<i64> = prompts.iter().map(|p| p.len() as i64).collect();
         let mut rng = StdRng::seed_from_u64(config.seed);
         let mut out = vec![Vec::new(); batch];
         let mut done = vec![false; batch];
         for step in 0..config.max_new_tokens {
-            let chosen = choose(logits, config.sampling, &mut rng);
+            let chosen = choose(logits + bias.clone(), config.sampling, &mut rng);
             for (b, &token) in chosen.iter().enumerate() {
                 if !done[b] {
                     out[b].push(token);

@@ -14,6 +14,7 @@ pub use config::{
 
 use std::path::Path;
 
+use burn::store::ModuleSnapshot;
 use burn::tensor::Device;
 
 use crate::llava::{Llava, LlavaConfig};
@@ -49,28 +50,42 @@ fn kind(c: &HfModelConfig) -> &'static str {
     }
 }
 
+/// Read `dir/config.json`, check it describes the wanted kind (`pick` returns its config),
+/// build the module with `init` and load the weights with `key_map`.
+fn open<C, M: ModuleSnapshot>(
+    dir: &Path,
+    expected: &'static str,
+    pick: impl FnOnce(&HfModelConfig) -> Option<C>,
+    init: impl FnOnce(&C) -> M,
+    key_map: &[(String, String)],
+) -> Result<(M, C, LoadReport), HfError> {
+    let found = read_config(dir)?;
+    let config = pick(&found).ok_or_else(|| HfError::Kind {
+        dir: dir.display().to_string(),
+        expected,
+        found: kind(&found),
+    })?;
+    let mut model = init(&config);
+    let report = load_weights(&mut model, dir, key_map, &LoadOptions::default())?;
+    Ok((model, config, report))
+}
+
 /// Open a `LlavaForConditionalGeneration` directory at full size on `device`.
 pub fn load_llava(
     dir: &Path,
     device: &Device,
 ) -> Result<(Llava, LlavaConfig, LoadReport), HfError> {
-    match read_config(dir)? {
-        HfModelConfig::Llava(config) => {
-            let mut model = config.init(device);
-            let report = load_weights(
-                &mut model,
-                dir,
-                &crate::llava::hf_key_map(),
-                &LoadOptions::default(),
-            )?;
-            Ok((model, config, report))
-        }
-        other => Err(HfError::Kind {
-            dir: dir.display().to_string(),
-            expected: "llava",
-            found: kind(&other),
-        }),
-    }
+    let pick = |c: &HfModelConfig| match c {
+        HfModelConfig::Llava(c) => Some(c.clone()),
+        _ => None,
+    };
+    open(
+        dir,
+        "llava",
+        pick,
+        |c: &LlavaConfig| c.init(device),
+        &crate::llava::hf_key_map(),
+    )
 }
 
 /// Open a `LlamaForCausalLM` / `Qwen2ForCausalLM` directory on `device`.
@@ -78,23 +93,17 @@ pub fn load_decoder(
     dir: &Path,
     device: &Device,
 ) -> Result<(DecoderLm, DecoderConfig, LoadReport), HfError> {
-    match read_config(dir)? {
-        HfModelConfig::Decoder(config) => {
-            let mut model = config.init(device);
-            let report = load_weights(
-                &mut model,
-                dir,
-                &crate::llm::hf_key_map(""),
-                &LoadOptions::default(),
-            )?;
-            Ok((model, config, report))
-        }
-        other => Err(HfError::Kind {
-            dir: dir.display().to_string(),
-            expected: "causal LM",
-            found: kind(&other),
-        }),
-    }
+    let pick = |c: &HfModelConfig| match c {
+        HfModelConfig::Decoder(c) => Some(c.clone()),
+        _ => None,
+    };
+    open(
+        dir,
+        "causal LM",
+        pick,
+        |c: &DecoderConfig| c.init(device),
+        &crate::llm::hf_key_map(""),
+    )
 }
 
 /// Open a `CLIPVisionModel` directory on `device`.
@@ -102,23 +111,17 @@ pub fn load_vision(
     dir: &Path,
     device: &Device,
 ) -> Result<(VisionTransformer, VisionConfig, LoadReport), HfError> {
-    match read_config(dir)? {
-        HfModelConfig::Vision(config) => {
-            let mut model = config.init(device);
-            let report = load_weights(
-                &mut model,
-                dir,
-                &crate::vit::hf_key_map(""),
-                &LoadOptions::default(),
-            )?;
-            Ok((model, config, report))
-        }
-        other => Err(HfError::Kind {
-            dir: dir.display().to_string(),
-            expected: "CLIP vision",
-            found: kind(&other),
-        }),
-    }
+    let pick = |c: &HfModelConfig| match c {
+        HfModelConfig::Vision(c) => Some(c.clone()),
+        _ => None,
+    };
+    open(
+        dir,
+        "CLIP vision",
+        pick,
+        |c: &VisionConfig| c.init(device),
+        &crate::vit::hf_key_map(""),
+    )
 }
 
 /// Load an original LLaVA projector file (`mm_projector.bin` converted to safetensors, keys
