@@ -81,3 +81,19 @@ fn hf_check_opens_a_llava_layout() {
     );
     assert!(String::from_utf8_lossy(&run.stdout).contains("loaded LLaVA"));
 }
+
+#[test]
+fn hf_check_rejects_ids_outside_the_vocabulary() {
+    let run = Command::new(env!("CARGO_BIN_EXE_hf_check"))
+        .arg("--model")
+        .arg(fixtures().join("qwen2"))
+        .args(["--input-ids", "1,128"])
+        .output()
+        .unwrap();
+    assert!(!run.status.success());
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(
+        stderr.contains("128") && stderr.contains("vocabulary"),
+        "{stderr}"
+    );
+}

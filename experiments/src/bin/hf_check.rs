@@ -122,13 +122,15 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     }
     let device = selected.device;
     let config = hf::read_config(&args.model)?;
-    let (image_tokens, image_token_id, image_size) = match &config {
+    let (image_tokens, image_token_id, image_size, vocab) = match &config {
         HfModelConfig::Llava(c) => (
             c.image_tokens(),
             c.image_token_id as u32,
             c.vision.image_size,
+            c.text.vocab_size,
         ),
-        _ => (0, 0, 0),
+        HfModelConfig::Decoder(c) => (0, 0, 0, c.vocab_size),
+        HfModelConfig::Vision(_) => (0, 0, 0, 0),
     };
     let ids: Vec<i64> = match (&args.input_ids, &args.prompt) {
         (Some(ids), _) => ids.clone(),
@@ -137,6 +139,9 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     };
     if ids.is_empty() {
         return Err("the input is empty".into());
+    }
+    if let Some(bad) = ids.iter().find(|&&t| t < 0 || t as usize >= vocab.max(1)) {
+        return Err(format!("token id {bad} is outside the model's vocabulary of {vocab}").into());
     }
     let t = ids.len();
     let id_tensor = Tensor::<2, Int>::from_data(TensorData::new(ids.clone(), [1, t]), &device);
