@@ -152,7 +152,9 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             let images = if args.image.is_empty() {
                 None
             } else {
-                let p = processor(&args.model, image_size);
+                let mut p = processor(&args.model, image_size);
+                // The tower's learned positions fix the input size.
+                p.size = image_size;
                 let mut pixels = Vec::new();
                 for path in &args.image {
                     pixels.extend(
