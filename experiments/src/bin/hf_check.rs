@@ -140,6 +140,19 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     if ids.is_empty() {
         return Err("the input is empty".into());
     }
+    let slots = ids
+        .iter()
+        .filter(|&&t| image_tokens > 0 && t == image_token_id as i64)
+        .count();
+    if slots != args.image.len() * image_tokens {
+        return Err(format!(
+            "the ids hold {slots} image slots (id {image_token_id}) but {} image(s) need {} \
+             ({image_tokens} each): expand each image to its slots, as transformers does",
+            args.image.len(),
+            args.image.len() * image_tokens
+        )
+        .into());
+    }
     if let Some(bad) = ids.iter().find(|&&t| t < 0 || t as usize >= vocab.max(1)) {
         return Err(format!("token id {bad} is outside the model's vocabulary of {vocab}").into());
     }
