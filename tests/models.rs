@@ -153,7 +153,7 @@ fn text_only_pass_equals_masking_the_image_keys() {
     );
 }
 
-/// Greedy decoding by recomputing the whole sequence at every step.
+/// Greedy decoding by recomputing the whole sequence at every step (image token excluded).
 fn greedy_uncached(
     llava: &vlalign::models::Llava,
     prompt: &[i64],
@@ -168,7 +168,12 @@ fn greedy_uncached(
             .forward(input(&[seq.clone()], false, Some(imgs.clone()), &device))
             .logits;
         let t = seq.len();
-        let next: Tensor<2, Int> = logits.narrow(1, t - 1, 1).reshape([1, VOCAB]).argmax(1);
+        // Generation never emits the image token: mask it here too.
+        let mut bias = vec![0.0f32; VOCAB];
+        bias[IMAGE as usize] = -1e9;
+        let bias = Tensor::<2>::from_data(TensorData::new(bias, [1, VOCAB]), &device);
+        let last = logits.narrow(1, t - 1, 1).reshape([1, VOCAB]) + bias;
+        let next: Tensor<2, Int> = last.argmax(1);
         let next = next
             .into_data()
             .convert::<i64>()
@@ -345,4 +350,30 @@ fn hf_config_builds_a_model_and_configs_round_trip() {
     let text = serde_json::to_string(&config).unwrap();
     let back: vlalign::models::LlavaConfig = serde_json::from_str(&text).unwrap();
     assert_eq!(back, config);
+}
+
+#[test]
+fn generation_never_emits_the_image_token() {
+    let device = device();
+    let mut llava = tiny_llava(&device);
+    // Make the image token overwhelmingly likely: its LM-head column dominates.
+    let head = llava.language_model.lm_head.take().unwrap();
+    let w = head.weight.val();
+    let [d, v] = w.dims();
+    let mut boost = vec![0.0f32; d * v];
+    for row in 0..d {
+        boost[row * v + IMAGE as usize] = 100.0;
+    }
+    let boosted = w + Tensor::<2>::from_data(TensorData::new(boost, [d, v]), &device);
+    llava.language_model.lm_head = Some(burn::nn::Linear {
+        weight: burn::module::Param::from_tensor(boosted),
+        bias: None,
+    });
+    let out = llava.generate(
+        &[row(&[1, 2, 3], 1).iter().map(|&t| t as u32).collect()],
+        Some(images(1, &device)),
+        &GenerationConfig::new().with_max_new_tokens(6),
+    );
+    assert_eq!(out[0].len(), 6);
+    assert!(!out[0].contains(&(IMAGE as u32)), "{:?}", out[0]);
 }
