@@ -3,11 +3,17 @@
 //! closest-reference brevity penalty), [`rouge`] (ROUGE-L, β = 1.2), [`cider`] (CIDEr-D: σ = 6,
 //! n = 1..4, corpus document frequencies, clipping, ×10).
 //!
-//! Every scorer takes already tokenized text (space-separated tokens), as the reference's scorers
+//! Hallucination and grounding: [`pope`] (yes/no existence questions), [`chair`] (CHAIR_i /
+//! CHAIR_s), [`grounding`] (AUROC and average precision of per-token scores).
+//!
+//! Every caption scorer takes already tokenized text (space-separated tokens), as the reference's scorers
 //! do after its tokenizer ran; [`score_captions`] does both.
 
 pub mod bleu;
+pub mod chair;
 pub mod cider;
+pub mod grounding;
+pub mod pope;
 pub mod rouge;
 pub mod tokenize;
 
