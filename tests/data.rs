@@ -449,3 +449,50 @@ fn prompts_end_where_the_answer_starts() {
         assert_eq!((images, reference.as_str()), (1, "The circle is red."));
     }
 }
+
+#[test]
+fn generation_driver_writes_one_prediction_per_record() {
+    use vlalign::eval::generation::{GenerationRun, generate_split, write_predictions};
+    use vlalign::models::{GenerationConfig, LlavaConfig};
+    let dir = tempfile::tempdir().unwrap();
+    small_world(dir.path(), 9);
+    let tk = TextTokenizer::from_file(&dir.path().join("tokenizer.json")).unwrap();
+    let image_id = tk.token_id("<image>").unwrap() as usize;
+    let config = LlavaConfig::tiny(tk.vocab_size(), image_id);
+    let device = Device::flex();
+    let model = config.init(&device);
+    let e = Encoder::new(tk, Template::VicunaV1, config.image_tokens(), 512, None).unwrap();
+    let mut records: Vec<Record> = vlalign::data::read_records(&dir.path().join("test_qa.json"))
+        .unwrap()
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    records[1].images = vec!["missing.png".into()];
+    let processor = ImageProcessor::clip(config.vision.image_size);
+    let gen_config = GenerationConfig::new()
+        .with_max_new_tokens(5)
+        .with_stop_tokens(vec![e.end_of_turn()]);
+    let folder = dir.path().join("images");
+    let run = GenerationRun {
+        encoder: &e,
+        processor: &processor,
+        image_folder: &folder,
+        batch_size: 2,
+        config: &gen_config,
+        show_progress: false,
+    };
+    let (preds, errors) = generate_split(&model, &records, &run);
+    assert_eq!(preds.len() + errors.len(), records.len());
+    assert_eq!(errors.len(), 1);
+    assert_eq!(errors[0].id, records[1].id);
+    assert_eq!(preds[0].id, records[0].id);
+    assert_eq!(preds[0].reference, records[0].turns[1].value);
+    let path = dir.path().join("preds.jsonl");
+    write_predictions(&path, &preds).unwrap();
+    let lines = std::fs::read_to_string(&path).unwrap();
+    assert_eq!(lines.lines().count(), preds.len());
+    let first: serde_json::Value = serde_json::from_str(lines.lines().next().unwrap()).unwrap();
+    for key in ["id", "prompt", "output", "reference"] {
+        assert!(first.get(key).is_some(), "{key}");
+    }
+}

@@ -3,7 +3,8 @@
 //! closest-reference brevity penalty), [`rouge`] (ROUGE-L, β = 1.2), [`cider`] (CIDEr-D: σ = 6,
 //! n = 1..4, corpus document frequencies, clipping, ×10).
 //!
-//! Hallucination and grounding: [`pope`] (yes/no existence questions), [`chair`] (CHAIR_i /
+//! [`generation`] runs a model over a split and writes `{id, prompt, output, reference}` JSON
+//! Lines. Hallucination and grounding: [`pope`] (yes/no existence questions), [`chair`] (CHAIR_i /
 //! CHAIR_s), [`grounding`] (AUROC and average precision of per-token scores).
 //!
 //! Every caption scorer takes already tokenized text (space-separated tokens), as the reference's scorers
@@ -12,6 +13,7 @@
 pub mod bleu;
 pub mod chair;
 pub mod cider;
+pub mod generation;
 pub mod grounding;
 pub mod pope;
 pub mod rouge;
