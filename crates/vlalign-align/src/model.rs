@@ -29,21 +29,20 @@ pub trait AlignModel: Send + Sync {
     fn logits_no_grad(&self, batch: &VlmBatch) -> Tensor<3>;
 }
 
+/// The batch as LLaVA input; with `inner`, on the device without autodiff (no-grad passes).
 fn input(batch: &VlmBatch, inner: bool) -> LlavaInput {
-    let lift = |b: &VlmBatch| LlavaInput {
-        input_ids: b.input_ids.clone(),
-        attention_mask: b.attention_mask.clone(),
-        images: b.images.clone(),
+    let x = LlavaInput {
+        input_ids: batch.input_ids.clone(),
+        attention_mask: batch.attention_mask.clone(),
+        images: batch.images.clone(),
     };
-    let x = lift(batch);
-    if inner {
-        LlavaInput {
-            input_ids: x.input_ids.inner(),
-            attention_mask: x.attention_mask.inner(),
-            images: x.images.map(Tensor::inner),
-        }
-    } else {
-        x
+    if !inner {
+        return x;
+    }
+    LlavaInput {
+        input_ids: x.input_ids.inner(),
+        attention_mask: x.attention_mask.inner(),
+        images: x.images.map(Tensor::inner),
     }
 }
 
