@@ -2,4 +2,5 @@
 //! chosen: see [`device`].
 
 pub mod device;
+pub mod setup;
 pub mod world;

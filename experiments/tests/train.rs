@@ -1,0 +1,209 @@
+//! The trainer on the synthetic world: the loss falls, a run stopped mid-way resumes to the same
+//! losses as an uninterrupted one, a damaged checkpoint is skipped with a clear note, a
+//! non-finite loss stops the run naming the step, the batch and the last good checkpoint.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use burn::data::dataset::Dataset;
+use burn::tensor::Device;
+use experiments::setup::{Encoders, ModelSize, load};
+use vlalign_align::{AlignModel, MleObjective, Objective, ObjectiveOutput};
+use vlalign_data::world::{WorldConfig, generate, tokenizer_corpus};
+use vlalign_data::{ImageProcessor, Item, Template, TextTokenizer, VlmBatch, VlmBatcher};
+use vlalign_models::Llava;
+use vlalign_train::{Stage, TrainConfig, TrainError, Trainee, fit, quiet_renderer};
+
+struct Setup {
+    train: Arc<dyn Dataset<Item>>,
+    valid: Arc<dyn Dataset<Item>>,
+    batcher: VlmBatcher,
+    size: ModelSize,
+    vocab: usize,
+    image_id: usize,
+}
+
+fn setup(dir: &Path) -> Setup {
+    generate(&WorldConfig::new(60, 3), dir, &|_| {}).unwrap();
+    let tk = TextTokenizer::train_bpe(tokenizer_corpus(dir).unwrap().iter(), 300).unwrap();
+    let size = ModelSize {
+        image_size: 16,
+        vision_layers: 2,
+        width: 32,
+        vision_width: 32,
+        ..ModelSize::default()
+    };
+    let image_tokens = (size.image_size / size.patch_size).pow(2);
+    let enc = Encoders::new(&tk, Template::VicunaV1, image_tokens, 256).unwrap();
+    let processor = ImageProcessor::clip(size.image_size);
+    let images = dir.join("images");
+    let (train, _) = load(&dir.join("train_qa.json"), &enc.chat, &processor, &images).unwrap();
+    let (valid, _) = load(&dir.join("val_qa.json"), &enc.chat, &processor, &images).unwrap();
+    Setup {
+        train: Arc::new(train),
+        valid: Arc::new(valid),
+        batcher: VlmBatcher::new(tk.token_id("<pad>").unwrap(), size.image_size),
+        vocab: tk.vocab_size(),
+        image_id: enc.chat.image_token_id() as usize,
+        size,
+    }
+}
+
+fn config(steps: usize) -> TrainConfig {
+    let mut c = TrainConfig {
+        steps,
+        batch_size: 4,
+        accumulation: 2,
+        checkpoint_every: 4,
+        keep_checkpoints: 2,
+        seed: 11,
+        ..TrainConfig::default()
+    };
+    c.optim.warmup_steps = 2;
+    c.optim.lr = 3e-3;
+    c
+}
+
+fn model(s: &Setup) -> Llava {
+    let device = Device::flex();
+    device.seed(5);
+    s.size.llava(s.vocab, s.image_id).init(&device.autodiff())
+}
+
+fn run(
+    s: &Setup,
+    dir: &Path,
+    objective: Arc<dyn Objective<Llava>>,
+    resume: bool,
+    stop_after: Option<usize>,
+    steps: usize,
+) -> Result<vlalign_train::TrainReport, TrainError> {
+    let trainee = Trainee::new(model(s), objective);
+    fit(
+        trainee,
+        s.train.clone(),
+        s.valid.clone(),
+        s.batcher.clone(),
+        &Device::flex(),
+        &config(steps),
+        Stage {
+            dir,
+            label: "test",
+            resume,
+            stop_after,
+            show: &[],
+            renderer: Some(quiet_renderer()),
+        },
+    )
+    .map(|(_, report)| report)
+}
+
+fn csv_losses(dir: &Path) -> Vec<String> {
+    std::fs::read_to_string(dir.join("metrics.csv"))
+        .unwrap()
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').take(2).collect::<Vec<_>>().join(","))
+        .collect()
+}
+
+#[test]
+fn trains_resumes_exactly_and_detects_damage() {
+    let tmp = tempfile::tempdir().unwrap();
+    let s = setup(&tmp.path().join("world"));
+
+    // Uninterrupted.
+    let full = tmp.path().join("full");
+    let report = run(&s, &full, Arc::new(MleObjective), false, None, 12).unwrap();
+    assert_eq!(report.steps.len(), 12);
+    let first = report.steps[0].loss;
+    let last = report.steps[11].loss;
+    assert!(last < first, "loss should fall: {first} -> {last}");
+    assert!(report.valid_loss.is_some_and(f64::is_finite));
+    // Warmup then cosine: the learning rate rises for 2 steps and then falls.
+    let lrs: Vec<f64> = report.steps.iter().map(|r| r.lr).collect();
+    assert!(lrs[0] < lrs[1] && lrs[2] > lrs[11], "{lrs:?}");
+
+    // Stopped after step 6 (the last checkpoint is step 4), then resumed.
+    let cut = tmp.path().join("cut");
+    run(&s, &cut, Arc::new(MleObjective), false, Some(6), 12).unwrap();
+    let again = run(&s, &cut, Arc::new(MleObjective), false, None, 12);
+    assert!(matches!(again, Err(TrainError::Exists(_))), "{again:?}");
+    let resumed = run(&s, &cut, Arc::new(MleObjective), true, None, 12).unwrap();
+    assert_eq!(resumed.resumed_from, Some(4));
+    assert_eq!(resumed.steps.first().map(|r| r.step), Some(5));
+    assert_eq!(csv_losses(&full), csv_losses(&cut), "resumed losses differ");
+
+    // Damage the newest checkpoint: resume falls back to the previous one and says why.
+    let ck = full.join("checkpoints");
+    let model12 = ck.join("model-12.bpk");
+    let len = std::fs::metadata(&model12).unwrap().len();
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&model12)
+        .unwrap();
+    f.set_len(len / 2).unwrap();
+    let (found, problems) = vlalign_train::latest_valid(&ck).unwrap();
+    assert_eq!(found.map(|m| m.step), Some(8));
+    assert!(
+        problems[0].contains("step 12") && problems[0].contains("truncated"),
+        "{problems:?}"
+    );
+    // With every checkpoint damaged, resume is a clear error.
+    let model8 = ck.join("model-8.bpk");
+    std::fs::write(&model8, b"oops").unwrap();
+    let err = run(&s, &full, Arc::new(MleObjective), true, None, 16).unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.contains("no intact checkpoint") && msg.contains("model-8.bpk"),
+        "{msg}"
+    );
+}
+
+/// MLE whose loss becomes NaN from the `after`-th call on.
+struct NanAfter {
+    after: usize,
+    calls: AtomicUsize,
+}
+
+impl<M: AlignModel> Objective<M> for NanAfter {
+    fn loss(&self, model: &M, batch: &VlmBatch) -> ObjectiveOutput {
+        let mut out = MleObjective.loss(model, batch);
+        if self.calls.fetch_add(1, Ordering::SeqCst) >= self.after {
+            out.loss = out.loss * f32::NAN;
+        }
+        out
+    }
+
+    fn name(&self) -> &'static str {
+        "nan"
+    }
+}
+
+#[test]
+fn non_finite_loss_stops_with_step_batch_and_checkpoint() {
+    let tmp = tempfile::tempdir().unwrap();
+    let s = setup(&tmp.path().join("world"));
+    // 2 batches per step: the 11th call is in step 6, after the checkpoint at step 4.
+    let objective = Arc::new(NanAfter {
+        after: 10,
+        calls: AtomicUsize::new(0),
+    });
+    let err = run(&s, &tmp.path().join("run"), objective, false, None, 12).unwrap_err();
+    match &err {
+        TrainError::NonFinite {
+            step,
+            ids,
+            last_checkpoint,
+            ..
+        } => {
+            assert_eq!(*step, 6);
+            assert_eq!(ids.len(), 4);
+            assert_eq!(*last_checkpoint, Some(4));
+        }
+        other => panic!("expected NonFinite, got {other:?}"),
+    }
+    let msg = err.to_string();
+    assert!(msg.contains("step 6") && msg.contains("step 4 in"), "{msg}");
+}
