@@ -1,6 +1,11 @@
 //! Shared code of the vlalign experiment binaries. This crate is the only place a backend is
 //! chosen: see [`device`].
 
+pub mod cal_llava;
+pub mod cal_report;
 pub mod device;
+pub mod plot;
 pub mod setup;
+pub mod slots;
+pub mod token_eval;
 pub mod world;

@@ -157,7 +157,7 @@ impl Default for TrainConfig {
 /// What a stage did.
 #[derive(Clone, Debug, Default)]
 pub struct TrainReport {
-    /// The steps run in this process (after the resumed step, if any).
+    /// Every step of the stage, from `metrics.csv` (those before a resume included).
     pub steps: Vec<StepRecord>,
     /// Mean validation loss at the end.
     pub valid_loss: Option<f64>,
@@ -170,7 +170,7 @@ pub struct TrainReport {
 }
 
 impl TrainReport {
-    /// Median step time (ms) of the steps run here, skipping the first (warm-up).
+    /// Median step time (ms), skipping the first step (warm-up).
     pub fn median_step_ms(&self) -> Option<f64> {
         let mut v: Vec<f64> = self.steps.iter().skip(1).map(|s| s.step_ms).collect();
         if v.is_empty() {
@@ -212,8 +212,9 @@ pub fn default_renderer(every: usize) -> Option<Box<dyn MetricsRenderer>> {
     }
 }
 
-/// Train `trainee` on `train` as `config` says; returns the trained model (on the device without
-/// autodiff) and what happened. The model must already live on `device.autodiff()`.
+/// Train `trainee` on `train` as `config` says; returns the trained model (still on
+/// `device.autodiff()`: call `valid()` to evaluate, keep it to train further) and what happened.
+/// The model must already live on `device.autodiff()`.
 pub fn fit(
     mut trainee: Trainee,
     train: Arc<dyn Dataset<Item>>,
@@ -245,12 +246,24 @@ pub fn fit(
         None
     };
     report.resumed_from = resume.as_ref().map(|m| m.step);
-    if resume.as_ref().is_some_and(|m| m.step >= config.steps) {
-        return Err(TrainError::Config(format!(
-            "the checkpoint is at step {} and the run has {} steps: nothing to resume",
-            resume.as_ref().map_or(0, |m| m.step),
-            config.steps
-        )));
+    if let Some(m) = resume.as_ref().filter(|m| m.step >= config.steps) {
+        if m.step > config.steps {
+            return Err(TrainError::Config(format!(
+                "the checkpoint is at step {} but the run has only {} steps",
+                m.step, config.steps
+            )));
+        }
+        // The stage finished before: its final checkpoint is the result.
+        use burn::module::Module;
+        use burn::train::checkpoint::Checkpointer;
+        let record = checkpoint::AtomicFileCheckpointer::new(&checkpoint_dir, "model")
+            .restore(m.step)
+            .map_err(|e| TrainError::Burn(format!("restoring step {}: {e}", m.step)))?;
+        let trainee = trainee.load_record(record);
+        report.steps = read_csv(&stage.dir.join("metrics.csv"))?;
+        report.valid_loss = read_result(stage.dir).and_then(|r| r.valid_loss);
+        report.last_checkpoint = Some(m.step);
+        return Ok((trainee.model, report));
     }
 
     trainee.loss_scale = 1.0 / config.accumulation as f32;
@@ -309,10 +322,63 @@ pub fn fit(
     if let Some(error) = result.error {
         return Err(TrainError::Burn(error.to_string()));
     }
-    report.steps = log.steps;
+    report.steps = read_csv(&stage.dir.join("metrics.csv"))?;
     report.valid_loss = log.valid_loss;
+    let result_path = stage.dir.join("result.json");
+    let result_json = serde_json::to_vec_pretty(&StageResult {
+        steps: config.steps,
+        valid_loss: log.valid_loss,
+    })
+    .expect("serializes");
+    std::fs::write(&result_path, result_json).map_err(|e| TrainError::io(&result_path, e))?;
     report.last_checkpoint = log.last_checkpoint;
-    Ok((result.model.model, report))
+    let model = log.model.map_or(result.model.model, |t| t.model);
+    Ok((model, report))
+}
+
+/// What a finished stage leaves in `result.json`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct StageResult {
+    /// Optimizer steps run.
+    pub steps: usize,
+    /// Mean validation loss at the end.
+    pub valid_loss: Option<f64>,
+}
+
+fn read_result(dir: &Path) -> Option<StageResult> {
+    let bytes = std::fs::read(dir.join("result.json")).ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
+
+/// The step log of a stage (`metrics.csv`) as records.
+pub fn read_csv(path: &Path) -> Result<Vec<StepRecord>, TrainError> {
+    let text = std::fs::read_to_string(path).map_err(|e| TrainError::io(path, e))?;
+    let mut lines = text.lines();
+    let header: Vec<&str> = lines.next().unwrap_or_default().split(',').collect();
+    let mut out = Vec::new();
+    for (n, line) in lines.enumerate() {
+        let cells: Vec<&str> = line.split(',').collect();
+        let num = |i: usize| -> Result<f64, TrainError> {
+            cells.get(i).and_then(|c| c.parse().ok()).ok_or_else(|| {
+                TrainError::Data(format!(
+                    "{} line {}: column `{}` is not a number",
+                    path.display(),
+                    n + 2,
+                    header.get(i).unwrap_or(&"?")
+                ))
+            })
+        };
+        out.push(StepRecord {
+            step: num(0)? as usize,
+            loss: num(1)?,
+            lr: num(2)?,
+            step_ms: num(3)?,
+            diagnostics: (4..header.len())
+                .filter_map(|i| Some((header[i].to_string(), cells.get(i)?.parse().ok()?)))
+                .collect(),
+        });
+    }
+    Ok(out)
 }
 
 /// A shared dataset as an owned one (the data loader builder takes datasets by value).

@@ -16,6 +16,7 @@ pub struct LineRenderer {
     label: String,
     total: usize,
     latest: Vec<(String, String)>,
+    names: Vec<(String, String)>,
 }
 
 impl LineRenderer {
@@ -26,6 +27,7 @@ impl LineRenderer {
             label: String::from("training"),
             total: 0,
             latest: Vec::new(),
+            names: Vec::new(),
         }
     }
 
@@ -35,7 +37,12 @@ impl LineRenderer {
             MetricState::Numeric(e, _) => e,
         };
         let key = format!("{:?}", entry.metric_id);
-        let text = entry.serialized_entry.formatted;
+        let name = self
+            .names
+            .iter()
+            .find(|(k, _)| *k == key)
+            .map_or("", |(_, n)| n.as_str());
+        let text = format!("{name} {}", entry.serialized_entry.formatted);
         match self.latest.iter_mut().find(|(k, _)| *k == key) {
             Some((_, t)) => *t = text,
             None => self.latest.push((key, text)),
@@ -114,5 +121,10 @@ impl EvaluationProgressLogger for LineRenderer {
 impl MetricsRenderer for LineRenderer {
     fn manual_close(&mut self) {}
 
-    fn register_metric(&mut self, _definition: MetricDefinition) {}
+    fn register_metric(&mut self, definition: MetricDefinition) {
+        self.names.push((
+            format!("{:?}", definition.metric_id),
+            definition.name.to_string(),
+        ));
+    }
 }

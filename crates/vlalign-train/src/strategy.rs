@@ -47,7 +47,7 @@ pub struct StepPlan {
 }
 
 /// What the loop leaves for the caller.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct RunLog {
     /// One record per optimizer step run in this process.
     pub steps: Vec<StepRecord>,
@@ -57,6 +57,8 @@ pub struct RunLog {
     pub failure: Option<TrainError>,
     /// The last committed checkpoint step.
     pub last_checkpoint: Option<usize>,
+    /// The trained model, still on the autodiff device (to train further).
+    pub model: Option<Trainee>,
 }
 
 /// The strategy (see the module docs).
@@ -296,6 +298,7 @@ impl SupervisedLearningStrategy<Trainee> for StepStrategy {
             self.log.lock().expect("log").valid_loss = valid_loss;
         }
         interrupter.fail_on_error(processor.process_train(LearnerEvent::EndEpoch(1)));
+        self.log.lock().expect("log").model = Some(learner.model());
         (learner.model(), processor)
     }
 }

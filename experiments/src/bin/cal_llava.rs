@@ -1,0 +1,200 @@
+//! CAL vs MLE on a LLaVA-style model, end to end.
+//!
+//! ```text
+//! cargo run --release -p experiments --bin cal_llava                 # the default run (~15 min, CPU)
+//! cargo run --release -p experiments --bin cal_llava -- --quick      # CI smoke run (< 1 min)
+//! cargo run --release -p experiments --bin cal_llava -- --noise 0,0.1,0.3
+//! cargo run --release -p experiments --bin cal_llava -- --config my.toml --out runs/x [--resume]
+//! ```
+//! Generates the grounded world if absent, trains stage 1 (captions) and stage 2 (QA) with MLE
+//! and with CAL, evaluates both and writes `runs/cal_llava/<time>/` (see `cal_report`).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use clap::Parser;
+use experiments::cal_llava::{CalLlavaConfig, RunOptions, StageKind, run};
+use experiments::device::select_device;
+use vlalign_align::{Contrast, Pooling};
+
+#[derive(Parser, Debug)]
+#[command(about = "Train a LLaVA-style model with and without CAL and compare them")]
+struct Args {
+    /// TOML configuration (every field optional; see `config.toml` in any run directory).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// The CI smoke profile (small world, small model, a few steps).
+    #[arg(long)]
+    quick: bool,
+    /// Run directory (default `runs/cal_llava/<unix time>`).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Continue the run in `--out` from each stage's newest intact checkpoint.
+    #[arg(long, requires = "out")]
+    resume: bool,
+    /// Label-noise levels, comma separated (share of training records whose answers are swapped
+    /// between images), e.g. `0,0.1,0.3`.
+    #[arg(long, value_delimiter = ',')]
+    noise: Option<Vec<f64>>,
+    /// Device: flex | ndarray | wgpu | cuda[:N] (default: BURN_DEVICE, else the first compiled).
+    #[arg(long)]
+    device: Option<String>,
+    /// Steps of stage 1 and stage 2 (overrides the config).
+    #[arg(long)]
+    steps: Option<usize>,
+    /// CAL pooling: reference | per_sequence.
+    #[arg(long)]
+    pooling: Option<String>,
+    /// CAL contrast: drop | blur:SIGMA.
+    #[arg(long)]
+    contrast: Option<String>,
+    /// Stages where CAL is on: pretrain,finetune.
+    #[arg(long, value_delimiter = ',')]
+    cal_stages: Option<Vec<String>>,
+    /// World folder (generated if absent).
+    #[arg(long)]
+    world: Option<PathBuf>,
+    /// Quiet: no progress bars or per-step lines.
+    #[arg(long)]
+    quiet: bool,
+}
+
+fn resolve(args: &Args) -> Result<CalLlavaConfig, String> {
+    let mut c = match &args.config {
+        Some(path) => {
+            let text =
+                std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+            toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?
+        }
+        None if args.quick => CalLlavaConfig::quick(),
+        None => CalLlavaConfig::default(),
+    };
+    if let Some(n) = &args.noise {
+        if n.iter().any(|r| !(0.0..=1.0).contains(r)) {
+            return Err(format!("--noise: every level must be in [0, 1], got {n:?}"));
+        }
+        c.noise = n.clone();
+    }
+    if let Some(s) = args.steps {
+        c.pretrain.steps = s;
+        c.finetune.steps = s;
+    }
+    if let Some(p) = &args.pooling {
+        c.cal.pooling = match p.as_str() {
+            "reference" => Pooling::Reference,
+            "per_sequence" => Pooling::PerSequence,
+            other => {
+                return Err(format!(
+                    "--pooling: expected reference|per_sequence, got {other}"
+                ));
+            }
+        };
+    }
+    if let Some(x) = &args.contrast {
+        c.cal.contrast = match x.split_once(':') {
+            None if x == "drop" => Contrast::Drop,
+            Some(("blur", s)) => Contrast::Blur {
+                sigma: s
+                    .parse()
+                    .map_err(|_| format!("--contrast: bad sigma `{s}`"))?,
+            },
+            _ => return Err(format!("--contrast: expected drop | blur:SIGMA, got {x}")),
+        };
+    }
+    if let Some(stages) = &args.cal_stages {
+        c.cal_stages = stages
+            .iter()
+            .map(|s| match s.as_str() {
+                "pretrain" => Ok(StageKind::Pretrain),
+                "finetune" => Ok(StageKind::Finetune),
+                other => Err(format!(
+                    "--cal-stages: expected pretrain|finetune, got {other}"
+                )),
+            })
+            .collect::<Result<_, _>>()?;
+    }
+    if let Some(w) = &args.world {
+        c.world.dir = w.clone();
+    }
+    Ok(c)
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    match main_inner(&args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn main_inner(args: &Args) -> Result<(), String> {
+    let config = resolve(args)?;
+    let selected = select_device(args.device.as_deref()).map_err(|e| e.to_string())?;
+    if let Some(w) = &selected.warning {
+        eprintln!("warning: {w}");
+    }
+    let device_name = format!(
+        "{} ({})",
+        selected.spec,
+        selected.adapter.clone().unwrap_or_default()
+    );
+    let out = args.out.clone().unwrap_or_else(|| {
+        let t = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        PathBuf::from("runs/cal_llava").join(t.to_string())
+    });
+    std::fs::create_dir_all(&out).map_err(|e| format!("{}: {e}", out.display()))?;
+    let config_path = out.join("config.toml");
+    let text = toml::to_string_pretty(&config).map_err(|e| e.to_string())?;
+    if args.resume && config_path.is_file() {
+        let before = std::fs::read_to_string(&config_path).map_err(|e| e.to_string())?;
+        if before != text {
+            return Err(format!(
+                "{} was made with another configuration; resume with `--config {}`",
+                out.display(),
+                config_path.display()
+            ));
+        }
+    }
+    std::fs::write(&config_path, &text).map_err(|e| format!("{}: {e}", config_path.display()))?;
+    eprintln!("cal_llava on {device_name}, writing {}", out.display());
+    let started = Instant::now();
+    let outcome = run(
+        &config,
+        &RunOptions {
+            device: selected.device.clone(),
+            out: out.clone(),
+            resume: args.resume,
+            verbose: !args.quiet,
+        },
+    )?;
+    let command = std::env::args().collect::<Vec<_>>().join(" ");
+    experiments::cal_report::write_all(&out, &config, &outcome, &command, &device_name)?;
+    println!();
+    println!(
+        "{:<10} {:>6} {:>10} {:>11} {:>10} {:>9}",
+        "objective", "noise", "slot acc %", "perplexity", "CAL AUROC", "step ms"
+    );
+    for r in &outcome.runs {
+        println!(
+            "{:<10} {:>6} {:>10.1} {:>11.3} {:>10} {:>9.1}",
+            r.objective,
+            r.noise,
+            100.0 * r.slot_accuracy,
+            r.perplexity,
+            r.cal_weight_auroc.map_or("–".into(), |a| format!("{a:.3}")),
+            r.step_ms
+        );
+    }
+    println!(
+        "\nwrote {} ({:.0} s)",
+        out.join("report.md").display(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}

@@ -1,0 +1,499 @@
+//! The CAL experiment: a LLaVA trained from scratch on the grounded world, stage 1 (captions,
+//! `plain` template) then stage 2 (questions/answers) with MLE and with CAL from the same
+//! stage-1 model, the same data order and the same number of steps, at each label-noise level;
+//! then grounded-slot accuracy, perplexity and the AUROC of CAL's token weights for grounded vs
+//! template tokens on the held-out split.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use burn::data::dataset::Dataset;
+use burn::module::Module;
+use burn::tensor::Device;
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use serde::{Deserialize, Serialize};
+use vlalign_align::{CalConfig, CalObjective, MleObjective, Objective};
+use vlalign_data::dataset::prepare;
+use vlalign_data::world::WorldConfig;
+use vlalign_data::{
+    ImageCheck, ImageProcessor, Item, Record, Template, TextTokenizer, VlmBatcher, VlmDataset,
+    read_records,
+};
+use vlalign_eval::generation::{GenerationRun, Prediction, generate_split, write_predictions};
+use vlalign_models::{GenerationConfig, Llava};
+use vlalign_train::{Stage, TrainConfig, TrainReport, Trainee, default_renderer, fit};
+
+use crate::setup::{Encoders, ModelSize};
+use crate::slots::{SlotScores, score, single_turn};
+use crate::token_eval::{TokenEval, evaluate_tokens};
+
+/// Where the world comes from.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WorldSection {
+    /// Folder (generated when it has no `world.json`).
+    pub dir: PathBuf,
+    /// Scenes.
+    pub images: usize,
+    /// World seed.
+    pub seed: u64,
+    /// Language prior: share of stars that are yellow (0.8 default; 0 = none).
+    pub prior: f32,
+    /// Tokenizer vocabulary trained on the world's texts.
+    pub vocab: usize,
+}
+
+impl Default for WorldSection {
+    fn default() -> Self {
+        Self {
+            dir: PathBuf::from("data/world"),
+            images: 3000,
+            seed: 0,
+            prior: 0.8,
+            vocab: 512,
+        }
+    }
+}
+
+/// Evaluation settings.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EvalSection {
+    /// Held-out QA records scored (each gives up to three questions).
+    pub records: usize,
+    /// Batch size of generation and scoring.
+    pub batch_size: usize,
+    /// Generation budget per answer.
+    pub max_new_tokens: usize,
+    /// Validation samples drawn in `tokens.html`.
+    pub html_samples: usize,
+}
+
+impl Default for EvalSection {
+    fn default() -> Self {
+        Self {
+            records: 200,
+            batch_size: 32,
+            max_new_tokens: 16,
+            html_samples: 8,
+        }
+    }
+}
+
+/// The stages of LLaVA training.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StageKind {
+    /// Stage 1: alignment pretraining on captions.
+    Pretrain,
+    /// Stage 2: instruction tuning.
+    Finetune,
+}
+
+/// Everything the experiment does; written to the run directory as `config.toml`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CalLlavaConfig {
+    /// Model and run seed.
+    pub seed: u64,
+    /// Longest sequence (tokens, image slots included).
+    pub max_len: usize,
+    /// The world.
+    pub world: WorldSection,
+    /// Model sizes.
+    pub model: ModelSize,
+    /// Stage 1.
+    pub pretrain: TrainConfig,
+    /// Stage 2.
+    pub finetune: TrainConfig,
+    /// CAL's settings.
+    pub cal: CalConfig,
+    /// Stages where CAL replaces MLE in the CAL runs.
+    pub cal_stages: Vec<StageKind>,
+    /// Label-noise levels (share of training records whose answers are swapped between images).
+    pub noise: Vec<f64>,
+    /// Evaluation.
+    pub eval: EvalSection,
+}
+
+impl Default for CalLlavaConfig {
+    fn default() -> Self {
+        let stage = |steps: usize, lr: f64| {
+            let mut c = TrainConfig {
+                steps,
+                batch_size: 32,
+                checkpoint_every: 100,
+                ..TrainConfig::default()
+            };
+            c.optim.lr = lr;
+            c.optim.warmup_steps = steps / 20;
+            c
+        };
+        Self {
+            seed: 0,
+            max_len: 160,
+            world: WorldSection::default(),
+            model: ModelSize::default(),
+            pretrain: stage(400, 2e-3),
+            finetune: stage(400, 1e-3),
+            cal: CalConfig::default(),
+            cal_stages: vec![StageKind::Finetune],
+            noise: vec![0.0, 0.3],
+            eval: EvalSection::default(),
+        }
+    }
+}
+
+impl CalLlavaConfig {
+    /// The CI smoke profile: a small world, a smaller model, a few steps.
+    pub fn quick() -> Self {
+        let mut c = Self::default();
+        c.world.dir = PathBuf::from("data/world-quick");
+        c.world.images = 200;
+        c.world.vocab = 400;
+        c.model.image_size = 32;
+        c.model.width = 64;
+        for (stage, steps) in [(&mut c.pretrain, 16), (&mut c.finetune, 12)] {
+            stage.steps = steps;
+            stage.batch_size = 8;
+            stage.checkpoint_every = 6;
+            stage.optim.warmup_steps = 2;
+        }
+        c.noise = vec![0.0];
+        c.eval.records = 12;
+        c.eval.html_samples = 3;
+        c
+    }
+}
+
+/// One trained model's results.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RunResult {
+    /// `mle` or `cal`.
+    pub objective: String,
+    /// Label noise.
+    pub noise: f64,
+    /// Grounded-slot accuracy over all slots.
+    pub slot_accuracy: f64,
+    /// Slot accuracy per kind.
+    pub slot_accuracy_by_kind: std::collections::BTreeMap<String, f64>,
+    /// Perplexity of the held-out answers.
+    pub perplexity: f64,
+    /// Median stage-2 step time, ms.
+    pub step_ms: f64,
+    /// AUROC of the CAL weight (reference pooling) for grounded vs template tokens.
+    pub cal_weight_auroc: Option<f64>,
+    /// The same with per-sequence pooling.
+    pub cal_weight_auroc_per_sequence: Option<f64>,
+    /// AUROC of the raw Δ.
+    pub delta_auroc: Option<f64>,
+    /// Mean CAL weight per word kind.
+    pub weight_by_kind: std::collections::BTreeMap<String, f64>,
+    /// Final validation loss of stage 2.
+    pub valid_loss: Option<f64>,
+    /// Stage directory.
+    pub dir: PathBuf,
+}
+
+/// What the whole experiment produced.
+pub struct Outcome {
+    /// One entry per (noise, objective).
+    pub runs: Vec<RunResult>,
+    /// Stage-1 step log and each stage-2 log, for the loss plot: (label, (step, loss)).
+    pub curves: Vec<(String, Vec<(usize, f64)>)>,
+    /// Stage-1 median step time, ms.
+    pub pretrain_step_ms: f64,
+    /// Token scores of each run (same order as `runs`), for the HTML view.
+    pub tokens: Vec<TokenEval>,
+    /// The tokenizer (to draw tokens).
+    pub tokenizer: TextTokenizer,
+}
+
+/// Options that are not part of the experiment's definition.
+pub struct RunOptions {
+    /// The device (without autodiff).
+    pub device: Device,
+    /// Run directory.
+    pub out: PathBuf,
+    /// Resume each stage from its newest intact checkpoint.
+    pub resume: bool,
+    /// Show progress bars and burn-train's renderer.
+    pub verbose: bool,
+}
+
+/// Swap the images of a share `r` of `records` among themselves (a derangement of the chosen
+/// ones: each keeps its text but gets another record's image), as the CAL paper's noisy-label
+/// experiment. Returns the number of records changed.
+pub fn add_label_noise(records: &mut [Record], r: f64, seed: u64) -> usize {
+    let n = ((records.len() as f64) * r.clamp(0.0, 1.0)).round() as usize;
+    if n < 2 {
+        return 0;
+    }
+    let mut idx: Vec<usize> = (0..records.len()).collect();
+    idx.shuffle(&mut StdRng::seed_from_u64(seed ^ 0x6e6f_6973_65));
+    let chosen = &idx[..n];
+    let images: Vec<Vec<String>> = chosen.iter().map(|&i| records[i].images.clone()).collect();
+    for (k, &i) in chosen.iter().enumerate() {
+        records[i].images = images[(k + 1) % n].clone();
+    }
+    n
+}
+
+/// Train and evaluate; see the module docs.
+pub fn run(config: &CalLlavaConfig, opts: &RunOptions) -> Result<Outcome, String> {
+    let err = |e: &dyn std::fmt::Display| e.to_string();
+    let world = &config.world;
+    if !world.dir.join("world.json").is_file() || !world.dir.join("tokenizer.json").is_file() {
+        eprintln!(
+            "generating the world ({} scenes) in {}",
+            world.images,
+            world.dir.display()
+        );
+        let mut wc = WorldConfig::new(world.images, world.seed);
+        wc.sampler.prior = world.prior;
+        crate::world::make_world(&wc, &world.dir, world.vocab, opts.verbose)
+            .map_err(|e| err(&e))?;
+    }
+    let tokenizer =
+        TextTokenizer::from_file(&world.dir.join("tokenizer.json")).map_err(|e| err(&e))?;
+    let size = &config.model;
+    let image_tokens = (size.image_size / size.patch_size).pow(2);
+    let enc = Encoders::new(&tokenizer, Template::VicunaV1, image_tokens, config.max_len)
+        .map_err(|e| err(&e))?;
+    let processor = ImageProcessor::clip(size.image_size);
+    let images = world.dir.join("images");
+    let read = |name: &str| -> Result<Vec<Record>, String> {
+        let parsed = read_records(&world.dir.join(name)).map_err(|e| err(&e))?;
+        Ok(parsed.into_iter().filter_map(Result::ok).collect())
+    };
+    let dataset = |records: Vec<Record>, encoder| -> Arc<dyn Dataset<Item>> {
+        let (samples, report) = prepare(
+            records.into_iter().map(Ok).collect(),
+            encoder,
+            &images,
+            ImageCheck::Exists,
+        );
+        if !report.errors.is_empty() {
+            eprintln!("{}", report.summary());
+        }
+        Arc::new(VlmDataset::new(samples, processor.clone()))
+    };
+    let pad = tokenizer.token_id("<pad>").unwrap_or(0);
+    let batcher = VlmBatcher::new(pad, size.image_size);
+    let llava = size.llava(tokenizer.vocab_size(), enc.chat.image_token_id() as usize);
+    let train_device = opts.device.clone().autodiff();
+    opts.device.seed(config.seed);
+    let init = llava.init(&train_device);
+
+    let captions = dataset(read("train_captions.json")?, &enc.plain);
+    let captions_val = dataset(read("val_captions.json")?, &enc.plain);
+    let qa_train = read("train_qa.json")?;
+    let qa_val_records: Vec<Record> = read("val_qa.json")?
+        .into_iter()
+        .take(config.eval.records)
+        .collect();
+    let qa_val = dataset(qa_val_records.clone(), &enc.chat);
+    let mle: Arc<dyn Objective<Llava>> = Arc::new(MleObjective);
+    let cal: Arc<dyn Objective<Llava>> = Arc::new(CalObjective {
+        config: config.cal.clone(),
+    });
+    let show: &[(&str, &str)] = &[
+        ("cal_weight_mean", "CAL weight (mean)"),
+        ("cal_floor_share", "CAL floor share"),
+    ];
+    let train_stage = |model: Llava,
+                       objective: Arc<dyn Objective<Llava>>,
+                       data: Arc<dyn Dataset<Item>>,
+                       valid: Arc<dyn Dataset<Item>>,
+                       tc: &TrainConfig,
+                       name: &str|
+     -> Result<(Llava, TrainReport), String> {
+        let dir = opts.out.join(name);
+        let (model, report) = fit(
+            Trainee::new(model, objective),
+            data,
+            valid,
+            batcher.clone(),
+            &opts.device,
+            tc,
+            Stage {
+                dir: &dir,
+                label: name,
+                resume: opts.resume,
+                stop_after: None,
+                show,
+                renderer: if opts.verbose {
+                    default_renderer((tc.steps / 20).max(1))
+                } else {
+                    Some(vlalign_train::quiet_renderer())
+                },
+            },
+        )
+        .map_err(|e| format!("{name}: {e}"))?;
+        for w in &report.warnings {
+            eprintln!("{name}: {w}");
+        }
+        Ok((model, report))
+    };
+
+    // Stage 1, shared unless CAL is on in pretraining.
+    let cal_pretrain = config.cal_stages.contains(&StageKind::Pretrain);
+    let cal_finetune = config.cal_stages.contains(&StageKind::Finetune);
+    let mut curves = Vec::new();
+    let mut stage1 = Vec::new();
+    for (obj, objective) in [("mle", &mle), ("cal", &cal)] {
+        if obj == "cal" && !cal_pretrain {
+            break;
+        }
+        let objective = if obj == "cal" {
+            cal.clone()
+        } else {
+            objective.clone()
+        };
+        let name = if cal_pretrain {
+            format!("pretrain-{obj}")
+        } else {
+            "pretrain".into()
+        };
+        eprintln!(
+            "stage 1 ({name}): {} steps on captions",
+            config.pretrain.steps
+        );
+        let (m, report) = train_stage(
+            init.clone(),
+            objective,
+            captions.clone(),
+            captions_val.clone(),
+            &config.pretrain,
+            &name,
+        )?;
+        curves.push((name, loss_curve(&report)));
+        stage1.push((m, report));
+    }
+    let pretrain_step_ms = stage1[0].1.median_step_ms().unwrap_or(0.0);
+
+    let mut runs = Vec::new();
+    let mut tokens = Vec::new();
+    for &noise in &config.noise {
+        let mut records = qa_train.clone();
+        let changed = add_label_noise(&mut records, noise, config.seed);
+        let data = dataset(records, &enc.chat);
+        for (k, (obj, objective)) in [("mle", &mle), ("cal", &cal)].into_iter().enumerate() {
+            let objective = if obj == "cal" && cal_finetune {
+                objective.clone()
+            } else {
+                mle.clone()
+            };
+            let start = &stage1[if cal_pretrain { k } else { 0 }].0;
+            let mut model = start.clone();
+            // LLaVA stage 2: the vision tower stays frozen.
+            model.vision_tower = model.vision_tower.no_grad();
+            let name = format!("finetune-{obj}-noise{noise}");
+            eprintln!(
+                "stage 2 ({name}): {} steps on questions/answers ({changed} records with swapped images)",
+                config.finetune.steps
+            );
+            let (model, report) = train_stage(
+                model,
+                objective,
+                data.clone(),
+                qa_val.clone(),
+                &config.finetune,
+                &name,
+            )?;
+            curves.push((name.clone(), loss_curve(&report)));
+            let dir = opts.out.join(&name);
+            let (slots, predictions) = slot_accuracy(
+                &model,
+                &qa_val_records,
+                &enc,
+                &processor,
+                &images,
+                config,
+                opts,
+            )?;
+            write_predictions(&dir.join("predictions.jsonl"), &predictions).map_err(|e| err(&e))?;
+            let te = evaluate_tokens(
+                &model,
+                qa_val.as_ref(),
+                &batcher,
+                &config.cal,
+                &opts.device,
+                config.eval.batch_size,
+                usize::MAX,
+                opts.verbose,
+            )?;
+            runs.push(RunResult {
+                objective: obj.into(),
+                noise,
+                slot_accuracy: slots.overall(),
+                slot_accuracy_by_kind: slots
+                    .by_kind
+                    .keys()
+                    .filter_map(|k| slots.kind(k).map(|a| (k.clone(), a)))
+                    .collect(),
+                perplexity: te.perplexity(),
+                step_ms: report.median_step_ms().unwrap_or(0.0),
+                cal_weight_auroc: te.auroc(|t| t.weight_reference),
+                cal_weight_auroc_per_sequence: te.auroc(|t| t.weight_sequence),
+                delta_auroc: te.auroc(|t| t.delta),
+                weight_by_kind: te
+                    .mean_by_kind(|t| t.weight_reference)
+                    .into_iter()
+                    .map(|(k, v)| (k.to_string(), v))
+                    .collect(),
+                valid_loss: report.valid_loss,
+                dir,
+            });
+            tokens.push(te);
+        }
+    }
+    Ok(Outcome {
+        runs,
+        curves,
+        pretrain_step_ms,
+        tokens,
+        tokenizer,
+    })
+}
+
+fn loss_curve(report: &TrainReport) -> Vec<(usize, f64)> {
+    report.steps.iter().map(|s| (s.step, s.loss)).collect()
+}
+
+fn slot_accuracy(
+    model: &Llava,
+    records: &[Record],
+    enc: &Encoders,
+    processor: &ImageProcessor,
+    images: &Path,
+    config: &CalLlavaConfig,
+    opts: &RunOptions,
+) -> Result<(SlotScores, Vec<Prediction>), String> {
+    let questions = single_turn(records);
+    let generation = GenerationConfig::new()
+        .with_max_new_tokens(config.eval.max_new_tokens)
+        .with_stop_tokens(vec![enc.chat.end_of_turn()])
+        .with_pad_token_id(enc.chat.tokenizer().token_id("<pad>").unwrap_or(0));
+    let (predictions, errors) = generate_split(
+        model,
+        &questions,
+        &GenerationRun {
+            encoder: &enc.chat,
+            processor,
+            image_folder: images,
+            batch_size: config.eval.batch_size,
+            config: &generation,
+            show_progress: opts.verbose,
+        },
+    );
+    if let Some(e) = errors.first() {
+        return Err(format!(
+            "generation: {} bad records, first: {e}",
+            errors.len()
+        ));
+    }
+    Ok((score(&questions, &predictions), predictions))
+}

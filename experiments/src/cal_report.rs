@@ -1,0 +1,285 @@
+//! What `cal_llava` writes next to its checkpoints: `report.md` (the comparison), `summary.json`
+//! (the same numbers for machines), `loss.png` and `tokens.html` (answer tokens colored by CAL
+//! weight, the CAL paper's figure 1 for our data).
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use serde_json::json;
+use vlalign_data::{TextTokenizer, WordKind};
+
+use crate::cal_llava::{CalLlavaConfig, Outcome, RunResult};
+use crate::token_eval::TokenEval;
+
+fn pct(x: f64) -> String {
+    format!("{:.1}", 100.0 * x)
+}
+
+fn opt(x: Option<f64>) -> String {
+    x.map_or("–".into(), |v| format!("{v:.3}"))
+}
+
+/// `summary.json`.
+pub fn summary(outcome: &Outcome) -> serde_json::Value {
+    let runs: Vec<_> = outcome
+        .runs
+        .iter()
+        .map(|r| {
+            json!({
+                "objective": r.objective,
+                "noise": r.noise,
+                "slot_accuracy": r.slot_accuracy,
+                "perplexity": r.perplexity,
+                "step_ms": r.step_ms,
+                "cal_weight_auroc": r.cal_weight_auroc,
+                "cal_weight_auroc_per_sequence": r.cal_weight_auroc_per_sequence,
+                "delta_auroc": r.delta_auroc,
+                "slot_accuracy_by_kind": r.slot_accuracy_by_kind,
+                "valid_loss": r.valid_loss,
+            })
+        })
+        .collect();
+    json!({ "pretrain_step_ms": outcome.pretrain_step_ms, "runs": runs })
+}
+
+fn kinds(runs: &[RunResult]) -> Vec<String> {
+    let mut k: Vec<String> = runs
+        .iter()
+        .flat_map(|r| r.slot_accuracy_by_kind.keys().cloned())
+        .collect();
+    k.sort();
+    k.dedup();
+    k
+}
+
+/// `report.md`.
+pub fn markdown(config: &CalLlavaConfig, outcome: &Outcome, command: &str, device: &str) -> String {
+    let mut s = String::new();
+    let runs = &outcome.runs;
+    let _ = writeln!(s, "# cal_llava\n");
+    let _ = writeln!(s, "`{command}` on {device}.\n");
+    let _ = writeln!(
+        s,
+        "World: {} scenes in `{}` (language prior {}), tokenizer of {} tokens. Model: ViT {}×{} on {} px \
+         (patch {}), decoder {}×{}. Stage 1: {} steps × {} captions (vision tower, projector and \
+         decoder all train: nothing is pretrained here). Stage 2: {} steps × {} QA records, vision \
+         tower frozen, MLE and CAL from the same stage-1 model and data order. CAL on in: {:?}; \
+         α = {}, β = {}, W = {}, pooling {:?}, contrast {:?}.\n",
+        config.world.images,
+        config.world.dir.display(),
+        config.world.prior,
+        outcome.tokenizer.vocab_size(),
+        config.model.vision_layers,
+        config.model.vision_width,
+        config.model.image_size,
+        config.model.patch_size,
+        config.model.layers,
+        config.model.width,
+        config.pretrain.steps,
+        config.pretrain.batch_size,
+        config.finetune.steps,
+        config.finetune.batch_size,
+        config.cal_stages,
+        config.cal.alpha,
+        config.cal.beta,
+        config.cal.window,
+        config.cal.pooling,
+        config.cal.contrast,
+    );
+    let _ = writeln!(
+        s,
+        "Held-out: the first {} validation QA records (grounded answer slots generated greedily, one \
+         question at a time; perplexity and per-token scores on the full answers).\n",
+        config.eval.records
+    );
+    let k = kinds(runs);
+    let _ = writeln!(
+        s,
+        "| objective | noise | slot acc. % | {} | perplexity | CAL-weight AUROC | (per-seq.) | Δ AUROC | step ms |",
+        k.join(" | ")
+    );
+    let _ = writeln!(s, "|{}", "---|".repeat(8 + k.len()));
+    for r in runs {
+        let by: Vec<String> = k
+            .iter()
+            .map(|k| {
+                r.slot_accuracy_by_kind
+                    .get(k)
+                    .map_or("–".into(), |a| pct(*a))
+            })
+            .collect();
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} | {:.3} | {} | {} | {} | {:.1} |",
+            r.objective,
+            r.noise,
+            pct(r.slot_accuracy),
+            by.join(" | "),
+            r.perplexity,
+            opt(r.cal_weight_auroc),
+            opt(r.cal_weight_auroc_per_sequence),
+            opt(r.delta_auroc),
+            r.step_ms
+        );
+    }
+    let _ = writeln!(
+        s,
+        "\nAUROC: CAL's weight (computed with each run's own model) as a score for grounded vs \
+         template answer tokens of the world's truth; 0.5 = no signal. Step ms: median stage-2 \
+         optimizer step (stage 1: {:.1} ms).\n",
+        outcome.pretrain_step_ms
+    );
+    for noise in dedup(runs.iter().map(|r| r.noise)) {
+        let m = runs
+            .iter()
+            .find(|r| r.noise == noise && r.objective == "mle");
+        let c = runs
+            .iter()
+            .find(|r| r.noise == noise && r.objective == "cal");
+        if let (Some(m), Some(c)) = (m, c) {
+            let _ = writeln!(
+                s,
+                "- noise {noise}: CAL − MLE slot accuracy {:+.1} points; CAL/MLE step time {:.2}×.",
+                100.0 * (c.slot_accuracy - m.slot_accuracy),
+                c.step_ms / m.step_ms.max(1e-9)
+            );
+        }
+    }
+    let _ = writeln!(s, "\nMean CAL weight by word kind (reference pooling):\n");
+    let mut kinds_w: Vec<String> = runs
+        .iter()
+        .flat_map(|r| r.weight_by_kind.keys().cloned())
+        .collect();
+    kinds_w.sort();
+    kinds_w.dedup();
+    let _ = writeln!(s, "| objective | noise | {} |", kinds_w.join(" | "));
+    let _ = writeln!(s, "|{}", "---|".repeat(2 + kinds_w.len()));
+    for r in runs {
+        let v: Vec<String> = kinds_w
+            .iter()
+            .map(|k| {
+                r.weight_by_kind
+                    .get(k)
+                    .map_or("–".into(), |w| format!("{w:.2}"))
+            })
+            .collect();
+        let _ = writeln!(s, "| {} | {} | {} |", r.objective, r.noise, v.join(" | "));
+    }
+    let _ = writeln!(
+        s,
+        "\nFiles: `config.toml` (resolved), `summary.json`, `loss.png`, `tokens.html`; per stage \
+         `metrics.csv`, `checkpoints/`, and for stage 2 `predictions.jsonl`."
+    );
+    s
+}
+
+fn dedup(v: impl Iterator<Item = f64>) -> Vec<f64> {
+    let mut out: Vec<f64> = Vec::new();
+    for x in v {
+        if !out.contains(&x) {
+            out.push(x);
+        }
+    }
+    out
+}
+
+fn escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('\n', "⏎")
+}
+
+/// `tokens.html`: the first `samples` held-out records, each answer token on a background as
+/// dark as its CAL weight (α white … β red), grounded words underlined, for every run given.
+pub fn tokens_html(
+    runs: &[(&RunResult, &TokenEval)],
+    tokenizer: &TextTokenizer,
+    alpha: f32,
+    beta: f32,
+    samples: usize,
+) -> String {
+    let mut s = String::from(
+        "<!doctype html><meta charset=utf-8><title>CAL weights</title><style>\
+         body{font-family:sans-serif;max-width:70em;margin:2em auto}\
+         .t{padding:2px 1px;border-radius:3px;font-family:monospace}\
+         .g{text-decoration:underline 2px #06c}\
+         td{vertical-align:top;padding:.3em .8em}</style>\
+         <h1>Answer tokens colored by CAL weight</h1>\
+         <p>Background: the CAL weight of the token (white = α, red = β), computed with each run's \
+         own model on held-out samples. <span class='g'>Underlined</span>: grounded words \
+         (color, shape, size, position, count, yes/no) by the world's truth. Hover a token for its \
+         weight, Δ and kind.</p>",
+    );
+    for (run, te) in runs {
+        let _ = write!(
+            s,
+            "<h2>{} (noise {}) — CAL-weight AUROC {}</h2><table>",
+            run.objective,
+            run.noise,
+            opt(run.cal_weight_auroc)
+        );
+        let mut ids: Vec<&str> = Vec::new();
+        for t in &te.tokens {
+            if !ids.contains(&t.id.as_str()) {
+                ids.push(&t.id);
+            }
+        }
+        for id in ids.into_iter().take(samples) {
+            let _ = write!(s, "<tr><td>{}</td><td>", escape(id));
+            for t in te.tokens.iter().filter(|t| t.id == id) {
+                let text = tokenizer.decode(&[t.token]).unwrap_or_default();
+                let x = ((t.weight_reference - alpha) / (beta - alpha).max(1e-6)).clamp(0.0, 1.0);
+                let (g, b) = ((255.0 * (1.0 - x)) as u8, (255.0 * (1.0 - x)) as u8);
+                let class = if t.kind != WordKind::Template {
+                    "t g"
+                } else {
+                    "t"
+                };
+                let _ = write!(
+                    s,
+                    "<span class='{class}' style='background:rgb(255,{g},{b})' \
+                     title='w={:.2} Δ={:.2} {}'>{}</span>",
+                    t.weight_reference,
+                    t.delta,
+                    t.kind.name(),
+                    escape(&text)
+                );
+            }
+            let _ = write!(s, "</td></tr>");
+        }
+        let _ = write!(s, "</table>");
+    }
+    s
+}
+
+/// Write every file of the report into `dir`.
+pub fn write_all(
+    dir: &Path,
+    config: &CalLlavaConfig,
+    outcome: &Outcome,
+    command: &str,
+    device: &str,
+) -> Result<(), String> {
+    let w = |name: &str, text: &str| {
+        std::fs::write(dir.join(name), text)
+            .map_err(|e| format!("{}: {e}", dir.join(name).display()))
+    };
+    w("report.md", &markdown(config, outcome, command, device))?;
+    w(
+        "summary.json",
+        &serde_json::to_string_pretty(&summary(outcome)).expect("json"),
+    )?;
+    let pairs: Vec<(&RunResult, &TokenEval)> = outcome.runs.iter().zip(&outcome.tokens).collect();
+    w(
+        "tokens.html",
+        &tokens_html(
+            &pairs,
+            &outcome.tokenizer,
+            config.cal.alpha,
+            config.cal.beta,
+            config.eval.html_samples,
+        ),
+    )?;
+    crate::plot::loss_curves(&dir.join("loss.png"), "cal_llava", &outcome.curves)
+}

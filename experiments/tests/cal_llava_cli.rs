@@ -1,0 +1,109 @@
+//! `cal_llava` end to end: the `--quick` profile writes its report, and a run killed with
+//! SIGKILL and resumed gives the same losses as one never interrupted.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn cal_llava(world: &Path, out: &Path, extra: &[&str]) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_cal_llava"));
+    c.args(["--quick", "--quiet", "--device", "flex", "--world"])
+        .arg(world)
+        .arg("--out")
+        .arg(out)
+        .args(extra);
+    c
+}
+
+fn losses(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stages: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.path().join("metrics.csv").is_file())
+        .map(|e| e.path())
+        .collect();
+    stages.sort();
+    for s in stages {
+        let text = std::fs::read_to_string(s.join("metrics.csv")).unwrap();
+        for line in text.lines().skip(1) {
+            let cells: Vec<&str> = line.split(',').collect();
+            out.push(format!(
+                "{}:{}:{}",
+                s.file_name().unwrap().to_string_lossy(),
+                cells[0],
+                cells[1]
+            ));
+        }
+    }
+    out
+}
+
+#[test]
+fn quick_run_writes_the_report() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("run");
+    let status = cal_llava(&tmp.path().join("world"), &out, &[])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    for f in [
+        "report.md",
+        "summary.json",
+        "loss.png",
+        "tokens.html",
+        "config.toml",
+    ] {
+        assert!(out.join(f).is_file(), "{f} missing");
+    }
+    let summary: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("summary.json")).unwrap()).unwrap();
+    let runs = summary["runs"].as_array().unwrap();
+    assert_eq!(runs.len(), 2);
+    for (r, obj) in runs.iter().zip(["mle", "cal"]) {
+        assert_eq!(r["objective"], obj);
+        for key in [
+            "noise",
+            "slot_accuracy",
+            "perplexity",
+            "step_ms",
+            "cal_weight_auroc",
+        ] {
+            assert!(r[key].is_number(), "{key} missing in {r}");
+        }
+    }
+    let report = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(report.contains("CAL-weight AUROC"));
+}
+
+#[test]
+fn killed_run_resumes_to_the_same_losses() {
+    let tmp = tempfile::tempdir().unwrap();
+    let world = tmp.path().join("world");
+    let steps = ["--steps", "30"];
+    let full = tmp.path().join("full");
+    assert!(cal_llava(&world, &full, &steps).status().unwrap().success());
+
+    let cut = tmp.path().join("cut");
+    let mut child = cal_llava(&world, &cut, &steps)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let first = cut.join("pretrain/checkpoints/step-6.json");
+    let start = Instant::now();
+    while !first.is_file() && start.elapsed() < Duration::from_secs(120) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    assert!(first.is_file(), "no checkpoint appeared");
+
+    let status = cal_llava(&world, &cut, &[&steps[..], &["--resume"]].concat())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let (a, b) = (losses(&full), losses(&cut));
+    assert!(!a.is_empty());
+    assert_eq!(a, b, "losses after kill + resume differ");
+}
