@@ -232,7 +232,7 @@ pub fn add_label_noise(records: &mut [Record], r: f64, seed: u64) -> usize {
         return 0;
     }
     let mut idx: Vec<usize> = (0..records.len()).collect();
-    idx.shuffle(&mut StdRng::seed_from_u64(seed ^ 0x6e6f_6973_65));
+    idx.shuffle(&mut StdRng::seed_from_u64(seed ^ 0x006e_6f69_7365));
     let chosen = &idx[..n];
     let images: Vec<Vec<String>> = chosen.iter().map(|&i| records[i].images.clone()).collect();
     for (k, &i) in chosen.iter().enumerate() {
@@ -422,7 +422,6 @@ pub fn run(config: &CalLlavaConfig, opts: &RunOptions) -> Result<Outcome, String
                 &config.cal,
                 &opts.device,
                 config.eval.batch_size,
-                usize::MAX,
                 opts.verbose,
             )?;
             runs.push(RunResult {

@@ -13,6 +13,9 @@ const FONTS: [&str; 4] = [
     "/System/Library/Fonts/Supplemental/Arial.ttf",
 ];
 
+/// A named curve: (label, (step, loss)).
+pub type Series = (String, Vec<(usize, f64)>);
+
 /// Register a system font for plotters once; whether one was found.
 fn font() -> bool {
     static FOUND: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
@@ -49,7 +52,7 @@ pub fn loss_curves(
     series: &[(String, Vec<(usize, f64)>)],
 ) -> Result<(), String> {
     let has_font = font();
-    let mut groups: Vec<(String, Vec<&(String, Vec<(usize, f64)>)>)> = Vec::new();
+    let mut groups: Vec<(String, Vec<&Series>)> = Vec::new();
     for s in series.iter().filter(|s| !s.1.is_empty()) {
         let key = s.0.split('-').next().unwrap_or("").to_string();
         match groups.iter_mut().find(|(k, _)| *k == key) {

@@ -75,7 +75,7 @@ impl TokenEval {
     }
 }
 
-/// Score the first `limit` items of `data` with `model` (no autodiff), `batch_size` at a time.
+/// Score every item of `data` with `model` (no autodiff), `batch_size` at a time.
 pub fn evaluate_tokens(
     model: &Llava,
     data: &dyn Dataset<Item>,
@@ -83,11 +83,10 @@ pub fn evaluate_tokens(
     cal: &CalConfig,
     device: &Device,
     batch_size: usize,
-    limit: usize,
     show_progress: bool,
 ) -> Result<TokenEval, String> {
     let model = model.valid();
-    let n = data.len().min(limit);
+    let n = data.len();
     let bar = if show_progress {
         ProgressBar::new(n as u64)
     } else {
