@@ -74,7 +74,7 @@ pub struct EvalSection {
 impl Default for EvalSection {
     fn default() -> Self {
         Self {
-            records: 200,
+            records: 150,
             batch_size: 32,
             max_new_tokens: 16,
             html_samples: 8,
@@ -136,8 +136,8 @@ impl Default for CalLlavaConfig {
             max_len: 160,
             world: WorldSection::default(),
             model: ModelSize::default(),
-            pretrain: stage(400, 2e-3),
-            finetune: stage(400, 1e-3),
+            pretrain: stage(600, 2e-3),
+            finetune: stage(200, 1e-3),
             cal: CalConfig::default(),
             cal_stages: vec![StageKind::Finetune],
             noise: vec![0.0, 0.3],
@@ -175,8 +175,8 @@ pub struct RunResult {
     pub objective: String,
     /// Label noise.
     pub noise: f64,
-    /// Grounded-slot accuracy over all slots.
-    pub slot_accuracy: f64,
+    /// Grounded-slot accuracy over all slots (`None` without grounding truth).
+    pub slot_accuracy: Option<f64>,
     /// Slot accuracy per kind.
     pub slot_accuracy_by_kind: std::collections::BTreeMap<String, f64>,
     /// Perplexity of the held-out answers.
@@ -241,8 +241,41 @@ pub fn add_label_noise(records: &mut [Record], r: f64, seed: u64) -> usize {
     n
 }
 
-/// Train and evaluate; see the module docs.
-pub fn run(config: &CalLlavaConfig, opts: &RunOptions) -> Result<Outcome, String> {
+/// Real data instead of the world (`--data`): one stage (`--stage`) trained with MLE and with
+/// CAL from the same loaded model.
+#[derive(Clone, Debug)]
+pub struct RealData {
+    /// LLaVA records (JSON array or JSON Lines).
+    pub data: PathBuf,
+    /// Folder the image paths are relative to.
+    pub image_folder: PathBuf,
+    /// A Hugging Face LLaVA directory…
+    pub model: Option<PathBuf>,
+    /// …or a CLIP vision directory plus a causal-LM directory (fresh projector).
+    pub vision: Option<PathBuf>,
+    /// The causal LM of `vision`.
+    pub llm: Option<PathBuf>,
+    /// `tokenizer.json` (default: the model or LLM directory's).
+    pub tokenizer: Option<PathBuf>,
+    /// Chat template of the finetune stage.
+    pub template: Template,
+    /// The stage to run: pretrain trains the projector only, finetune the projector and the LLM.
+    pub stage: StageKind,
+    /// Share of records held out for evaluation.
+    pub held_out: f64,
+}
+
+/// Everything a comparison needs.
+struct Inputs {
+    tokenizer: TextTokenizer,
+    enc: Encoders,
+    processor: ImageProcessor,
+    images: PathBuf,
+    batcher: VlmBatcher,
+    init: Llava,
+}
+
+fn world_inputs(config: &CalLlavaConfig, opts: &RunOptions) -> Result<Inputs, String> {
     let err = |e: &dyn std::fmt::Display| e.to_string();
     let world = &config.world;
     if !world.dir.join("world.json").is_file() || !world.dir.join("tokenizer.json").is_file() {
@@ -262,10 +295,107 @@ pub fn run(config: &CalLlavaConfig, opts: &RunOptions) -> Result<Outcome, String
     let image_tokens = (size.image_size / size.patch_size).pow(2);
     let enc = Encoders::new(&tokenizer, Template::VicunaV1, image_tokens, config.max_len)
         .map_err(|e| err(&e))?;
-    let processor = ImageProcessor::clip(size.image_size);
-    let images = world.dir.join("images");
-    let read = |name: &str| -> Result<Vec<Record>, String> {
-        let parsed = read_records(&world.dir.join(name)).map_err(|e| err(&e))?;
+    let llava = size.llava(tokenizer.vocab_size(), enc.chat.image_token_id() as usize);
+    opts.device.seed(config.seed);
+    let init = llava.init(&opts.device.clone().autodiff());
+    let pad = tokenizer.token_id("<pad>").unwrap_or(0);
+    Ok(Inputs {
+        batcher: VlmBatcher::new(pad, size.image_size),
+        processor: ImageProcessor::clip(size.image_size),
+        images: world.dir.join("images"),
+        tokenizer,
+        enc,
+        init,
+    })
+}
+
+fn real_inputs(
+    config: &CalLlavaConfig,
+    real: &RealData,
+    opts: &RunOptions,
+) -> Result<Inputs, String> {
+    use vlalign_models::hf;
+    let err = |e: &dyn std::fmt::Display| e.to_string();
+    let device = opts.device.clone().autodiff();
+    opts.device.seed(config.seed);
+    let tokenizer_path = real
+        .tokenizer
+        .clone()
+        .or_else(|| real.model.as_ref().map(|d| d.join("tokenizer.json")))
+        .or_else(|| real.llm.as_ref().map(|d| d.join("tokenizer.json")))
+        .ok_or("--tokenizer is needed")?;
+    let tokenizer = TextTokenizer::from_file(&tokenizer_path).map_err(|e| err(&e))?;
+    let image_token = tokenizer.token_id("<image>").ok_or_else(|| {
+        format!(
+            "{}: the tokenizer has no <image> token",
+            tokenizer_path.display()
+        )
+    })?;
+    let (init, vision_dir, image_tokens, image_size) = match (&real.model, &real.vision, &real.llm)
+    {
+        (Some(dir), None, None) => {
+            let (m, c, _) = hf::load_llava(dir, &device).map_err(|e| err(&e))?;
+            (m, dir.clone(), c.image_tokens(), c.vision.image_size)
+        }
+        (None, Some(v), Some(l)) => {
+            let (vision, vc, _) = hf::load_vision(v, &device).map_err(|e| err(&e))?;
+            let (lm, tc, _) = hf::load_decoder(l, &device).map_err(|e| err(&e))?;
+            let c = vlalign_models::LlavaConfig::new(vc, tc, image_token as usize);
+            let mut m = c.init(&device);
+            m.vision_tower = vision;
+            m.language_model = lm;
+            (m, v.clone(), c.image_tokens(), c.vision.image_size)
+        }
+        _ => return Err("give either --model, or --vision and --llm".into()),
+    };
+    let processor = match std::fs::read(vision_dir.join("preprocessor_config.json")) {
+        Ok(bytes) => {
+            let v: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| err(&e))?;
+            ImageProcessor::from_hf_json(&v, vlalign_data::image::AspectMode::Pad)
+        }
+        Err(_) => ImageProcessor::clip(image_size),
+    };
+    let enc = Encoders::new(&tokenizer, real.template, image_tokens, config.max_len)
+        .map_err(|e| err(&e))?;
+    let pad = tokenizer
+        .token_id("<pad>")
+        .or_else(|| tokenizer.token_id("<unk>"))
+        .unwrap_or(0);
+    Ok(Inputs {
+        batcher: VlmBatcher::new(pad, processor.size),
+        processor,
+        images: real.image_folder.clone(),
+        tokenizer,
+        enc,
+        init,
+    })
+}
+
+/// Train and evaluate; see the module docs. `real` replaces the world with the user's data.
+pub fn run(
+    config: &CalLlavaConfig,
+    real: Option<&RealData>,
+    opts: &RunOptions,
+) -> Result<Outcome, String> {
+    let err = |e: &dyn std::fmt::Display| e.to_string();
+    let inputs = match real {
+        Some(r) => real_inputs(config, r, opts)?,
+        None => world_inputs(config, opts)?,
+    };
+    let Inputs {
+        tokenizer,
+        enc,
+        processor,
+        images,
+        batcher,
+        init,
+    } = inputs;
+    let read = |path: &Path| -> Result<Vec<Record>, String> {
+        let parsed = read_records(path).map_err(|e| err(&e))?;
+        let bad = parsed.iter().filter(|r| r.is_err()).count();
+        if bad > 0 {
+            eprintln!("{}: skipping {bad} malformed records", path.display());
+        }
         Ok(parsed.into_iter().filter_map(Result::ok).collect())
     };
     let dataset = |records: Vec<Record>, encoder| -> Arc<dyn Dataset<Item>> {
@@ -280,21 +410,6 @@ pub fn run(config: &CalLlavaConfig, opts: &RunOptions) -> Result<Outcome, String
         }
         Arc::new(VlmDataset::new(samples, processor.clone()))
     };
-    let pad = tokenizer.token_id("<pad>").unwrap_or(0);
-    let batcher = VlmBatcher::new(pad, size.image_size);
-    let llava = size.llava(tokenizer.vocab_size(), enc.chat.image_token_id() as usize);
-    let train_device = opts.device.clone().autodiff();
-    opts.device.seed(config.seed);
-    let init = llava.init(&train_device);
-
-    let captions = dataset(read("train_captions.json")?, &enc.plain);
-    let captions_val = dataset(read("val_captions.json")?, &enc.plain);
-    let qa_train = read("train_qa.json")?;
-    let qa_val_records: Vec<Record> = read("val_qa.json")?
-        .into_iter()
-        .take(config.eval.records)
-        .collect();
-    let qa_val = dataset(qa_val_records.clone(), &enc.chat);
     let mle: Arc<dyn Objective<Llava>> = Arc::new(MleObjective);
     let cal: Arc<dyn Objective<Llava>> = Arc::new(CalObjective {
         config: config.cal.clone(),
@@ -338,101 +453,148 @@ pub fn run(config: &CalLlavaConfig, opts: &RunOptions) -> Result<Outcome, String
         Ok((model, report))
     };
 
-    // Stage 1, shared unless CAL is on in pretraining.
+    // What is compared: (starting models per objective, stage config, encoder, records).
+    let mut curves = Vec::new();
     let cal_pretrain = config.cal_stages.contains(&StageKind::Pretrain);
     let cal_finetune = config.cal_stages.contains(&StageKind::Finetune);
-    let mut curves = Vec::new();
-    let mut stage1 = Vec::new();
-    for (obj, objective) in [("mle", &mle), ("cal", &cal)] {
-        if obj == "cal" && !cal_pretrain {
-            break;
-        }
-        let objective = if obj == "cal" {
-            cal.clone()
-        } else {
-            objective.clone()
+    let (starts, stage_cfg, stage_name, encoder, train_records, val_records, pretrain_step_ms) =
+        match real {
+            None => {
+                // Stage 1 on captions, shared unless CAL is on in pretraining.
+                let world = &config.world.dir;
+                let captions = dataset(read(&world.join("train_captions.json"))?, &enc.plain);
+                let captions_val = dataset(read(&world.join("val_captions.json"))?, &enc.plain);
+                let mut starts = Vec::new();
+                let mut step_ms = 0.0;
+                for obj in ["mle", "cal"] {
+                    if obj == "cal" && !cal_pretrain {
+                        break;
+                    }
+                    let (objective, name) = match (obj, cal_pretrain) {
+                        ("cal", _) => (cal.clone(), "pretrain-cal".to_string()),
+                        (_, true) => (mle.clone(), "pretrain-mle".to_string()),
+                        _ => (mle.clone(), "pretrain".to_string()),
+                    };
+                    eprintln!(
+                        "stage 1 ({name}): {} steps on captions",
+                        config.pretrain.steps
+                    );
+                    let (m, report) = train_stage(
+                        init.clone(),
+                        objective,
+                        captions.clone(),
+                        captions_val.clone(),
+                        &config.pretrain,
+                        &name,
+                    )?;
+                    curves.push((name, loss_curve(&report)));
+                    step_ms = report.median_step_ms().unwrap_or(0.0);
+                    starts.push(m);
+                }
+                let val: Vec<Record> = read(&world.join("val_qa.json"))?
+                    .into_iter()
+                    .take(config.eval.records)
+                    .collect();
+                (
+                    starts,
+                    &config.finetune,
+                    "finetune",
+                    &enc.chat,
+                    read(&world.join("train_qa.json"))?,
+                    val,
+                    step_ms,
+                )
+            }
+            Some(r) => {
+                let mut records = read(&r.data)?;
+                let held = ((records.len() as f64) * r.held_out).ceil() as usize;
+                let held = held.clamp(1, records.len().saturating_sub(1).max(1));
+                let val = records.split_off(records.len() - held);
+                let (tc, name, encoder) = match r.stage {
+                    StageKind::Pretrain => (&config.pretrain, "pretrain", &enc.plain),
+                    StageKind::Finetune => (&config.finetune, "finetune", &enc.chat),
+                };
+                let mut m = init.clone();
+                if r.stage == StageKind::Pretrain {
+                    // LLaVA stage 1: only the projector trains.
+                    m.language_model = m.language_model.no_grad();
+                }
+                (vec![m], tc, name, encoder, records, val, 0.0)
+            }
         };
-        let name = if cal_pretrain {
-            format!("pretrain-{obj}")
-        } else {
-            "pretrain".into()
-        };
-        eprintln!(
-            "stage 1 ({name}): {} steps on captions",
-            config.pretrain.steps
-        );
-        let (m, report) = train_stage(
-            init.clone(),
-            objective,
-            captions.clone(),
-            captions_val.clone(),
-            &config.pretrain,
-            &name,
-        )?;
-        curves.push((name, loss_curve(&report)));
-        stage1.push((m, report));
-    }
-    let pretrain_step_ms = stage1[0].1.median_step_ms().unwrap_or(0.0);
+    let cal_here = match real.map(|r| r.stage) {
+        Some(StageKind::Pretrain) => cal_pretrain,
+        _ => cal_finetune,
+    };
+    let val_records: Vec<Record> = val_records.into_iter().take(config.eval.records).collect();
+    let val = dataset(val_records.clone(), encoder);
 
     let mut runs = Vec::new();
     let mut tokens = Vec::new();
     for &noise in &config.noise {
-        let mut records = qa_train.clone();
+        let mut records = train_records.clone();
         let changed = add_label_noise(&mut records, noise, config.seed);
-        let data = dataset(records, &enc.chat);
-        for (k, (obj, objective)) in [("mle", &mle), ("cal", &cal)].into_iter().enumerate() {
-            let objective = if obj == "cal" && cal_finetune {
-                objective.clone()
+        let data = dataset(records, encoder);
+        for (k, obj) in ["mle", "cal"].into_iter().enumerate() {
+            let objective = if obj == "cal" && cal_here {
+                cal.clone()
             } else {
                 mle.clone()
             };
-            let start = &stage1[if cal_pretrain { k } else { 0 }].0;
-            let mut model = start.clone();
-            // LLaVA stage 2: the vision tower stays frozen.
+            let mut model = starts[k.min(starts.len() - 1)].clone();
+            // The vision tower stays frozen after stage 1 (LLaVA).
             model.vision_tower = model.vision_tower.no_grad();
-            let name = format!("finetune-{obj}-noise{noise}");
+            let name = format!("{stage_name}-{obj}-noise{noise}");
             eprintln!(
-                "stage 2 ({name}): {} steps on questions/answers ({changed} records with swapped images)",
-                config.finetune.steps
+                "{name}: {} steps ({changed} records with swapped images)",
+                stage_cfg.steps
             );
             let (model, report) = train_stage(
                 model,
                 objective,
                 data.clone(),
-                qa_val.clone(),
-                &config.finetune,
+                val.clone(),
+                stage_cfg,
                 &name,
             )?;
             curves.push((name.clone(), loss_curve(&report)));
             let dir = opts.out.join(&name);
-            let (slots, predictions) = slot_accuracy(
+            let slots = slot_accuracy(
                 &model,
-                &qa_val_records,
+                &val_records,
                 &enc,
                 &processor,
                 &images,
                 config,
                 opts,
             )?;
-            write_predictions(&dir.join("predictions.jsonl"), &predictions).map_err(|e| err(&e))?;
+            if let Some((_, predictions)) = &slots {
+                write_predictions(&dir.join("predictions.jsonl"), predictions)
+                    .map_err(|e| err(&e))?;
+            }
             let te = evaluate_tokens(
                 &model,
-                qa_val.as_ref(),
+                val.as_ref(),
                 &batcher,
                 &config.cal,
                 &opts.device,
                 config.eval.batch_size,
                 opts.verbose,
             )?;
+            let slots = slots.map(|s| s.0);
             runs.push(RunResult {
                 objective: obj.into(),
                 noise,
-                slot_accuracy: slots.overall(),
+                slot_accuracy: slots.as_ref().map(SlotScores::overall),
                 slot_accuracy_by_kind: slots
-                    .by_kind
-                    .keys()
-                    .filter_map(|k| slots.kind(k).map(|a| (k.clone(), a)))
-                    .collect(),
+                    .as_ref()
+                    .map(|s| {
+                        s.by_kind
+                            .keys()
+                            .filter_map(|k| s.kind(k).map(|a| (k.clone(), a)))
+                            .collect()
+                    })
+                    .unwrap_or_default(),
                 perplexity: te.perplexity(),
                 step_ms: report.median_step_ms().unwrap_or(0.0),
                 cal_weight_auroc: te.auroc(|t| t.weight_reference),
@@ -470,8 +632,11 @@ fn slot_accuracy(
     images: &Path,
     config: &CalLlavaConfig,
     opts: &RunOptions,
-) -> Result<(SlotScores, Vec<Prediction>), String> {
+) -> Result<Option<(SlotScores, Vec<Prediction>)>, String> {
     let questions = single_turn(records);
+    if questions.is_empty() {
+        return Ok(None);
+    }
     let generation = GenerationConfig::new()
         .with_max_new_tokens(config.eval.max_new_tokens)
         .with_stop_tokens(vec![enc.chat.end_of_turn()])
@@ -494,5 +659,5 @@ fn slot_accuracy(
             errors.len()
         ));
     }
-    Ok((score(&questions, &predictions), predictions))
+    Ok(Some((score(&questions, &predictions), predictions)))
 }

@@ -113,7 +113,7 @@ pub fn markdown(config: &CalLlavaConfig, outcome: &Outcome, command: &str, devic
             "| {} | {} | {} | {} | {:.3} | {} | {} | {} | {:.1} |",
             r.objective,
             r.noise,
-            pct(r.slot_accuracy),
+            r.slot_accuracy.map_or("–".into(), pct),
             by.join(" | "),
             r.perplexity,
             opt(r.cal_weight_auroc),
@@ -137,10 +137,15 @@ pub fn markdown(config: &CalLlavaConfig, outcome: &Outcome, command: &str, devic
             .iter()
             .find(|r| r.noise == noise && r.objective == "cal");
         if let (Some(m), Some(c)) = (m, c) {
+            let diff = match (c.slot_accuracy, m.slot_accuracy) {
+                (Some(c), Some(m)) => format!("{:+.1} points", 100.0 * (c - m)),
+                _ => "n/a".into(),
+            };
             let _ = writeln!(
                 s,
-                "- noise {noise}: CAL − MLE slot accuracy {:+.1} points; CAL/MLE step time {:.2}×.",
-                100.0 * (c.slot_accuracy - m.slot_accuracy),
+                "- noise {noise}: CAL − MLE slot accuracy {diff}; perplexity {:.3} vs {:.3}; CAL/MLE step time {:.2}×.",
+                c.perplexity,
+                m.perplexity,
                 c.step_ms / m.step_ms.max(1e-9)
             );
         }

@@ -107,3 +107,54 @@ fn killed_run_resumes_to_the_same_losses() {
     assert!(!a.is_empty());
     assert_eq!(a, b, "losses after kill + resume differ");
 }
+
+#[test]
+fn real_data_flags_train_a_loaded_model() {
+    use burn::tensor::Device;
+    use experiments::setup::ModelSize;
+    use vlalign_data::TextTokenizer;
+
+    let tmp = tempfile::tempdir().unwrap();
+    let world = tmp.path().join("world");
+    // A quick run makes the world; then a Hugging Face LLaVA directory with its tokenizer.
+    assert!(
+        cal_llava(&world, &tmp.path().join("q"), &["--steps", "2"])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let tk = TextTokenizer::from_file(&world.join("tokenizer.json")).unwrap();
+    let size = ModelSize {
+        image_size: 32,
+        width: 64,
+        ..ModelSize::default()
+    };
+    let config = size.llava(tk.vocab_size(), tk.token_id("<image>").unwrap() as usize);
+    let model = config.init(&Device::flex());
+    let hf = tmp.path().join("hf");
+    vlalign_models::hf::save_llava(&model, &config, &hf).unwrap();
+    std::fs::copy(world.join("tokenizer.json"), hf.join("tokenizer.json")).unwrap();
+
+    let out = tmp.path().join("real");
+    let output = Command::new(env!("CARGO_BIN_EXE_cal_llava"))
+        .args(["--quick", "--quiet", "--steps", "3", "--data"])
+        .arg(world.join("train_qa.json"))
+        .arg("--image-folder")
+        .arg(world.join("images"))
+        .arg("--model")
+        .arg(&hf)
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let summary: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(summary["runs"].as_array().unwrap().len(), 2);
+    assert!(summary["runs"][0]["perplexity"].is_number());
+    assert!(out.join("finetune-cal-noise0/metrics.csv").is_file());
+}

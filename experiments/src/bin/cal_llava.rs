@@ -14,7 +14,7 @@ use std::process::ExitCode;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use clap::Parser;
-use experiments::cal_llava::{CalLlavaConfig, RunOptions, StageKind, run};
+use experiments::cal_llava::{CalLlavaConfig, RealData, RunOptions, StageKind, run};
 use experiments::device::select_device;
 use vlalign_align::{Contrast, Pooling};
 
@@ -55,6 +55,30 @@ struct Args {
     /// World folder (generated if absent).
     #[arg(long)]
     world: Option<PathBuf>,
+    /// Real data: LLaVA records (JSON array or JSON Lines) instead of the world.
+    #[arg(long, requires = "image_folder")]
+    data: Option<PathBuf>,
+    /// Folder the records' image paths are relative to.
+    #[arg(long)]
+    image_folder: Option<PathBuf>,
+    /// A Hugging Face LLaVA directory (with --data).
+    #[arg(long, conflicts_with_all = ["vision", "llm"])]
+    model: Option<PathBuf>,
+    /// A CLIP vision directory (with --llm; the projector starts fresh).
+    #[arg(long, requires = "llm")]
+    vision: Option<PathBuf>,
+    /// A LLaMA/Qwen2 directory (with --vision).
+    #[arg(long, requires = "vision")]
+    llm: Option<PathBuf>,
+    /// `tokenizer.json` (default: the model's or the LLM's).
+    #[arg(long)]
+    tokenizer: Option<PathBuf>,
+    /// Chat template for the finetune stage: plain, vicuna_v1, chatml.
+    #[arg(long, default_value = "vicuna_v1")]
+    template: vlalign_data::Template,
+    /// Stage to run on real data: pretrain (projector only) or finetune (projector + LLM).
+    #[arg(long, default_value = "finetune")]
+    stage: String,
     /// Quiet: no progress bars or per-step lines.
     #[arg(long)]
     quiet: bool,
@@ -164,8 +188,27 @@ fn main_inner(args: &Args) -> Result<(), String> {
     std::fs::write(&config_path, &text).map_err(|e| format!("{}: {e}", config_path.display()))?;
     eprintln!("cal_llava on {device_name}, writing {}", out.display());
     let started = Instant::now();
+    let real = match &args.data {
+        None => None,
+        Some(data) => Some(RealData {
+            data: data.clone(),
+            image_folder: args.image_folder.clone().unwrap_or_default(),
+            model: args.model.clone(),
+            vision: args.vision.clone(),
+            llm: args.llm.clone(),
+            tokenizer: args.tokenizer.clone(),
+            template: args.template,
+            stage: match args.stage.as_str() {
+                "pretrain" => StageKind::Pretrain,
+                "finetune" => StageKind::Finetune,
+                other => return Err(format!("--stage: expected pretrain|finetune, got {other}")),
+            },
+            held_out: 0.05,
+        }),
+    };
     let outcome = run(
         &config,
+        real.as_ref(),
         &RunOptions {
             device: selected.device.clone(),
             out: out.clone(),
@@ -182,10 +225,11 @@ fn main_inner(args: &Args) -> Result<(), String> {
     );
     for r in &outcome.runs {
         println!(
-            "{:<10} {:>6} {:>10.1} {:>11.3} {:>10} {:>9.1}",
+            "{:<10} {:>6} {:>10} {:>11.3} {:>10} {:>9.1}",
             r.objective,
             r.noise,
-            100.0 * r.slot_accuracy,
+            r.slot_accuracy
+                .map_or("–".into(), |a| format!("{:.1}", 100.0 * a)),
             r.perplexity,
             r.cal_weight_auroc.map_or("–".into(), |a| format!("{a:.3}")),
             r.step_ms
