@@ -25,6 +25,7 @@ use vlalign_eval::generation::{GenerationRun, Prediction, generate_split, write_
 use vlalign_models::{GenerationConfig, Llava};
 use vlalign_train::{Stage, TrainConfig, TrainReport, Trainee, default_renderer, fit};
 
+use crate::hallucination::{HallucinationRun, HallucinationScores};
 use crate::setup::{Encoders, ModelSize};
 use crate::slots::{SlotScores, score, single_turn};
 use crate::token_eval::{TokenEval, evaluate_tokens};
@@ -69,6 +70,12 @@ pub struct EvalSection {
     pub max_new_tokens: usize,
     /// Validation samples drawn in `tokens.html`.
     pub html_samples: usize,
+    /// Held-out captions generated for CIDEr and CHAIR (world only).
+    pub captions: usize,
+    /// Questions per POPE split (world only).
+    pub pope_questions: usize,
+    /// Held-out split of the world: `val` (default) or `test`.
+    pub split: String,
 }
 
 impl Default for EvalSection {
@@ -78,6 +85,9 @@ impl Default for EvalSection {
             batch_size: 32,
             max_new_tokens: 16,
             html_samples: 8,
+            captions: 100,
+            pope_questions: 150,
+            split: "val".into(),
         }
     }
 }
@@ -164,6 +174,8 @@ impl CalLlavaConfig {
         c.noise = vec![0.0];
         c.eval.records = 12;
         c.eval.html_samples = 3;
+        c.eval.captions = 8;
+        c.eval.pope_questions = 8;
         c
     }
 }
@@ -193,6 +205,8 @@ pub struct RunResult {
     pub weight_by_kind: std::collections::BTreeMap<String, f64>,
     /// Final validation loss of stage 2.
     pub valid_loss: Option<f64>,
+    /// Captioning and hallucination metrics (world only).
+    pub hallucination: Option<HallucinationScores>,
     /// Stage directory.
     pub dir: PathBuf,
 }
@@ -426,6 +440,7 @@ pub fn run(
                        name: &str|
      -> Result<(Llava, TrainReport), String> {
         let dir = opts.out.join(name);
+        let show = if objective.name() == "cal" { show } else { &[] };
         let (model, report) = fit(
             Trainee::new(model, objective),
             data,
@@ -491,7 +506,7 @@ pub fn run(
                     step_ms = report.median_step_ms().unwrap_or(0.0);
                     starts.push(m);
                 }
-                let val: Vec<Record> = read(&world.join("val_qa.json"))?
+                let val: Vec<Record> = read(&world.join(format!("{}_qa.json", config.eval.split)))?
                     .into_iter()
                     .take(config.eval.records)
                     .collect();
@@ -559,55 +574,24 @@ pub fn run(
             )?;
             curves.push((name.clone(), loss_curve(&report)));
             let dir = opts.out.join(&name);
-            let slots = slot_accuracy(
-                &model,
-                &val_records,
-                &enc,
-                &processor,
-                &images,
+            let ctx = EvalContext {
                 config,
-                opts,
-            )?;
-            if let Some((_, predictions)) = &slots {
-                write_predictions(&dir.join("predictions.jsonl"), predictions)
-                    .map_err(|e| err(&e))?;
-            }
-            let te = evaluate_tokens(
-                &model,
-                val.as_ref(),
-                &batcher,
-                &config.cal,
-                &opts.device,
-                config.eval.batch_size,
-                opts.verbose,
-            )?;
-            let slots = slots.map(|s| s.0);
-            runs.push(RunResult {
-                objective: obj.into(),
-                noise,
-                slot_accuracy: slots.as_ref().map(SlotScores::overall),
-                slot_accuracy_by_kind: slots
-                    .as_ref()
-                    .map(|s| {
-                        s.by_kind
-                            .keys()
-                            .filter_map(|k| s.kind(k).map(|a| (k.clone(), a)))
-                            .collect()
-                    })
-                    .unwrap_or_default(),
-                perplexity: te.perplexity(),
-                step_ms: report.median_step_ms().unwrap_or(0.0),
-                cal_weight_auroc: te.auroc(|t| t.weight_reference),
-                cal_weight_auroc_per_sequence: te.auroc(|t| t.weight_sequence),
-                delta_auroc: te.auroc(|t| t.delta),
-                weight_by_kind: te
-                    .mean_by_kind(|t| t.weight_reference)
-                    .into_iter()
-                    .map(|(k, v)| (k.to_string(), v))
-                    .collect(),
-                valid_loss: report.valid_loss,
-                dir,
-            });
+                enc: &enc,
+                processor: &processor,
+                images: &images,
+                batcher: &batcher,
+                device: &opts.device,
+                verbose: opts.verbose,
+                world: real.is_none(),
+                val_records: &val_records,
+                val: val.clone(),
+            };
+            let (mut result, te) = evaluate_model(&model, &ctx, &dir)?;
+            result.objective = obj.into();
+            result.noise = noise;
+            result.step_ms = report.median_step_ms().unwrap_or(0.0);
+            result.valid_loss = report.valid_loss;
+            runs.push(result);
             tokens.push(te);
         }
     }
@@ -620,20 +604,113 @@ pub fn run(
     })
 }
 
+/// What evaluating a model needs.
+pub struct EvalContext<'a> {
+    /// The experiment's configuration (evaluation section, CAL settings, world).
+    pub config: &'a CalLlavaConfig,
+    /// Encoders.
+    pub enc: &'a Encoders,
+    /// Image preprocessing.
+    pub processor: &'a ImageProcessor,
+    /// Image folder.
+    pub images: &'a Path,
+    /// Batching.
+    pub batcher: &'a VlmBatcher,
+    /// Device (without autodiff).
+    pub device: &'a Device,
+    /// Progress bars.
+    pub verbose: bool,
+    /// The world's captions and POPE files are there.
+    pub world: bool,
+    /// Held-out records (slots).
+    pub val_records: &'a [Record],
+    /// The same as a dataset (perplexity, token scores).
+    pub val: Arc<dyn Dataset<Item>>,
+}
+
+/// Evaluate `model` (slots, perplexity, token scores, hallucination), writing the slot
+/// predictions into `dir`. The objective, noise and training fields of the result are left
+/// for the caller.
+pub fn evaluate_model(
+    model: &Llava,
+    ctx: &EvalContext<'_>,
+    dir: &Path,
+) -> Result<(RunResult, TokenEval), String> {
+    let config = ctx.config;
+    let slots = slot_accuracy(model, ctx)?;
+    if let Some((_, predictions)) = &slots {
+        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        write_predictions(&dir.join("predictions.jsonl"), predictions)
+            .map_err(|e| e.to_string())?;
+    }
+    let te = evaluate_tokens(
+        model,
+        ctx.val.as_ref(),
+        ctx.batcher,
+        &config.cal,
+        ctx.device,
+        config.eval.batch_size,
+        ctx.verbose,
+    )?;
+    let slots = slots.map(|s| s.0);
+    let hallucination = if ctx.world {
+        Some(crate::hallucination::evaluate(
+            model,
+            &HallucinationRun {
+                world: &config.world.dir,
+                split: &config.eval.split,
+                plain: &ctx.enc.plain,
+                chat: &ctx.enc.chat,
+                processor: ctx.processor,
+                captions: config.eval.captions,
+                pope_questions: config.eval.pope_questions,
+                batch_size: config.eval.batch_size,
+                verbose: ctx.verbose,
+            },
+        )?)
+    } else {
+        None
+    };
+    let result = RunResult {
+        objective: String::new(),
+        noise: 0.0,
+        slot_accuracy: slots.as_ref().map(SlotScores::overall),
+        slot_accuracy_by_kind: slots
+            .as_ref()
+            .map(|s| {
+                s.by_kind
+                    .keys()
+                    .filter_map(|k| s.kind(k).map(|a| (k.clone(), a)))
+                    .collect()
+            })
+            .unwrap_or_default(),
+        perplexity: te.perplexity(),
+        step_ms: 0.0,
+        cal_weight_auroc: te.auroc(|t| t.weight_reference),
+        cal_weight_auroc_per_sequence: te.auroc(|t| t.weight_sequence),
+        delta_auroc: te.auroc(|t| t.delta),
+        weight_by_kind: te
+            .mean_by_kind(|t| t.weight_reference)
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect(),
+        valid_loss: None,
+        hallucination,
+        dir: dir.to_path_buf(),
+    };
+    Ok((result, te))
+}
+
 fn loss_curve(report: &TrainReport) -> Vec<(usize, f64)> {
     report.steps.iter().map(|s| (s.step, s.loss)).collect()
 }
 
 fn slot_accuracy(
     model: &Llava,
-    records: &[Record],
-    enc: &Encoders,
-    processor: &ImageProcessor,
-    images: &Path,
-    config: &CalLlavaConfig,
-    opts: &RunOptions,
+    ctx: &EvalContext<'_>,
 ) -> Result<Option<(SlotScores, Vec<Prediction>)>, String> {
-    let questions = single_turn(records);
+    let (enc, config) = (ctx.enc, ctx.config);
+    let questions = single_turn(ctx.val_records);
     if questions.is_empty() {
         return Ok(None);
     }
@@ -646,11 +723,11 @@ fn slot_accuracy(
         &questions,
         &GenerationRun {
             encoder: &enc.chat,
-            processor,
-            image_folder: images,
+            processor: ctx.processor,
+            image_folder: ctx.images,
             batch_size: config.eval.batch_size,
             config: &generation,
-            show_progress: opts.verbose,
+            show_progress: ctx.verbose,
         },
     );
     if let Some(e) = errors.first() {
@@ -660,4 +737,132 @@ fn slot_accuracy(
         ));
     }
     Ok(Some((score(&questions, &predictions), predictions)))
+}
+
+/// Re-score the trained models of a run directory on `split` (`val` or `test`): every stage
+/// directory `{stage}-{objective}-noise{r}` with an intact checkpoint is loaded at its newest
+/// checkpoint and evaluated as at the end of training.
+pub fn rescore(
+    run_dir: &Path,
+    split: &str,
+    device: &Device,
+    verbose: bool,
+) -> Result<(CalLlavaConfig, Outcome), String> {
+    let path = run_dir.join("config.toml");
+    let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut config: CalLlavaConfig =
+        toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    if !["val", "test"].contains(&split) {
+        return Err(format!("--split: expected val or test, got {split}"));
+    }
+    config.eval.split = split.into();
+    let opts = RunOptions {
+        device: device.clone(),
+        out: run_dir.to_path_buf(),
+        resume: false,
+        verbose,
+    };
+    let inputs = world_inputs(&config, &opts)?;
+    let world = config.world.dir.clone();
+    let val_records: Vec<Record> = read_records(&world.join(format!("{split}_qa.json")))
+        .map_err(|e| e.to_string())?
+        .into_iter()
+        .filter_map(Result::ok)
+        .take(config.eval.records)
+        .collect();
+    let (samples, _) = prepare(
+        val_records.iter().cloned().map(Ok).collect(),
+        &inputs.enc.chat,
+        &inputs.images,
+        ImageCheck::Exists,
+    );
+    let val: Arc<dyn Dataset<Item>> = Arc::new(VlmDataset::new(samples, inputs.processor.clone()));
+    let mut stages: Vec<PathBuf> = std::fs::read_dir(run_dir)
+        .map_err(|e| format!("{}: {e}", run_dir.display()))?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.join("checkpoints").is_dir())
+        .collect();
+    stages.sort();
+    let mut runs = Vec::new();
+    let mut tokens = Vec::new();
+    let mut curves = Vec::new();
+    for dir in stages {
+        let name = dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let steps = vlalign_train::read_csv(&dir.join("metrics.csv")).unwrap_or_default();
+        curves.push((
+            name.clone(),
+            steps.iter().map(|s| (s.step, s.loss)).collect(),
+        ));
+        let Some((objective, noise)) = parse_stage_name(&name) else {
+            continue;
+        };
+        let (found, problems) =
+            vlalign_train::latest_valid(&dir.join("checkpoints")).map_err(|e| e.to_string())?;
+        for p in problems {
+            eprintln!("{name}: {p}");
+        }
+        let Some(manifest) = found else { continue };
+        let record = {
+            use burn::train::checkpoint::Checkpointer;
+            vlalign_train::checkpoint::AtomicFileCheckpointer::new(
+                &dir.join("checkpoints"),
+                "model",
+            )
+            .restore(manifest.step)
+            .map_err(|e| format!("{name}: {e}"))?
+        };
+        let model = Trainee::new(inputs.init.clone(), Arc::new(MleObjective))
+            .load_record(record)
+            .model;
+        eprintln!("{name}: step {} on {split}", manifest.step);
+        let ctx = EvalContext {
+            config: &config,
+            enc: &inputs.enc,
+            processor: &inputs.processor,
+            images: &inputs.images,
+            batcher: &inputs.batcher,
+            device,
+            verbose,
+            world: true,
+            val_records: &val_records,
+            val: val.clone(),
+        };
+        let (mut result, te) = evaluate_model(&model, &ctx, &dir.join(format!("eval-{split}")))?;
+        result.objective = objective;
+        result.noise = noise;
+        let mut ms: Vec<f64> = steps.iter().skip(1).map(|s| s.step_ms).collect();
+        ms.sort_by(f64::total_cmp);
+        result.step_ms = ms.get(ms.len() / 2).copied().unwrap_or(0.0);
+        runs.push(result);
+        tokens.push(te);
+    }
+    if runs.is_empty() {
+        return Err(format!(
+            "{}: no trained stage-2 model found",
+            run_dir.display()
+        ));
+    }
+    Ok((
+        config,
+        Outcome {
+            runs,
+            curves,
+            pretrain_step_ms: 0.0,
+            tokens,
+            tokenizer: inputs.tokenizer,
+        },
+    ))
+}
+
+/// `finetune-cal-noise0.3` → (`cal`, 0.3).
+fn parse_stage_name(name: &str) -> Option<(String, f64)> {
+    let mut parts = name.splitn(3, '-');
+    let _stage = parts.next()?;
+    let objective = parts.next()?.to_string();
+    let noise = parts.next()?.strip_prefix("noise")?.parse().ok()?;
+    Some((objective, noise))
 }

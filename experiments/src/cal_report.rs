@@ -36,6 +36,12 @@ pub fn summary(outcome: &Outcome) -> serde_json::Value {
                 "delta_auroc": r.delta_auroc,
                 "slot_accuracy_by_kind": r.slot_accuracy_by_kind,
                 "valid_loss": r.valid_loss,
+                "cider": r.hallucination.as_ref().map(|h| h.cider),
+                "bleu4": r.hallucination.as_ref().map(|h| h.bleu4),
+                "chair_s": r.hallucination.as_ref().map(|h| h.chair_s),
+                "chair_i": r.hallucination.as_ref().map(|h| h.chair_i),
+                "pope_f1": r.hallucination.as_ref().map(|h| &h.pope_f1),
+                "pope_yes_ratio": r.hallucination.as_ref().map(|h| &h.pope_yes_ratio),
             })
         })
         .collect();
@@ -148,6 +154,40 @@ pub fn markdown(config: &CalLlavaConfig, outcome: &Outcome, command: &str, devic
                 m.perplexity,
                 c.step_ms / m.step_ms.max(1e-9)
             );
+        }
+    }
+    if runs.iter().any(|r| r.hallucination.is_some()) {
+        let _ = writeln!(
+            s,
+            "\nCaptioning and hallucination ({} held-out captions generated from the image alone; \
+             POPE: {} questions per split):\n",
+            config.eval.captions, config.eval.pope_questions
+        );
+        let _ = writeln!(
+            s,
+            "| objective | noise | CIDEr | BLEU-4 | CHAIR_s % | CHAIR_i % | POPE F1 random | popular | adversarial | yes-ratio (adv.) |"
+        );
+        let _ = writeln!(s, "|{}", "---|".repeat(10));
+        for r in runs {
+            if let Some(h) = &r.hallucination {
+                let f = |k: &str| h.pope_f1.get(k).map_or("–".into(), |v| pct(*v));
+                let _ = writeln!(
+                    s,
+                    "| {} | {} | {:.3} | {:.3} | {} | {} | {} | {} | {} | {} |",
+                    r.objective,
+                    r.noise,
+                    h.cider,
+                    h.bleu4,
+                    pct(h.chair_s),
+                    pct(h.chair_i),
+                    f("random"),
+                    f("popular"),
+                    f("adversarial"),
+                    h.pope_yes_ratio
+                        .get("adversarial")
+                        .map_or("–".into(), |v| pct(*v))
+                );
+            }
         }
     }
     let _ = writeln!(s, "\nMean CAL weight by word kind (reference pooling):\n");

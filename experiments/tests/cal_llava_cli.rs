@@ -73,7 +73,21 @@ fn quick_run_writes_the_report() {
         }
     }
     let report = std::fs::read_to_string(out.join("report.md")).unwrap();
-    assert!(report.contains("CAL-weight AUROC"));
+    for column in ["CAL-weight AUROC", "CIDEr", "CHAIR_s", "POPE F1"] {
+        assert!(report.contains(column), "{column} missing from the report");
+    }
+
+    // `evaluate --run` re-scores the trained models on the test split.
+    let status = Command::new(env!("CARGO_BIN_EXE_evaluate"))
+        .args(["--split", "test", "--device", "flex", "--run"])
+        .arg(&out)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let eval: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("eval-test.json")).unwrap()).unwrap();
+    assert_eq!(eval["runs"].as_array().unwrap().len(), 2);
+    assert!(out.join("eval-test.md").is_file());
 }
 
 #[test]

@@ -1,9 +1,14 @@
-//! Score predictions against references with the captioning metrics of pycocoevalcap.
+//! Score predictions against references with the captioning metrics of pycocoevalcap, or
+//! re-score the trained models of a `cal_llava` run.
 //!
 //! ```text
 //! cargo run --release -p experiments --bin evaluate -- --pred preds.jsonl --refs refs.json \
 //!     [--metrics cider,bleu,rouge] [--json scores.json]
+//! cargo run --release -p experiments --bin evaluate -- --run runs/cal_llava/X --split test
 //! ```
+//! `--run` loads each stage-2 model of the run at its newest intact checkpoint, evaluates it on
+//! the split (grounded slots, perplexity, CAL-weight AUROC, CIDEr, CHAIR, POPE) and writes
+//! `eval-{split}.md` and `eval-{split}.json` into the run directory.
 //! `preds.jsonl`: one `{"id", "output"}` per line (the generation driver writes these; extra
 //! fields are ignored). `refs.json`: `{id: [reference, …]}` or a COCO captions file
 //! (`{"annotations": [{"image_id", "caption"}]}`). Prints corpus scores; `--json` writes
@@ -22,11 +27,20 @@ use vlalign_eval::score_captions;
 #[command(about = "Score captions with BLEU, ROUGE-L and CIDEr-D (pycocoevalcap's numbers)")]
 struct Args {
     /// Predictions, JSON Lines `{"id", "output"}`.
-    #[arg(long)]
-    pred: PathBuf,
+    #[arg(long, required_unless_present = "run", requires = "refs")]
+    pred: Option<PathBuf>,
     /// References: `{id: [captions]}` or COCO captions JSON.
+    #[arg(long, requires = "pred")]
+    refs: Option<PathBuf>,
+    /// A `cal_llava` run directory to re-score.
+    #[arg(long, conflicts_with_all = ["pred", "refs"])]
+    run: Option<PathBuf>,
+    /// Split for `--run`: val or test.
+    #[arg(long, default_value = "test")]
+    split: String,
+    /// Device for `--run`: flex | ndarray | wgpu | cuda[:N].
     #[arg(long)]
-    refs: PathBuf,
+    device: Option<String>,
     /// Metrics to print: any of cider, bleu, rouge.
     #[arg(long, value_delimiter = ',', default_value = "cider,bleu,rouge")]
     metrics: Vec<String>,
@@ -111,14 +125,54 @@ fn read_refs(path: &PathBuf) -> Result<BTreeMap<String, Vec<String>>, String> {
     Ok(out)
 }
 
+fn rescore(args: &Args, dir: &std::path::Path) -> Result<(), String> {
+    let selected =
+        experiments::device::select_device(args.device.as_deref()).map_err(|e| e.to_string())?;
+    let (config, outcome) =
+        experiments::cal_llava::rescore(dir, &args.split, &selected.device, true)?;
+    let command = std::env::args().collect::<Vec<_>>().join(" ");
+    let device = selected.spec.to_string();
+    let md = experiments::cal_report::markdown(&config, &outcome, &command, &device);
+    let md = md.replacen(
+        "# cal_llava",
+        &format!("# cal_llava — re-scored on `{}`", args.split),
+        1,
+    );
+    let md_path = dir.join(format!("eval-{}.md", args.split));
+    std::fs::write(&md_path, md).map_err(|e| format!("{}: {e}", md_path.display()))?;
+    let json_path = dir.join(format!("eval-{}.json", args.split));
+    let json =
+        serde_json::to_string_pretty(&experiments::cal_report::summary(&outcome)).expect("json");
+    std::fs::write(&json_path, json).map_err(|e| format!("{}: {e}", json_path.display()))?;
+    for r in &outcome.runs {
+        println!(
+            "{:<5} noise {:<4} slot acc {:>6} perplexity {:.3} CAL AUROC {}",
+            r.objective,
+            r.noise,
+            r.slot_accuracy
+                .map_or("–".into(), |a| format!("{:.1}", 100.0 * a)),
+            r.perplexity,
+            r.cal_weight_auroc.map_or("–".into(), |a| format!("{a:.3}"))
+        );
+    }
+    println!("wrote {}", md_path.display());
+    Ok(())
+}
+
 fn run(args: &Args) -> Result<(), String> {
+    if let Some(dir) = &args.run {
+        return rescore(args, dir);
+    }
+    let (Some(pred), Some(refs)) = (&args.pred, &args.refs) else {
+        return Err("give --pred and --refs, or --run".into());
+    };
     for m in &args.metrics {
         if !["cider", "bleu", "rouge"].contains(&m.as_str()) {
             return Err(format!("unknown metric '{m}' (cider, bleu, rouge)"));
         }
     }
-    let preds = read_preds(&args.pred)?;
-    let refs = read_refs(&args.refs)?;
+    let preds = read_preds(pred)?;
+    let refs = read_refs(refs)?;
     let missing: Vec<&String> = preds.keys().filter(|k| !refs.contains_key(*k)).collect();
     if !missing.is_empty() {
         eprintln!(

@@ -1,0 +1,181 @@
+//! Captioning and hallucination metrics of a trained model on the world's held-out split:
+//! CIDEr-D / BLEU-4 of generated captions, CHAIR against the shapes truly in each image, and
+//! POPE (random / popular / adversarial) on yes/no existence questions.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+use vlalign_data::{Encoder, ImageProcessor, Record, Role, Turn};
+use vlalign_eval::chair::{ObjectVocab, chair};
+use vlalign_eval::generation::{GenerationRun, generate_split};
+use vlalign_eval::pope::{pope, read_questions};
+use vlalign_eval::score_captions;
+use vlalign_models::{GenerationConfig, Llava};
+
+/// The scores of one model.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct HallucinationScores {
+    /// CIDEr-D of the generated captions (pycocoevalcap scale).
+    pub cider: f64,
+    /// BLEU-4.
+    pub bleu4: f64,
+    /// CHAIR_i: hallucinated shape mentions / shape mentions.
+    pub chair_i: f64,
+    /// CHAIR_s: captions with a hallucinated shape / captions.
+    pub chair_s: f64,
+    /// POPE F1 per split (`random`, `popular`, `adversarial`).
+    pub pope_f1: BTreeMap<String, f64>,
+    /// POPE yes-ratio per split.
+    pub pope_yes_ratio: BTreeMap<String, f64>,
+}
+
+/// How much to evaluate and with what.
+pub struct HallucinationRun<'a> {
+    /// The world folder (`{split}_captions.json`, `pope_*_{split}.jsonl`, `images/`).
+    pub world: &'a Path,
+    /// `val` or `test`.
+    pub split: &'a str,
+    /// `plain` encoder (captions).
+    pub plain: &'a Encoder,
+    /// Chat encoder (POPE questions).
+    pub chat: &'a Encoder,
+    /// Image preprocessing.
+    pub processor: &'a ImageProcessor,
+    /// Captions scored.
+    pub captions: usize,
+    /// Questions per POPE split.
+    pub pope_questions: usize,
+    /// Generation batch.
+    pub batch_size: usize,
+    /// Show progress bars.
+    pub verbose: bool,
+}
+
+fn generation(encoder: &Encoder, max_new_tokens: usize) -> GenerationConfig {
+    GenerationConfig::new()
+        .with_max_new_tokens(max_new_tokens)
+        .with_stop_tokens(vec![encoder.end_of_turn()])
+        .with_pad_token_id(encoder.tokenizer().token_id("<pad>").unwrap_or(0))
+}
+
+/// Score `model`; see the module docs.
+pub fn evaluate(model: &Llava, run: &HallucinationRun<'_>) -> Result<HallucinationScores, String> {
+    let images = run.world.join("images");
+    let records: Vec<Record> =
+        vlalign_data::read_records(&run.world.join(format!("{}_captions.json", run.split)))
+            .map_err(|e| e.to_string())?
+            .into_iter()
+            .filter_map(Result::ok)
+            .take(run.captions)
+            .collect();
+    let config = generation(run.plain, 48);
+    let (predictions, errors) = generate_split(
+        model,
+        &records,
+        &GenerationRun {
+            encoder: run.plain,
+            processor: run.processor,
+            image_folder: &images,
+            batch_size: run.batch_size,
+            config: &config,
+            show_progress: run.verbose,
+        },
+    );
+    if let Some(e) = errors.first() {
+        return Err(format!("captions: {e}"));
+    }
+    let candidates: BTreeMap<String, String> = predictions
+        .iter()
+        .map(|p| (p.id.clone(), p.output.clone()))
+        .collect();
+    let references: BTreeMap<String, Vec<String>> = predictions
+        .iter()
+        .map(|p| (p.id.clone(), vec![p.reference.clone()]))
+        .collect();
+    let captions = score_captions(&candidates, &references);
+    // The shapes truly present: the shape words of the reference caption (it names every object).
+    let truth: BTreeMap<&str, BTreeSet<String>> = records
+        .iter()
+        .map(|r| {
+            let text = r.turns.get(1).map_or("", |t| t.value.as_str());
+            let shapes = r
+                .truth
+                .iter()
+                .filter(|s| s.kind == "shape")
+                .filter_map(|s| text.get(s.start..s.end))
+                .map(|w| w.trim_end_matches('s').to_lowercase())
+                .collect();
+            (r.id.as_str(), shapes)
+        })
+        .collect();
+    let empty = BTreeSet::new();
+    let chair_scores = chair(
+        &ObjectVocab::shapes(),
+        predictions.iter().map(|p| {
+            (
+                p.output.as_str(),
+                truth.get(p.id.as_str()).unwrap_or(&empty),
+            )
+        }),
+    );
+
+    let mut out = HallucinationScores {
+        cider: captions.cider,
+        bleu4: captions.bleu[3],
+        chair_i: chair_scores.chair_i,
+        chair_s: chair_scores.chair_s,
+        ..HallucinationScores::default()
+    };
+    let config = generation(run.chat, 4);
+    for split in ["random", "popular", "adversarial"] {
+        let path = run.world.join(format!("pope_{split}_{}.jsonl", run.split));
+        let text =
+            std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let questions = read_questions(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+        let questions: Vec<_> = questions.into_iter().take(run.pope_questions).collect();
+        let records: Vec<Record> = questions
+            .iter()
+            .enumerate()
+            .map(|(i, q)| Record {
+                id: format!("pope-{split}-{i}"),
+                images: vec![q.image.clone()],
+                turns: vec![
+                    Turn {
+                        role: Role::Human,
+                        value: format!("<image>\n{}", q.text),
+                    },
+                    Turn {
+                        role: Role::Gpt,
+                        value: q.label.clone(),
+                    },
+                ],
+                truth: Vec::new(),
+            })
+            .collect();
+        let (predictions, errors) = generate_split(
+            model,
+            &records,
+            &GenerationRun {
+                encoder: run.chat,
+                processor: run.processor,
+                image_folder: &images,
+                batch_size: run.batch_size,
+                config: &config,
+                show_progress: run.verbose,
+            },
+        );
+        if let Some(e) = errors.first() {
+            return Err(format!("POPE {split}: {e}"));
+        }
+        let scores = pope(
+            predictions
+                .iter()
+                .zip(&questions)
+                .map(|(p, q)| (p.output.as_str(), q.label == "yes")),
+        );
+        out.pope_f1.insert(split.into(), scores.f1);
+        out.pope_yes_ratio.insert(split.into(), scores.yes_ratio);
+    }
+    Ok(out)
+}
