@@ -86,7 +86,7 @@ impl Default for EvalSection {
             max_new_tokens: 16,
             html_samples: 8,
             captions: 100,
-            pope_questions: 150,
+            pope_questions: 100,
             split: "val".into(),
         }
     }
