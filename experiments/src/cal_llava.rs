@@ -280,16 +280,23 @@ pub struct RealData {
 }
 
 /// Everything a comparison needs.
-struct Inputs {
-    tokenizer: TextTokenizer,
-    enc: Encoders,
-    processor: ImageProcessor,
-    images: PathBuf,
-    batcher: VlmBatcher,
-    init: Llava,
+pub struct Inputs {
+    /// The tokenizer.
+    pub tokenizer: TextTokenizer,
+    /// Encoders of both stages.
+    pub enc: Encoders,
+    /// Image preprocessing.
+    pub processor: ImageProcessor,
+    /// Image folder.
+    pub images: PathBuf,
+    /// Batching.
+    pub batcher: VlmBatcher,
+    /// The initial model, on the autodiff device.
+    pub init: Llava,
 }
 
-fn world_inputs(config: &CalLlavaConfig, opts: &RunOptions) -> Result<Inputs, String> {
+/// The world (generated when absent), its tokenizer and encoders, and a fresh model.
+pub fn world_inputs(config: &CalLlavaConfig, opts: &RunOptions) -> Result<Inputs, String> {
     let err = |e: &dyn std::fmt::Display| e.to_string();
     let world = &config.world;
     if !world.dir.join("world.json").is_file() || !world.dir.join("tokenizer.json").is_file() {

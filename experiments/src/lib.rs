@@ -9,4 +9,6 @@ pub mod plot;
 pub mod setup;
 pub mod slots;
 pub mod token_eval;
+pub mod vig_report;
+pub mod vig_select;
 pub mod world;

@@ -17,7 +17,7 @@ const FONTS: [&str; 4] = [
 pub type Series = (String, Vec<(usize, f64)>);
 
 /// Register a system font for plotters once; whether one was found.
-fn font() -> bool {
+pub fn font() -> bool {
     static FOUND: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *FOUND.get_or_init(|| {
         for path in FONTS {

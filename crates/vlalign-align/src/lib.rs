@@ -10,6 +10,7 @@ pub mod cal;
 pub mod mle;
 pub mod model;
 pub mod token;
+pub mod vig;
 
 pub use cal::{CalConfig, CalObjective, Contrast, Pooling};
 pub use mle::MleObjective;

@@ -264,3 +264,41 @@ impl Dataset<Item> for VlmDataset {
         self.samples.len()
     }
 }
+
+/// A subset of a dataset with per-token weights attached (a data selection such as VIG's):
+/// item `i` is `inner[index[i]]` with `weights[i]` (one weight per token of its sequence).
+pub struct Weighted<D> {
+    inner: D,
+    index: Vec<usize>,
+    weights: Vec<Option<Vec<f32>>>,
+}
+
+impl<D: Dataset<Item>> Weighted<D> {
+    /// Keep the items `index` of `inner`, with `weights` (same length as `index`).
+    pub fn new(inner: D, index: Vec<usize>, weights: Vec<Option<Vec<f32>>>) -> Self {
+        assert_eq!(
+            index.len(),
+            weights.len(),
+            "one weight vector per kept item"
+        );
+        Self {
+            inner,
+            index,
+            weights,
+        }
+    }
+}
+
+impl<D: Dataset<Item>> Dataset<Item> for Weighted<D> {
+    fn get(&self, index: usize) -> Result<Item, burn::data::dataset::DatasetError> {
+        let mut item = self.inner.get(self.index[index])?;
+        if let Some(w) = &self.weights[index] {
+            item.weights = Some(w.clone());
+        }
+        Ok(item)
+    }
+
+    fn len(&self) -> usize {
+        self.index.len()
+    }
+}

@@ -176,8 +176,13 @@ fn main_inner(args: &Args) -> Result<(), String> {
     let config_path = out.join("config.toml");
     let text = toml::to_string_pretty(&config).map_err(|e| e.to_string())?;
     if args.resume && config_path.is_file() {
+        // Stages are named by objective and noise level, so a resumed run may add noise levels;
+        // anything else must match what the checkpoints were trained with.
         let before = std::fs::read_to_string(&config_path).map_err(|e| e.to_string())?;
-        if before != text {
+        let mut before: CalLlavaConfig =
+            toml::from_str(&before).map_err(|e| format!("{}: {e}", config_path.display()))?;
+        before.noise = config.noise.clone();
+        if before != config {
             return Err(format!(
                 "{} was made with another configuration; resume with `--config {}`",
                 out.display(),

@@ -1,0 +1,185 @@
+//! VIG: score the instruction data by visual information gain and train on the selection.
+//!
+//! ```text
+//! cargo run --release -p experiments --bin vig_select                # default (≤ 20 min, CPU)
+//! cargo run --release -p experiments --bin vig_select -- --quick     # CI smoke run
+//! cargo run --release -p experiments --bin vig_select -- --percents 30,50,70,100 --sigma 6
+//! ```
+//! Stage 1 on captions, VIG scoring (scores written next to the dataset as
+//! `train_qa.vig.jsonl`), stage 2 at each p and at p = 70 with CAL; writes
+//! `runs/vig_select/<time>/` with `report.md`, `summary.json`, `vig_by_kind.png`,
+//! `blurred.png`, `tokens.html` and `loss.png`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use clap::Parser;
+use experiments::cal_llava::RunOptions;
+use experiments::device::select_device;
+use experiments::vig_select::{VigSelectConfig, run};
+
+#[derive(Parser, Debug)]
+#[command(about = "Select instruction data by visual information gain (VIG) and compare")]
+struct Args {
+    /// TOML configuration (`[common]` as cal_llava's config, `[vig]` sigma/percents/with_cal).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// The CI smoke profile.
+    #[arg(long)]
+    quick: bool,
+    /// Run directory (default `runs/vig_select/<unix time>`).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Continue the run in `--out` from each stage's newest intact checkpoint.
+    #[arg(long, requires = "out")]
+    resume: bool,
+    /// Selection levels p, comma separated (100 = all data, plain MLE).
+    #[arg(long, value_delimiter = ',')]
+    percents: Option<Vec<f64>>,
+    /// Blur σ in pixels of the model input.
+    #[arg(long)]
+    sigma: Option<f32>,
+    /// Steps of stage 1 and stage 2.
+    #[arg(long)]
+    steps: Option<usize>,
+    /// World folder (generated if absent).
+    #[arg(long)]
+    world: Option<PathBuf>,
+    /// Device: flex | ndarray | wgpu | cuda[:N].
+    #[arg(long)]
+    device: Option<String>,
+    /// No progress bars or per-step lines.
+    #[arg(long)]
+    quiet: bool,
+}
+
+fn main() -> ExitCode {
+    match main_inner(&Args::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn main_inner(args: &Args) -> Result<(), String> {
+    let mut config = match &args.config {
+        Some(path) => {
+            let text =
+                std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+            toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?
+        }
+        None if args.quick => VigSelectConfig::quick(),
+        None => VigSelectConfig::default(),
+    };
+    if let Some(p) = &args.percents {
+        if p.iter().any(|p| !(*p > 0.0 && *p <= 100.0)) {
+            return Err(format!("--percents: each must be in (0, 100], got {p:?}"));
+        }
+        config.vig.percents = p.clone();
+    }
+    if let Some(s) = args.sigma {
+        config.vig.sigma = s;
+    }
+    if let Some(s) = args.steps {
+        config.common.pretrain.steps = s;
+        config.common.finetune.steps = s;
+    }
+    if let Some(w) = &args.world {
+        config.common.world.dir = w.clone();
+    }
+    let selected = select_device(args.device.as_deref()).map_err(|e| e.to_string())?;
+    let device_name = format!(
+        "{} ({})",
+        selected.spec,
+        selected.adapter.clone().unwrap_or_default()
+    );
+    let out = args.out.clone().unwrap_or_else(|| {
+        let t = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        PathBuf::from("runs/vig_select").join(t.to_string())
+    });
+    std::fs::create_dir_all(&out).map_err(|e| format!("{}: {e}", out.display()))?;
+    let text = toml::to_string_pretty(&config).map_err(|e| e.to_string())?;
+    let config_path = out.join("config.toml");
+    if args.resume && config_path.is_file() {
+        let before = std::fs::read_to_string(&config_path).map_err(|e| e.to_string())?;
+        if before != text {
+            return Err(format!(
+                "{} was made with another configuration; resume with `--config {}`",
+                out.display(),
+                config_path.display()
+            ));
+        }
+    }
+    std::fs::write(&config_path, &text).map_err(|e| format!("{}: {e}", config_path.display()))?;
+    eprintln!("vig_select on {device_name}, writing {}", out.display());
+    let started = Instant::now();
+    let outcome = run(
+        &config,
+        &RunOptions {
+            device: selected.device.clone(),
+            out: out.clone(),
+            resume: args.resume,
+            verbose: !args.quiet,
+        },
+    )?;
+    let command = std::env::args().collect::<Vec<_>>().join(" ");
+    let w = |name: &str, body: &str| {
+        std::fs::write(out.join(name), body)
+            .map_err(|e| format!("{}: {e}", out.join(name).display()))
+    };
+    w(
+        "report.md",
+        &experiments::vig_report::markdown(&config, &outcome, &command, &device_name),
+    )?;
+    w(
+        "summary.json",
+        &serde_json::to_string_pretty(&experiments::vig_report::summary(&outcome)).expect("json"),
+    )?;
+    w(
+        "tokens.html",
+        &experiments::vig_report::tokens_html(
+            &outcome,
+            &outcome.tokenizer,
+            config.common.eval.html_samples,
+        ),
+    )?;
+    experiments::vig_report::bar_chart(&out.join("vig_by_kind.png"), &outcome)?;
+    experiments::plot::loss_curves(&out.join("loss.png"), "vig_select", &outcome.curves)?;
+    println!(
+        "\n{:>5} {:<8} {:>9} {:>9} {:>10} {:>8} {:>8}",
+        "p", "objective", "samples%", "tokens%", "slot acc%", "POPE F1", "CHAIR_s"
+    );
+    for r in &outcome.runs {
+        let h = r.result.hallucination.as_ref();
+        let pope = h
+            .filter(|h| !h.pope_f1.is_empty())
+            .map(|h| h.pope_f1.values().sum::<f64>() / h.pope_f1.len() as f64);
+        println!(
+            "{:>5} {:<8} {:>9.1} {:>9.1} {:>10} {:>8} {:>8}",
+            r.p,
+            r.objective,
+            r.kept_samples_pct,
+            r.kept_tokens_pct,
+            r.result
+                .slot_accuracy
+                .map_or("–".into(), |a| format!("{:.1}", 100.0 * a)),
+            pope.map_or("–".into(), |a| format!("{:.1}", 100.0 * a)),
+            h.map_or("–".into(), |h| format!("{:.1}", 100.0 * h.chair_s)),
+        );
+    }
+    println!(
+        "VIG token AUROC {}; scoring {:.1} samples/s\nwrote {} ({:.0} s)",
+        outcome
+            .vig_token_auroc
+            .map_or("–".into(), |a| format!("{a:.3}")),
+        outcome.scoring_samples_per_s,
+        out.join("report.md").display(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}

@@ -1,0 +1,56 @@
+//! `vig_select --quick` end to end: scores, selections, report and summary.
+
+use std::process::Command;
+
+#[test]
+fn quick_run_writes_scores_report_and_summary() {
+    let tmp = tempfile::tempdir().unwrap();
+    let world = tmp.path().join("world");
+    let out = tmp.path().join("run");
+    let status = Command::new(env!("CARGO_BIN_EXE_vig_select"))
+        .args(["--quick", "--quiet", "--device", "flex", "--world"])
+        .arg(&world)
+        .arg("--out")
+        .arg(&out)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    for f in [
+        "report.md",
+        "summary.json",
+        "vig_by_kind.png",
+        "blurred.png",
+        "tokens.html",
+        "train_qa.vig.jsonl",
+    ] {
+        assert!(out.join(f).is_file(), "{f} missing");
+    }
+    assert!(
+        world.join("train_qa.vig.jsonl").is_file(),
+        "scores next to the dataset"
+    );
+    let first = std::fs::read_to_string(out.join("train_qa.vig.jsonl")).unwrap();
+    let line: serde_json::Value = serde_json::from_str(first.lines().next().unwrap()).unwrap();
+    assert!(line["id"].is_string() && line["vig"].is_number() && line["tokens"].is_array());
+    let s: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("summary.json")).unwrap()).unwrap();
+    assert!(s["scoring_samples_per_s"].as_f64().unwrap() > 0.0);
+    assert!(s["vig_token_auroc"].is_number());
+    let runs = s["runs"].as_array().unwrap();
+    assert_eq!(runs.len(), 3);
+    for r in runs {
+        for key in [
+            "p",
+            "kept_samples_pct",
+            "kept_tokens_pct",
+            "slot_accuracy",
+            "pope_f1",
+            "chair_s",
+        ] {
+            assert!(r[key].is_number(), "{key} missing in {r}");
+        }
+    }
+    assert_eq!(runs[1]["objective"], "mle");
+    assert_eq!(runs[1]["kept_tokens_pct"], 100.0);
+    assert_eq!(runs[2]["objective"], "vig+cal");
+}
