@@ -644,9 +644,9 @@ pub fn evaluate_model(
     dir: &Path,
 ) -> Result<(RunResult, TokenEval), String> {
     let config = ctx.config;
+    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let slots = slot_accuracy(model, ctx)?;
     if let Some((_, predictions)) = &slots {
-        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         write_predictions(&dir.join("predictions.jsonl"), predictions)
             .map_err(|e| e.to_string())?;
     }
@@ -673,6 +673,7 @@ pub fn evaluate_model(
                 pope_questions: config.eval.pope_questions,
                 batch_size: config.eval.batch_size,
                 verbose: ctx.verbose,
+                write_to: Some(dir),
             },
         )?)
     } else {

@@ -8,7 +8,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 use vlalign_data::{Encoder, ImageProcessor, Record, Role, Turn};
 use vlalign_eval::chair::{ObjectVocab, chair};
-use vlalign_eval::generation::{GenerationRun, generate_split};
+use vlalign_eval::generation::{GenerationRun, generate_split, write_predictions};
 use vlalign_eval::pope::{pope, read_questions};
 use vlalign_eval::score_captions;
 use vlalign_models::{GenerationConfig, Llava};
@@ -50,6 +50,8 @@ pub struct HallucinationRun<'a> {
     pub batch_size: usize,
     /// Show progress bars.
     pub verbose: bool,
+    /// Write the generated captions and POPE answers here (`captions.jsonl`, `pope_*.jsonl`).
+    pub write_to: Option<&'a Path>,
 }
 
 fn generation(encoder: &Encoder, max_new_tokens: usize) -> GenerationConfig {
@@ -84,6 +86,9 @@ pub fn evaluate(model: &Llava, run: &HallucinationRun<'_>) -> Result<Hallucinati
     );
     if let Some(e) = errors.first() {
         return Err(format!("captions: {e}"));
+    }
+    if let Some(dir) = run.write_to {
+        write_predictions(&dir.join("captions.jsonl"), &predictions).map_err(|e| e.to_string())?;
     }
     let candidates: BTreeMap<String, String> = predictions
         .iter()
@@ -167,6 +172,10 @@ pub fn evaluate(model: &Llava, run: &HallucinationRun<'_>) -> Result<Hallucinati
         );
         if let Some(e) = errors.first() {
             return Err(format!("POPE {split}: {e}"));
+        }
+        if let Some(dir) = run.write_to {
+            write_predictions(&dir.join(format!("pope_{split}.jsonl")), &predictions)
+                .map_err(|e| e.to_string())?;
         }
         let scores = pope(
             predictions

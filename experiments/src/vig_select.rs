@@ -110,6 +110,9 @@ pub struct VigOutcome {
     pub tokenizer: vlalign_data::TextTokenizer,
 }
 
+/// Per token of a sample: (token id, VIG, truth).
+pub type TokenVig = Vec<(u32, f32, Option<vlalign_data::TokenTruth>)>;
+
 /// Per-sample and per-token VIG of every item of `data`, with a progress bar.
 pub fn score(
     model: &Llava,
@@ -119,14 +122,7 @@ pub fn score(
     batch_size: usize,
     device: &Device,
     verbose: bool,
-) -> Result<
-    (
-        Vec<SampleVig>,
-        Vec<Vec<(u32, f32, Option<vlalign_data::TokenTruth>)>>,
-        f64,
-    ),
-    String,
-> {
+) -> Result<(Vec<SampleVig>, Vec<TokenVig>, f64), String> {
     let model = model.valid();
     let n = data.len();
     let bar = if verbose {
@@ -186,7 +182,7 @@ pub fn write_scores(
     path: &Path,
     ids: &[String],
     samples: &[SampleVig],
-    detail: &[Vec<(u32, f32, Option<vlalign_data::TokenTruth>)>],
+    detail: &[TokenVig],
     inputs: &Inputs,
 ) -> Result<(), String> {
     let mut f = std::io::BufWriter::new(
