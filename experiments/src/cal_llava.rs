@@ -330,7 +330,8 @@ pub fn world_inputs(config: &CalLlavaConfig, opts: &RunOptions) -> Result<Inputs
     })
 }
 
-fn real_inputs(
+/// The user's model (`--model`, or `--vision` + `--llm`), tokenizer and preprocessing.
+pub fn real_inputs(
     config: &CalLlavaConfig,
     real: &RealData,
     opts: &RunOptions,

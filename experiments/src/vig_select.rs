@@ -25,7 +25,8 @@ use vlalign_models::Llava;
 use vlalign_train::{Stage, TrainReport, Trainee, default_renderer, fit, quiet_renderer};
 
 use crate::cal_llava::{
-    CalLlavaConfig, EvalContext, Inputs, RunOptions, RunResult, evaluate_model, world_inputs,
+    CalLlavaConfig, EvalContext, Inputs, RealData, RunOptions, RunResult, evaluate_model,
+    real_inputs, world_inputs,
 };
 
 /// VIG's own settings.
@@ -250,10 +251,19 @@ fn read(path: &Path) -> Result<Vec<Record>, String> {
         .collect())
 }
 
-/// Train and evaluate; see the module docs.
-pub fn run(config: &VigSelectConfig, opts: &RunOptions) -> Result<VigOutcome, String> {
+/// Train and evaluate; see the module docs. With `real`, the loaded model plays the stage-1
+/// model (no stage 1 runs), the user's records are scored (scores next to them) and split 95/5,
+/// and only what needs no world truth is reported.
+pub fn run(
+    config: &VigSelectConfig,
+    real: Option<&RealData>,
+    opts: &RunOptions,
+) -> Result<VigOutcome, String> {
     let common = &config.common;
-    let inputs = world_inputs(common, opts)?;
+    let inputs = match real {
+        Some(r) => real_inputs(common, r, opts)?,
+        None => world_inputs(common, opts)?,
+    };
     let world = common.world.dir.clone();
     let make = |records: Vec<Record>, enc| -> VlmDataset {
         let (samples, report) = prepare(
@@ -300,31 +310,51 @@ pub fn run(config: &VigSelectConfig, opts: &RunOptions) -> Result<VigOutcome, St
     let mut curves = Vec::new();
     let curve = |r: &TrainReport| r.steps.iter().map(|s| (s.step, s.loss)).collect::<Vec<_>>();
 
-    // Stage 1.
-    let captions: Arc<dyn Dataset<Item>> = Arc::new(make(
-        read(&world.join("train_captions.json"))?,
-        &inputs.enc.plain,
-    ));
-    let captions_val: Arc<dyn Dataset<Item>> = Arc::new(make(
-        read(&world.join("val_captions.json"))?,
-        &inputs.enc.plain,
-    ));
-    eprintln!(
-        "stage 1 (pretrain): {} steps on captions",
-        common.pretrain.steps
-    );
-    let (stage1, r1) = train_stage(
-        inputs.init.clone(),
-        Arc::new(MleObjective),
-        captions,
-        captions_val,
-        &common.pretrain,
-        "pretrain",
-    )?;
-    curves.push(("pretrain".to_string(), curve(&r1)));
+    // Stage 1 (the world), or the loaded model.
+    let stage1 = match real {
+        Some(_) => inputs.init.clone(),
+        None => {
+            let captions: Arc<dyn Dataset<Item>> = Arc::new(make(
+                read(&world.join("train_captions.json"))?,
+                &inputs.enc.plain,
+            ));
+            let captions_val: Arc<dyn Dataset<Item>> = Arc::new(make(
+                read(&world.join("val_captions.json"))?,
+                &inputs.enc.plain,
+            ));
+            eprintln!(
+                "stage 1 (pretrain): {} steps on captions",
+                common.pretrain.steps
+            );
+            let (stage1, r1) = train_stage(
+                inputs.init.clone(),
+                Arc::new(MleObjective),
+                captions,
+                captions_val,
+                &common.pretrain,
+                "pretrain",
+            )?;
+            curves.push(("pretrain".to_string(), curve(&r1)));
+            stage1
+        }
+    };
 
     // Scoring.
-    let train_records = read(&world.join("train_qa.json"))?;
+    let (train_records, held_out, scores_file) = match real {
+        Some(r) => {
+            let mut records = read(&r.data)?;
+            let held = ((records.len() as f64) * r.held_out).ceil() as usize;
+            let held = held.clamp(1, records.len().saturating_sub(1).max(1));
+            let val = records.split_off(records.len() - held);
+            let stem = r.data.with_extension("vig.jsonl");
+            (records, Some(val), stem)
+        }
+        None => (
+            read(&world.join("train_qa.json"))?,
+            None,
+            world.join("train_qa.vig.jsonl"),
+        ),
+    };
     let train = make(train_records, &inputs.enc.chat);
     let ids: Vec<String> = train.samples().iter().map(|s| s.id.clone()).collect();
     blurred_example(
@@ -348,13 +378,7 @@ pub fn run(config: &VigSelectConfig, opts: &RunOptions) -> Result<VigOutcome, St
         opts.verbose,
     )?;
     eprintln!("VIG scoring: {rate:.1} samples/s");
-    write_scores(
-        &world.join("train_qa.vig.jsonl"),
-        &ids,
-        &samples,
-        &detail,
-        &inputs,
-    )?;
+    write_scores(&scores_file, &ids, &samples, &detail, &inputs)?;
     write_scores(
         &opts.out.join("train_qa.vig.jsonl"),
         &ids,
@@ -364,10 +388,13 @@ pub fn run(config: &VigSelectConfig, opts: &RunOptions) -> Result<VigOutcome, St
     )?;
 
     // VIG against the truth on the held-out split, with the stage-1 model.
-    let val_records: Vec<Record> = read(&world.join(format!("{}_qa.json", common.eval.split)))?
-        .into_iter()
-        .take(common.eval.records)
-        .collect();
+    let val_records: Vec<Record> = match held_out {
+        Some(v) => v,
+        None => read(&world.join(format!("{}_qa.json", common.eval.split)))?,
+    }
+    .into_iter()
+    .take(common.eval.records)
+    .collect();
     let val_ds = make(val_records.clone(), &inputs.enc.chat);
     let val_ids: Vec<String> = val_ds.samples().iter().map(|s| s.id.clone()).collect();
     let (_, val_detail, _) = score(
@@ -472,7 +499,7 @@ pub fn run(config: &VigSelectConfig, opts: &RunOptions) -> Result<VigOutcome, St
             batcher: &inputs.batcher,
             device: &opts.device,
             verbose: opts.verbose,
-            world: true,
+            world: real.is_none(),
             val_records: &val_records,
             val: val.clone(),
         };

@@ -54,3 +54,53 @@ fn quick_run_writes_scores_report_and_summary() {
     assert_eq!(runs[1]["kept_tokens_pct"], 100.0);
     assert_eq!(runs[2]["objective"], "vig+cal");
 }
+
+#[test]
+fn real_data_scores_the_users_records_with_the_loaded_model() {
+    use burn::tensor::Device;
+    use experiments::setup::ModelSize;
+    use vlalign_data::TextTokenizer;
+
+    let tmp = tempfile::tempdir().unwrap();
+    let world = tmp.path().join("world");
+    let config = vlalign_data::world::WorldConfig::new(40, 1);
+    experiments::world::make_world(&config, &world, 400, false).unwrap();
+    let tk = TextTokenizer::from_file(&world.join("tokenizer.json")).unwrap();
+    let size = ModelSize {
+        image_size: 32,
+        width: 64,
+        ..ModelSize::default()
+    };
+    let llava = size.llava(tk.vocab_size(), tk.token_id("<image>").unwrap() as usize);
+    let hf = tmp.path().join("hf");
+    vlalign_models::hf::save_llava(&llava.init(&Device::flex()), &llava, &hf).unwrap();
+    std::fs::copy(world.join("tokenizer.json"), hf.join("tokenizer.json")).unwrap();
+    let data = tmp.path().join("mine.json");
+    std::fs::copy(world.join("train_qa.json"), &data).unwrap();
+
+    let out = tmp.path().join("run");
+    let output = Command::new(env!("CARGO_BIN_EXE_vig_select"))
+        .args(["--quick", "--quiet", "--steps", "2", "--data"])
+        .arg(&data)
+        .arg("--image-folder")
+        .arg(world.join("images"))
+        .arg("--model")
+        .arg(&hf)
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        tmp.path().join("mine.vig.jsonl").is_file(),
+        "scores next to the data"
+    );
+    let s: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(s["runs"].as_array().unwrap().len(), 3);
+    assert!(!out.join("pretrain").exists(), "no stage 1 on real data");
+}

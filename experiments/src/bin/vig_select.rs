@@ -8,14 +8,16 @@
 //! Stage 1 on captions, VIG scoring (scores written next to the dataset as
 //! `train_qa.vig.jsonl`), stage 2 at each p and at p = 70 with CAL; writes
 //! `runs/vig_select/<time>/` with `report.md`, `summary.json`, `vig_by_kind.png`,
-//! `blurred.png`, `tokens.html` and `loss.png`.
+//! `blurred.png`, `tokens.html` and `loss.png`. With `--data … --image-folder … --model DIR`
+//! (or `--vision`/`--llm`) the loaded model scores the user's records (scores written next to
+//! them as `<data>.vig.jsonl`) and stage 2 runs on their selections.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use clap::Parser;
-use experiments::cal_llava::RunOptions;
+use experiments::cal_llava::{RealData, RunOptions, StageKind};
 use experiments::device::select_device;
 use experiments::vig_select::{VigSelectConfig, run};
 
@@ -49,6 +51,27 @@ struct Args {
     /// Device: flex | ndarray | wgpu | cuda[:N].
     #[arg(long)]
     device: Option<String>,
+    /// Real data: LLaVA records to score and select (instead of the world).
+    #[arg(long, requires = "image_folder")]
+    data: Option<PathBuf>,
+    /// Folder the records' image paths are relative to.
+    #[arg(long)]
+    image_folder: Option<PathBuf>,
+    /// A Hugging Face LLaVA directory (after projector pretraining: VIG scores with it).
+    #[arg(long, conflicts_with_all = ["vision", "llm"])]
+    model: Option<PathBuf>,
+    /// A CLIP vision directory (with --llm).
+    #[arg(long, requires = "llm")]
+    vision: Option<PathBuf>,
+    /// A LLaMA/Qwen2 directory (with --vision).
+    #[arg(long, requires = "vision")]
+    llm: Option<PathBuf>,
+    /// `tokenizer.json` (default: the model's or the LLM's).
+    #[arg(long)]
+    tokenizer: Option<PathBuf>,
+    /// Chat template: plain, vicuna_v1, chatml.
+    #[arg(long, default_value = "vicuna_v1")]
+    template: vlalign_data::Template,
     /// No progress bars or per-step lines.
     #[arg(long)]
     quiet: bool,
@@ -118,8 +141,20 @@ fn main_inner(args: &Args) -> Result<(), String> {
     std::fs::write(&config_path, &text).map_err(|e| format!("{}: {e}", config_path.display()))?;
     eprintln!("vig_select on {device_name}, writing {}", out.display());
     let started = Instant::now();
+    let real = args.data.as_ref().map(|data| RealData {
+        data: data.clone(),
+        image_folder: args.image_folder.clone().unwrap_or_default(),
+        model: args.model.clone(),
+        vision: args.vision.clone(),
+        llm: args.llm.clone(),
+        tokenizer: args.tokenizer.clone(),
+        template: args.template,
+        stage: StageKind::Finetune,
+        held_out: 0.05,
+    });
     let outcome = run(
         &config,
+        real.as_ref(),
         &RunOptions {
             device: selected.device.clone(),
             out: out.clone(),
