@@ -65,10 +65,18 @@ fn config(steps: usize) -> TrainConfig {
     c
 }
 
+/// Tests run in parallel threads and share the backend's RNG, and parameters initialise
+/// lazily: seed, build and materialise (`into_record` reads every parameter) under one lock so
+/// every run starts from the same weights.
 fn model(s: &Setup) -> Llava {
+    use burn::module::Module;
+    static INIT: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _guard = INIT.lock().unwrap_or_else(|e| e.into_inner());
     let device = Device::flex();
     device.seed(5);
-    s.size.llava(s.vocab, s.image_id).init(&device.autodiff())
+    let model = s.size.llava(s.vocab, s.image_id).init(&device.autodiff());
+    let _ = model.clone().into_record();
+    model
 }
 
 fn run(
