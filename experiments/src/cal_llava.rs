@@ -318,9 +318,9 @@ pub fn world_inputs(config: &CalLlavaConfig, opts: &RunOptions) -> Result<Inputs
         .map_err(|e| err(&e))?;
     let llava = size.llava(tokenizer.vocab_size(), enc.chat.image_token_id() as usize);
     opts.device.seed(config.seed);
+    // Parameters initialise lazily (at first use, in forward order, on this thread): the same
+    // seed gives the same weights in every run of this program.
     let init = llava.init(&opts.device.clone().autodiff());
-    // Parameters initialise lazily; draw them now, right after seeding.
-    let _ = init.clone().into_record();
     let pad = tokenizer.token_id("<pad>").unwrap_or(0);
     Ok(Inputs {
         batcher: VlmBatcher::new(pad, size.image_size),
