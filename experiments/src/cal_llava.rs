@@ -143,7 +143,7 @@ impl Default for CalLlavaConfig {
         };
         Self {
             seed: 0,
-            max_len: 160,
+            max_len: 256,
             world: WorldSection::default(),
             model: ModelSize::default(),
             pretrain: stage(600, 2e-3),
@@ -429,7 +429,7 @@ pub fn run(
             &images,
             ImageCheck::Exists,
         );
-        if !report.errors.is_empty() {
+        if !report.errors.is_empty() || !report.truncated.is_empty() {
             eprintln!("{}", report.summary());
         }
         Arc::new(VlmDataset::new(samples, processor.clone()))

@@ -272,7 +272,7 @@ pub fn run(
             &inputs.images,
             ImageCheck::Exists,
         );
-        if !report.errors.is_empty() {
+        if !report.errors.is_empty() || !report.truncated.is_empty() {
             eprintln!("{}", report.summary());
         }
         VlmDataset::new(samples, inputs.processor.clone())
