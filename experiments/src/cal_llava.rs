@@ -81,7 +81,7 @@ pub struct EvalSection {
 impl Default for EvalSection {
     fn default() -> Self {
         Self {
-            records: 150,
+            records: 120,
             batch_size: 32,
             max_new_tokens: 16,
             html_samples: 8,
@@ -130,10 +130,10 @@ pub struct CalLlavaConfig {
 
 impl Default for CalLlavaConfig {
     fn default() -> Self {
-        let stage = |steps: usize, lr: f64| {
+        let stage = |steps: usize, lr: f64, batch_size: usize| {
             let mut c = TrainConfig {
                 steps,
-                batch_size: 32,
+                batch_size,
                 checkpoint_every: 100,
                 ..TrainConfig::default()
             };
@@ -146,8 +146,8 @@ impl Default for CalLlavaConfig {
             max_len: 256,
             world: WorldSection::default(),
             model: ModelSize::default(),
-            pretrain: stage(600, 2e-3),
-            finetune: stage(200, 1e-3),
+            pretrain: stage(500, 2e-3, 32),
+            finetune: stage(160, 1e-3, 24),
             cal: CalConfig::default(),
             cal_stages: vec![StageKind::Finetune],
             noise: vec![0.0, 0.3],
