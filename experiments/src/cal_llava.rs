@@ -147,7 +147,7 @@ impl Default for CalLlavaConfig {
             world: WorldSection::default(),
             model: ModelSize::default(),
             pretrain: stage(500, 2e-3, 32),
-            finetune: stage(160, 1e-3, 24),
+            finetune: stage(250, 1e-3, 24),
             cal: CalConfig::default(),
             cal_stages: vec![StageKind::Finetune],
             noise: vec![0.0, 0.3],
