@@ -1,0 +1,157 @@
+//! The benchmark binary: fixed presets (`tools/bench_presets.json`), every backend compiled in.
+//!
+//! ```text
+//! cargo run --release -p experiments --bin bench                      # all presets, all backends
+//! cargo run --release -p experiments --bin bench -- --preset tiny --device flex --out bench.json
+//! tools/bench_compare.sh                                               # against PyTorch
+//! ```
+//! Prints one table per (backend, preset) and writes `bench.json`. `tools/bench_torch.py` measures
+//! the same architecture and work in PyTorch and prints the same table.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use experiments::bench::{PresetResult, presets, run_preset, table};
+use experiments::device::{compiled_backends, select_device};
+use serde::Serialize;
+
+#[derive(Parser, Debug)]
+#[command(about = "Time training steps, contrast passes, VIG scoring and generation")]
+struct Args {
+    /// Presets to run (default: all of tools/bench_presets.json).
+    #[arg(long, value_delimiter = ',')]
+    preset: Option<Vec<String>>,
+    /// Devices to run on (default: every backend compiled in, except a wgpu that only finds a
+    /// software rasteriser).
+    #[arg(long, value_delimiter = ',')]
+    device: Option<Vec<String>>,
+    /// CPU threads of the flex backend's pool (default: all cores).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Override the timed iterations of every preset.
+    #[arg(long)]
+    iters: Option<usize>,
+    /// Override the warm-up iterations of every preset.
+    #[arg(long)]
+    warmup: Option<usize>,
+    /// Where the JSON goes.
+    #[arg(long, default_value = "bench.json")]
+    out: PathBuf,
+}
+
+#[derive(Serialize)]
+struct BackendResult {
+    backend: String,
+    adapter: Option<String>,
+    presets: Vec<PresetResult>,
+}
+
+#[derive(Serialize)]
+struct Report {
+    side: &'static str,
+    burn: &'static str,
+    threads: usize,
+    cpu: Option<String>,
+    results: Vec<BackendResult>,
+}
+
+fn cpu_model() -> Option<String> {
+    let info = std::fs::read_to_string("/proc/cpuinfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("model name"))?;
+    Some(line.split_once(':')?.1.trim().to_string())
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    if let Some(n) = args.threads
+        && let Err(e) = rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .build_global()
+    {
+        eprintln!("error: --threads {n}: {e}");
+        return ExitCode::FAILURE;
+    }
+    let mut chosen = presets();
+    if let Some(names) = &args.preset {
+        if let Some(bad) = names.iter().find(|n| !chosen.iter().any(|p| &p.name == *n)) {
+            let known: Vec<&str> = chosen.iter().map(|p| p.name.as_str()).collect();
+            eprintln!(
+                "error: unknown preset '{bad}' (known: {})",
+                known.join(", ")
+            );
+            return ExitCode::FAILURE;
+        }
+        chosen.retain(|p| names.contains(&p.name));
+    }
+    for p in &mut chosen {
+        if let Some(i) = args.iters {
+            p.iters = i;
+        }
+        if let Some(w) = args.warmup {
+            p.warmup = w;
+        }
+    }
+    let explicit = args.device.is_some();
+    let devices: Vec<String> = args.device.clone().unwrap_or_else(|| {
+        compiled_backends()
+            .iter()
+            .map(|b| b.name().to_string())
+            .collect()
+    });
+    let threads = rayon::current_num_threads();
+    let mut report = Report {
+        side: "vlalign",
+        burn: "0.22",
+        threads,
+        cpu: cpu_model(),
+        results: Vec::new(),
+    };
+    for name in devices {
+        let selected = match select_device(Some(&name)) {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        if let Some(w) = &selected.warning {
+            eprintln!("warning: {w}");
+            if !explicit {
+                eprintln!("skipping {name} (ask for it with --device {name})");
+                continue;
+            }
+        }
+        let backend = selected.spec.to_string();
+        let mut presets_done = Vec::new();
+        for preset in &chosen {
+            eprintln!(
+                "{} on {backend} ({} threads): {} warm-up + {} timed iterations per row",
+                preset.name, threads, preset.warmup, preset.iters
+            );
+            let result = run_preset(preset, &selected.device, |row| eprintln!("  {row} …"));
+            match result {
+                Ok(r) => {
+                    println!("{}", table(&backend, &r));
+                    presets_done.push(r);
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::FAILURE;
+                }
+            }
+        }
+        report.results.push(BackendResult {
+            backend,
+            adapter: selected.adapter.clone(),
+            presets: presets_done,
+        });
+    }
+    let json = serde_json::to_string_pretty(&report).expect("serialisable");
+    if let Err(e) = std::fs::write(&args.out, json) {
+        eprintln!("error: writing {}: {e}", args.out.display());
+        return ExitCode::FAILURE;
+    }
+    eprintln!("wrote {}", args.out.display());
+    ExitCode::SUCCESS
+}
