@@ -293,11 +293,13 @@ fn param_counts(model: &Llava) -> ParamCounts {
     }
 }
 
-/// Run every measurement of `preset` on `device` (without autodiff; training runs on its
-/// autodiff twin). `progress` is told each row's name before it runs.
+/// Run the measurements of `preset` that `wanted` accepts (by row name) on `device` (without
+/// autodiff; training runs on its autodiff twin). `progress` is told each row's name before it
+/// runs.
 pub fn run_preset(
     preset: &Preset,
     device: &Device,
+    wanted: &dyn Fn(&str) -> bool,
     mut progress: impl FnMut(&str),
 ) -> Result<PresetResult, String> {
     preset.check()?;
@@ -318,6 +320,9 @@ pub fn run_preset(
         ("train_cal", Arc::new(CalObjective::default())),
     ];
     for (name, objective) in objectives {
+        if !wanted(name) {
+            continue;
+        }
         progress(name);
         let (optimizer, scheduler) = optim
             .init(preset.warmup + preset.iters + 1)
@@ -330,7 +335,12 @@ pub fn run_preset(
             learner.optimizer_step(out.grads);
         }));
     }
-    let cal_over_mle = rows[1].median_ms / rows[0].median_ms;
+    let step_ms = |rows: &[Row], name: &str| {
+        rows.iter()
+            .find(|r| r.name == name)
+            .map_or(f64::NAN, |r| r.median_ms)
+    };
+    let cal_over_mle = step_ms(&rows, "train_cal") / step_ms(&rows, "train_mle");
 
     let inner = model.valid();
     let batch = training_batch(preset, 0, device);
@@ -339,44 +349,39 @@ pub fn run_preset(
         attention_mask: batch.attention_mask.clone(),
         images: batch.images.clone(),
     };
-    progress("forward");
-    rows.push(measure("forward", preset, device, tokens, "tok/s", || {
-        let _ = inner.forward(input()).logits;
-    }));
     let text_tokens = (preset.batch * (preset.seq - preset.image_tokens())) as f64;
-    progress("contrast_text_only");
-    rows.push(measure(
-        "contrast_text_only",
-        preset,
-        device,
-        text_tokens,
-        "tok/s",
-        || {
-            let _ = inner.forward_text_only(input()).logits;
-        },
-    ));
-    progress("contrast_masked_full");
-    rows.push(measure(
-        "contrast_masked_full",
-        preset,
-        device,
-        tokens,
-        "tok/s",
-        || {
-            let _ = inner.forward_image_keys_masked(input()).logits;
-        },
-    ));
-    progress("vig_score");
-    rows.push(measure(
-        "vig_score",
-        preset,
-        device,
-        preset.batch as f64,
-        "samples/s",
-        || {
-            let _ = vig_scores(&inner, &batch, preset.vig_sigma);
-        },
-    ));
+    let no_grad: [(&str, f64, &'static str, Box<dyn Fn() + '_>); 4] = [
+        (
+            "forward",
+            tokens,
+            "tok/s",
+            Box::new(|| drop(inner.forward(input()).logits)),
+        ),
+        (
+            "contrast_text_only",
+            text_tokens,
+            "tok/s",
+            Box::new(|| drop(inner.forward_text_only(input()).logits)),
+        ),
+        (
+            "contrast_masked_full",
+            tokens,
+            "tok/s",
+            Box::new(|| drop(inner.forward_image_keys_masked(input()).logits)),
+        ),
+        (
+            "vig_score",
+            preset.batch as f64,
+            "samples/s",
+            Box::new(|| drop(vig_scores(&inner, &batch, preset.vig_sigma))),
+        ),
+    ];
+    for (name, work, unit, f) in no_grad {
+        if wanted(name) {
+            progress(name);
+            rows.push(measure(name, preset, device, work, unit, f));
+        }
+    }
 
     let mut rng = StdRng::seed_from_u64(1);
     let image_token = (preset.vocab - 1) as u32;
@@ -396,6 +401,9 @@ pub fn run_preset(
         );
         let config = GenerationConfig::new().with_max_new_tokens(preset.gen_new_tokens);
         let name = format!("gen_b{gb}");
+        if !wanted(&name) {
+            continue;
+        }
         progress(&name);
         rows.push(measure(
             &name,

@@ -1,6 +1,7 @@
 //! Shared code of the vlalign experiment binaries. This crate is the only place a backend is
 //! chosen: see [`device`].
 
+pub mod alloc;
 pub mod bench;
 pub mod cal_eval;
 pub mod cal_llava;

@@ -35,6 +35,9 @@ struct Args {
     /// Override the warm-up iterations of every preset.
     #[arg(long)]
     warmup: Option<usize>,
+    /// Only these rows (e.g. `train_mle,gen_b1`; default: all).
+    #[arg(long, value_delimiter = ',')]
+    rows: Option<Vec<String>>,
     /// Where the JSON goes.
     #[arg(long, default_value = "bench.json")]
     out: PathBuf,
@@ -63,6 +66,7 @@ fn cpu_model() -> Option<String> {
 }
 
 fn main() -> ExitCode {
+    experiments::alloc::keep_freed_memory();
     let args = Args::parse();
     if let Some(n) = args.threads
         && let Err(e) = rayon::ThreadPoolBuilder::new()
@@ -129,7 +133,14 @@ fn main() -> ExitCode {
                 "{} on {backend} ({} threads): {} warm-up + {} timed iterations per row",
                 preset.name, threads, preset.warmup, preset.iters
             );
-            let result = run_preset(preset, &selected.device, |row| eprintln!("  {row} …"));
+            let wanted = |row: &str| {
+                args.rows
+                    .as_ref()
+                    .is_none_or(|r| r.iter().any(|x| x == row))
+            };
+            let result = run_preset(preset, &selected.device, &wanted, |row| {
+                eprintln!("  {row} …")
+            });
             match result {
                 Ok(r) => {
                     println!("{}", table(&backend, &r));

@@ -145,6 +145,7 @@ fn resolve(args: &Args) -> Result<CalLlavaConfig, String> {
 }
 
 fn main() -> ExitCode {
+    experiments::alloc::keep_freed_memory();
     let args = Args::parse();
     match main_inner(&args) {
         Ok(()) => ExitCode::SUCCESS,

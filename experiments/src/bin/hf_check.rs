@@ -53,6 +53,7 @@ struct Args {
 }
 
 fn main() -> ExitCode {
+    experiments::alloc::keep_freed_memory();
     match run(Args::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

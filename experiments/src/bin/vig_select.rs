@@ -78,6 +78,7 @@ struct Args {
 }
 
 fn main() -> ExitCode {
+    experiments::alloc::keep_freed_memory();
     match main_inner(&Args::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
