@@ -80,8 +80,8 @@ fn delta_uses_raw_label_logits() {
     let (model, batch) = setup();
     let cal = CalObjective::default();
     let logits = model.logits(&batch);
-    let ce = vlalign::align::token::token_ce(logits.clone(), &batch.labels);
-    let delta = cal.delta(&model, &batch, &logits, &ce);
+    let ce = vlalign::align::token::token_ce(logits, &batch.labels);
+    let delta = cal.delta(&model, &batch, &ce);
     // Δ = z_img[y] − z_txt[y]: 4−1, 3−5 ; 2−(−4), 1.5−0.
     assert_eq!(
         delta,
@@ -214,7 +214,7 @@ fn cal_on_llava_trains_through_the_image_pass_only() {
         v[0]
     };
     let ce = vlalign::align::token::token_ce(llava.logits(&batch), &batch.labels);
-    let delta = cal.delta(&llava, &batch, &llava.logits(&batch), &ce);
+    let delta = cal.delta(&llava, &batch, &ce);
     for (pos, tok) in [(t - 3, 7usize), (t - 2, 8)] {
         let expected = at(&img.logits, pos, tok) - at(&logits.logits, pos, tok);
         let got = delta[0][pos].unwrap();
@@ -237,4 +237,65 @@ fn cal_on_llava_trains_through_the_image_pass_only() {
             .grad(&grads)
             .is_none()
     );
+}
+
+#[test]
+fn head_at_supervised_positions_only_gives_the_full_loss_and_gradient() {
+    let d = Device::flex().autodiff();
+    d.seed(5);
+    let config = vlalign::models::LlavaConfig::tiny(50, 49);
+    let llava = config.init(&d);
+    let n = config.image_tokens();
+    // Two rows, the second right-padded; supervised targets scattered over both.
+    let mut rows: Vec<Vec<i64>> = Vec::new();
+    for tail in [[5i64, 6, 7, 8, 9, 10], [11, 12, 13, 0, 0, 0]] {
+        let mut r = vec![1];
+        r.extend(vec![49; n]);
+        r.extend(tail);
+        rows.push(r);
+    }
+    let t = rows[0].len();
+    let ids: Vec<i64> = rows.concat();
+    let mut labels = vec![-100i64; 2 * t];
+    for (row, pos) in [(0, t - 4), (0, t - 2), (0, t - 1), (1, t - 5), (1, t - 4)] {
+        labels[row * t + pos] = ids[row * t + pos];
+    }
+    let mut mask = vec![true; 2 * t];
+    for m in &mut mask[2 * t - 3..] {
+        *m = false;
+    }
+    let batch = VlmBatch {
+        ids: vec!["a".into(), "b".into()],
+        images: Some(Tensor::random(
+            [2, 3, 32, 32],
+            burn::tensor::Distribution::Normal(0.0, 1.0),
+            &d,
+        )),
+        image_sample: vec![0, 1],
+        input_ids: Tensor::<2, Int>::from_data(TensorData::new(ids, [2, t]), &d),
+        labels: Tensor::<2, Int>::from_data(TensorData::new(labels, [2, t]), &d),
+        attention_mask: Tensor::<2, Bool>::from_data(TensorData::new(mask, [2, t]), &d),
+        token_weights: None,
+        truth: vec![vec![None; t]; 2],
+        lengths: vec![t, t - 3],
+        padding: Padding::Right,
+    };
+    // The objective (head at the 5 supervised positions) against the full-logits definition.
+    let fast = MleObjective.loss(&llava, &batch).loss;
+    let full_ce = vlalign::align::token::token_ce(llava.logits(&batch), &batch.labels);
+    let dense = full_ce.ce.clone().into_data().try_to_vec::<f32>().unwrap();
+    assert_eq!(dense.iter().filter(|&&c| c != 0.0).count(), 5);
+    let full = vlalign::align::token::weighted_loss(&full_ce, None);
+    let (a, b) = (
+        fast.clone().into_scalar::<f32>(),
+        full.clone().into_scalar::<f32>(),
+    );
+    assert!((a - b).abs() < 1e-5, "{a} vs {b}");
+    let (ga, gb) = (fast.backward(), full.backward());
+    let weight = &llava.language_model.lm_head.as_ref().unwrap().weight;
+    let diff = (weight.grad(&ga).unwrap() - weight.grad(&gb).unwrap())
+        .abs()
+        .max()
+        .into_scalar::<f32>();
+    assert!(diff < 1e-5, "lm_head gradients differ by {diff}");
 }

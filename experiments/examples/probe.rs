@@ -8,20 +8,42 @@ fn main() {
     let w = Tensor::<2>::random([512, 1408], Distribution::Normal(0., 1.), &d);
     let n = 30;
     let s = Instant::now();
-    for _ in 0..n { let _ = x2.clone().matmul(w.clone()); }
-    println!("threads {} matmul 2d: {:.2} ms", rayon::current_num_threads(), s.elapsed().as_secs_f64() * 1e3 / n as f64);
-    let s = Instant::now();
-    for _ in 0..n { let _ = burn::tensor::module::linear(x3.clone(), w.clone(), None); }
-    println!("linear 3d: {:.2} ms", s.elapsed().as_secs_f64() * 1e3 / n as f64);
-    let s = Instant::now();
-    for _ in 0..n { let _ = xh.clone().matmul(w.clone()); }
-    println!("half 2d: {:.2} ms", s.elapsed().as_secs_f64() * 1e3 / n as f64);
+    for _ in 0..n {
+        let _ = x2.clone().matmul(w.clone());
+    }
+    println!(
+        "threads {} matmul 2d: {:.2} ms",
+        rayon::current_num_threads(),
+        s.elapsed().as_secs_f64() * 1e3 / n as f64
+    );
     let s = Instant::now();
     for _ in 0..n {
-        let (a, b) = rayon::join(|| xh.clone().matmul(w.clone()), || xh.clone().matmul(w.clone()));
+        let _ = burn::tensor::module::linear(x3.clone(), w.clone(), None);
+    }
+    println!(
+        "linear 3d: {:.2} ms",
+        s.elapsed().as_secs_f64() * 1e3 / n as f64
+    );
+    let s = Instant::now();
+    for _ in 0..n {
+        let _ = xh.clone().matmul(w.clone());
+    }
+    println!(
+        "half 2d: {:.2} ms",
+        s.elapsed().as_secs_f64() * 1e3 / n as f64
+    );
+    let s = Instant::now();
+    for _ in 0..n {
+        let (a, b) = rayon::join(
+            || xh.clone().matmul(w.clone()),
+            || xh.clone().matmul(w.clone()),
+        );
         drop((a, b));
     }
-    println!("2 halves in rayon::join: {:.2} ms", s.elapsed().as_secs_f64() * 1e3 / n as f64);
+    println!(
+        "2 halves in rayon::join: {:.2} ms",
+        s.elapsed().as_secs_f64() * 1e3 / n as f64
+    );
     let s = Instant::now();
     for _ in 0..n {
         std::thread::scope(|sc| {
@@ -30,5 +52,8 @@ fn main() {
             drop((a, h.join()));
         });
     }
-    println!("2 halves in 2 os threads: {:.2} ms", s.elapsed().as_secs_f64() * 1e3 / n as f64);
+    println!(
+        "2 halves in 2 os threads: {:.2} ms",
+        s.elapsed().as_secs_f64() * 1e3 / n as f64
+    );
 }

@@ -183,6 +183,9 @@ pub struct PresetResult {
     pub cal_over_mle: f64,
 }
 
+/// A no-grad measurement: name, work per iteration, unit, the work.
+type NoGradRow<'a> = (&'static str, f64, &'static str, Box<dyn Fn() + 'a>);
+
 /// Resets the kernel's peak-RSS counter (`VmHWM`) of this process; false where not allowed.
 fn reset_peak_rss() -> bool {
     std::fs::write("/proc/self/clear_refs", "5").is_ok()
@@ -350,7 +353,7 @@ pub fn run_preset(
         images: batch.images.clone(),
     };
     let text_tokens = (preset.batch * (preset.seq - preset.image_tokens())) as f64;
-    let no_grad: [(&str, f64, &'static str, Box<dyn Fn() + '_>); 4] = [
+    let no_grad: [NoGradRow<'_>; 4] = [
         (
             "forward",
             tokens,

@@ -9,7 +9,7 @@ use burn::data::dataset::Dataset;
 use burn::module::Module;
 use burn::tensor::Device;
 use indicatif::{ProgressBar, ProgressStyle};
-use vlalign_align::token::token_ce;
+use vlalign_align::token::{Targets, token_ce_at};
 use vlalign_align::{AlignModel, CalConfig, CalObjective, Pooling};
 use vlalign_data::{Item, VlmBatcher, WordKind};
 use vlalign_eval::grounding::auroc;
@@ -114,9 +114,9 @@ pub fn evaluate_tokens(
             .map(|i| data.get(i).map_err(|e| e.to_string()))
             .collect::<Result<Vec<_>, _>>()?;
         let batch = batcher.batch(items, device);
-        let logits = model.logits(&batch);
-        let ce = token_ce(logits.clone(), &batch.labels);
-        let delta = reference.delta(&model, &batch, &logits, &ce);
+        let targets = Targets::new(&batch.labels);
+        let ce = token_ce_at(model.logits_at(&batch, &targets.rows()), &targets);
+        let delta = reference.delta(&model, &batch, &ce);
         let w_ref = reference.config.weights(&delta);
         let w_seq = sequence.weights(&delta);
         let ce_host: Vec<f32> = ce

@@ -14,7 +14,9 @@ use vlalign_data::VlmBatch;
 use vlalign_data::augment::gaussian_blur;
 
 use crate::mle::batch_weights;
-use crate::token::{TokenCe, host_to_tensor, token_ce, weighted_loss};
+use crate::token::{
+    Targets, TokenCe, host_to_tensor, label_logits_host, token_ce_at, weighted_loss,
+};
 use crate::{AlignModel, Objective, ObjectiveOutput};
 
 /// How the weights are smoothed.
@@ -129,34 +131,25 @@ fn host(t: Tensor<2>) -> Vec<Vec<f32>> {
 }
 
 impl CalObjective {
-    /// Δ per target position (`None` where unsupervised) for `batch`, given the image logits.
-    /// `ce` is the image pass's [`token_ce`] (for its targets and mask).
+    /// Δ per target position (`None` where unsupervised) for `batch`, given the image pass's
+    /// [`TokenCe`] (its label logits, targets and mask).
     pub fn delta<M: AlignModel>(
         &self,
         model: &M,
         batch: &VlmBatch,
-        logits: &Tensor<3>,
         ce: &TokenCe,
     ) -> Vec<Vec<Option<f32>>> {
-        let [b, t, _] = logits.dims();
-        let pick = |l: Tensor<3>, idx: Tensor<2, Int>| -> Vec<Vec<f32>> {
-            let [bb, tt] = idx.dims();
-            host(l.gather(2, idx.reshape([bb, tt, 1])).reshape([bb, tt]))
-        };
-        let z_img = pick(
-            logits.clone().detach().narrow(1, 0, t - 1),
-            ce.targets.clone(),
-        );
-        let targets: Vec<Vec<i64>> = {
-            let v: Vec<i64> = ce
-                .targets
-                .to_data()
-                .convert::<i64>()
-                .try_into_vec()
-                .expect("ints");
-            v.chunks(t - 1).map(<[i64]>::to_vec).collect()
-        };
-        let mut delta: Vec<Vec<Option<f32>>> = vec![vec![None; t - 1]; b];
+        let targets = &ce.targets;
+        let (b, t1) = (targets.batch, targets.seq.saturating_sub(1));
+        let z_img = label_logits_host(ce);
+        let mut delta: Vec<Vec<Option<f32>>> = vec![vec![None; t1]; b];
+        if targets.is_empty() {
+            return delta;
+        }
+        let mut label = vec![vec![0i64; t1]; b];
+        for (&slot, &l) in targets.slot.iter().zip(&targets.label) {
+            label[slot as usize / t1][slot as usize % t1] = l;
+        }
         match self.config.contrast {
             Contrast::Drop => {
                 let txt = model.text_only_logits(batch);
@@ -165,16 +158,16 @@ impl CalObjective {
                 let mut idx = vec![0i64; b * kept];
                 for (row, pos) in txt.positions.iter().enumerate() {
                     for j in 1..pos.len() {
-                        idx[row * kept + j - 1] = targets[row][pos[j] - 1];
+                        idx[row * kept + j - 1] = label[row][pos[j] - 1];
                     }
                 }
                 let device = txt.logits.device();
-                let idx = Tensor::<2, Int>::from_data(TensorData::new(idx, [b, kept]), &device);
-                let z_txt = pick(txt.logits, idx);
+                let idx = Tensor::<3, Int>::from_data(TensorData::new(idx, [b, kept, 1]), &device);
+                let z_txt = host(txt.logits.gather(2, idx).reshape([b, kept]));
                 for (row, pos) in txt.positions.iter().enumerate() {
                     for j in 1..pos.len() {
                         let target = pos[j] - 1;
-                        if ce.valid_host[row][target] {
+                        if targets.valid_host[row][target] {
                             delta[row][target] = Some(z_img[row][target] - z_txt[row][j - 1]);
                         }
                     }
@@ -182,16 +175,22 @@ impl CalObjective {
             }
             Contrast::Blur { sigma } => {
                 let blurred = blur_batch(batch, sigma);
-                let z = pick(
-                    model.logits_no_grad(&blurred).narrow(1, 0, t - 1),
-                    ce.targets.clone().inner(),
+                let logits = model.logits_at_no_grad(&blurred, &targets.rows());
+                let n = targets.len();
+                let device = logits.device();
+                let idx = Tensor::<2, Int>::from_data(
+                    TensorData::new(targets.label.clone(), [n, 1]),
+                    &device,
                 );
-                for row in 0..b {
-                    for target in 0..t - 1 {
-                        if ce.valid_host[row][target] {
-                            delta[row][target] = Some(z_img[row][target] - z[row][target]);
-                        }
-                    }
+                let z: Vec<f32> = logits
+                    .gather(1, idx)
+                    .into_data()
+                    .convert::<f32>()
+                    .try_into_vec()
+                    .expect("float data");
+                for (k, &slot) in targets.slot.iter().enumerate() {
+                    let (row, target) = (slot as usize / t1, slot as usize % t1);
+                    delta[row][target] = Some(z_img[row][target] - z[k]);
                 }
             }
         }
@@ -223,9 +222,9 @@ pub fn blur_batch(batch: &VlmBatch, sigma: f32) -> VlmBatch {
 
 impl<M: AlignModel> Objective<M> for CalObjective {
     fn loss(&self, model: &M, batch: &VlmBatch) -> ObjectiveOutput {
-        let logits = model.logits(batch);
-        let ce = token_ce(logits.clone(), &batch.labels);
-        let delta = self.delta(model, batch, &logits, &ce);
+        let targets = Targets::new(&batch.labels);
+        let ce = token_ce_at(model.logits_at(batch, &targets.rows()), &targets);
+        let delta = self.delta(model, batch, &ce);
         let weights = self.config.weights(&delta);
         let mut w = host_to_tensor(&weights, &ce.valid);
         if let Some(extra) = batch_weights(batch) {

@@ -1,7 +1,7 @@
 //! The baseline: every supervised token weighs 1 (the mean over valid tokens, as LLaVA), times
 //! the batch's own token weights when it carries some (a VIG selection).
 
-use crate::token::{token_ce, weighted_loss};
+use crate::token::{Targets, token_ce_at, weighted_loss};
 use crate::{AlignModel, Objective, ObjectiveOutput};
 use vlalign_data::VlmBatch;
 
@@ -19,8 +19,9 @@ pub(crate) fn batch_weights(batch: &VlmBatch) -> Option<burn::tensor::Tensor<2>>
 
 impl<M: AlignModel> Objective<M> for MleObjective {
     fn loss(&self, model: &M, batch: &VlmBatch) -> ObjectiveOutput {
-        let ce = token_ce(model.logits(batch), &batch.labels);
-        let supervised: usize = ce.valid_host.iter().flatten().filter(|&&v| v).count();
+        let targets = Targets::new(&batch.labels);
+        let ce = token_ce_at(model.logits_at(batch, &targets.rows()), &targets);
+        let supervised = targets.len();
         ObjectiveOutput {
             loss: weighted_loss(&ce, batch_weights(batch)),
             diagnostics: vec![("supervised_tokens", supervised as f64)],

@@ -1,7 +1,7 @@
 //! What objectives need from a model.
 
 use burn::module::Module;
-use burn::tensor::Tensor;
+use burn::tensor::{Int, Tensor, TensorData};
 use vlalign_data::VlmBatch;
 use vlalign_models::{Llava, LlavaInput};
 
@@ -27,6 +27,26 @@ pub trait AlignModel: Send + Sync {
     /// Logits of the full sequence computed without autodiff (for contrasts that change the
     /// images, e.g. a blurred copy).
     fn logits_no_grad(&self, batch: &VlmBatch) -> Tensor<3>;
+
+    /// Logits `[rows.len(), vocab]` at the flat positions `rows` (`b·seq + t`) of the full
+    /// multimodal sequence, with graph. The default slices [`logits`](Self::logits); models
+    /// override it to run their LM head only at those positions.
+    fn logits_at(&self, batch: &VlmBatch, rows: &[i64]) -> Tensor<2> {
+        select_rows(self.logits(batch), rows)
+    }
+
+    /// [`logits_at`](Self::logits_at) without autodiff.
+    fn logits_at_no_grad(&self, batch: &VlmBatch, rows: &[i64]) -> Tensor<2> {
+        select_rows(self.logits_no_grad(batch), rows)
+    }
+}
+
+/// Rows `rows` (flat `b·seq + t`) of `x` `[batch, seq, d]` → `[rows.len(), d]`.
+pub fn select_rows(x: Tensor<3>, rows: &[i64]) -> Tensor<2> {
+    let [b, t, d] = x.dims();
+    let index =
+        Tensor::<1, Int>::from_data(TensorData::new(rows.to_vec(), [rows.len()]), &x.device());
+    x.reshape([b * t, d]).select(0, index)
 }
 
 /// The batch as LLaVA input; with `inner`, on the device without autodiff (no-grad passes).
@@ -53,6 +73,17 @@ impl AlignModel for Llava {
 
     fn logits(&self, batch: &VlmBatch) -> Tensor<3> {
         self.forward(input(batch, false)).logits
+    }
+
+    fn logits_at(&self, batch: &VlmBatch, rows: &[i64]) -> Tensor<2> {
+        let hidden = self.forward_hidden(input(batch, false));
+        self.language_model.logits(select_rows(hidden, rows))
+    }
+
+    fn logits_at_no_grad(&self, batch: &VlmBatch, rows: &[i64]) -> Tensor<2> {
+        let model = self.valid();
+        let hidden = model.forward_hidden(input(batch, true));
+        model.language_model.logits(select_rows(hidden, rows))
     }
 
     fn text_only_logits(&self, batch: &VlmBatch) -> TextOnlyLogits {

@@ -1,9 +1,86 @@
 //! Token-level cross-entropy with an ignore index and per-token weights (burn's
 //! `CrossEntropyLoss` has neither), written with `log_softmax` + `gather` + mask.
+//!
+//! Only the supervised positions need logits: [`Targets`] lists them once (host side) and
+//! [`token_ce_at`] scores logits computed at those positions alone (`[n, vocab]`, see
+//! [`crate::AlignModel::logits_at`]), so the LM head and the softmax never run over prompt and
+//! image positions — with a 32k vocabulary that is most of a LLaVA step's head cost. The
+//! per-token results are scattered back into dense `[batch, seq − 1]` matrices, which is what
+//! the weightings work on.
 
 use burn::tensor::activation::log_softmax;
-use burn::tensor::{Int, Tensor, TensorData};
+use burn::tensor::{IndexingUpdateOp, Int, Tensor, TensorData};
 use vlalign_data::IGNORE;
+
+/// The supervised next-token targets of a batch, read once on the host, in row-major order.
+#[derive(Clone, Debug)]
+pub struct Targets {
+    /// Rows of the batch.
+    pub batch: usize,
+    /// Sequence length.
+    pub seq: usize,
+    /// For each target, the flat index `b·seq + t` of the position whose logits predict it.
+    pub source: Vec<i64>,
+    /// For each target, its flat index `b·(seq − 1) + t` in `[batch, seq − 1]` matrices.
+    pub slot: Vec<i64>,
+    /// For each target, the label.
+    pub label: Vec<i64>,
+    /// `[batch][seq − 1]`: whether the target at `t` (token `t + 1`) is supervised.
+    pub valid_host: Vec<Vec<bool>>,
+}
+
+impl Targets {
+    /// Read the targets of `labels` `[batch, seq]` (the loss predicts `labels[t]` from position
+    /// `t − 1`; −100 is ignored).
+    pub fn new(labels: &Tensor<2, Int>) -> Self {
+        let [batch, seq] = labels.dims();
+        let host: Vec<i64> = labels
+            .to_data()
+            .convert::<i64>()
+            .try_into_vec::<i64>()
+            .expect("int labels");
+        let mut out = Self {
+            batch,
+            seq,
+            source: Vec::new(),
+            slot: Vec::new(),
+            label: Vec::new(),
+            valid_host: vec![vec![false; seq.saturating_sub(1)]; batch],
+        };
+        for b in 0..batch {
+            for t in 0..seq.saturating_sub(1) {
+                let l = host[b * seq + t + 1];
+                if l != IGNORE {
+                    out.source.push((b * seq + t) as i64);
+                    out.slot.push((b * (seq - 1) + t) as i64);
+                    out.label.push(l);
+                    out.valid_host[b][t] = true;
+                }
+            }
+        }
+        out
+    }
+
+    /// The positions to compute logits at: [`source`](Self::source), or position 0 as a
+    /// placeholder when nothing is supervised (its loss is multiplied by 0).
+    pub fn rows(&self) -> Vec<i64> {
+        if self.source.is_empty() {
+            vec![0]
+        } else {
+            self.source.clone()
+        }
+    }
+
+    /// Number of supervised targets.
+    pub fn len(&self) -> usize {
+        self.source.len()
+    }
+
+    /// Whether nothing is supervised.
+    pub fn is_empty(&self) -> bool {
+        self.source.is_empty()
+    }
+}
 
 /// Per-token cross-entropy of next-token prediction.
 #[derive(Clone, Debug)]
@@ -12,48 +89,93 @@ pub struct TokenCe {
     pub ce: Tensor<2>,
     /// 1 where the target is supervised, else 0, `[batch, seq − 1]`.
     pub valid: Tensor<2>,
-    /// Targets `[batch, seq − 1]` with ignored ones replaced by 0 (safe to gather with).
-    pub targets: Tensor<2, Int>,
     /// Host copy of `valid`.
     pub valid_host: Vec<Vec<bool>>,
+    /// The raw logit of each supervised target's label, in [`Targets`] order, `[n]` (no
+    /// gradient).
+    pub label_logits: Tensor<1>,
+    /// Where the targets are.
+    pub targets: Targets,
 }
 
-/// Shift and score: logits at `t` predict `labels[t + 1]`; labels equal to −100 are ignored.
-pub fn token_ce(logits: Tensor<3>, labels: &Tensor<2, Int>) -> TokenCe {
-    let [batch, seq, _] = logits.dims();
+/// Score logits `[n, vocab]` computed at `targets.rows()`.
+pub fn token_ce_at(logits: Tensor<2>, targets: &Targets) -> TokenCe {
     let device = logits.device();
-    let shifted: Vec<i64> = labels
-        .to_data()
-        .convert::<i64>()
-        .try_into_vec::<i64>()
-        .expect("int labels")
-        .chunks(seq)
-        .flat_map(|row| row[1..].to_vec())
-        .collect();
-    let valid_host: Vec<Vec<bool>> = shifted
-        .chunks(seq - 1)
-        .map(|r| r.iter().map(|&l| l != IGNORE).collect())
-        .collect();
-    let safe: Vec<i64> = shifted
+    let (b, t1) = (targets.batch, targets.seq.saturating_sub(1));
+    let n = logits.dims()[0];
+    let labels: Vec<i64> = if targets.is_empty() {
+        vec![0; n]
+    } else {
+        targets.label.clone()
+    };
+    let index = Tensor::<2, Int>::from_data(TensorData::new(labels, [n, 1]), &device);
+    let label_logits = logits
+        .clone()
+        .detach()
+        .gather(1, index.clone())
+        .reshape([n]);
+    let mut picked = log_softmax(logits, 1).gather(1, index).reshape([n]).neg();
+    let slots: Vec<i64> = if targets.is_empty() {
+        picked = picked.mul_scalar(0.0);
+        vec![0]
+    } else {
+        targets.slot.clone()
+    };
+    let slots = Tensor::<1, Int>::from_data(TensorData::new(slots, [n]), &device);
+    let ce = Tensor::<1>::zeros([b * t1], &device)
+        .select_assign(0, slots, picked, IndexingUpdateOp::Add)
+        .reshape([b, t1]);
+    let mask: Vec<f32> = targets
+        .valid_host
         .iter()
-        .map(|&l| if l == IGNORE { 0 } else { l })
+        .flatten()
+        .map(|&v| f32::from(u8::from(v)))
         .collect();
-    let mask: Vec<f32> = shifted
-        .iter()
-        .map(|&l| f32::from(u8::from(l != IGNORE)))
-        .collect();
-    let targets = Tensor::<2, Int>::from_data(TensorData::new(safe, [batch, seq - 1]), &device);
-    let valid = Tensor::<2>::from_data(TensorData::new(mask, [batch, seq - 1]), &device);
-    let logp = log_softmax(logits.narrow(1, 0, seq - 1), 2);
-    let picked = logp
-        .gather(2, targets.clone().reshape([batch, seq - 1, 1]))
-        .reshape([batch, seq - 1]);
     TokenCe {
-        ce: picked.neg() * valid.clone(),
-        valid,
-        targets,
-        valid_host,
+        ce,
+        valid: Tensor::<2>::from_data(TensorData::new(mask, [b, t1]), &device),
+        valid_host: targets.valid_host.clone(),
+        label_logits,
+        targets: targets.clone(),
     }
+}
+
+/// Shift and score full logits `[batch, seq, vocab]`: logits at `t` predict `labels[t + 1]`;
+/// labels equal to −100 are ignored. (Objectives compute only the supervised rows, through
+/// [`token_ce_at`].)
+pub fn token_ce(logits: Tensor<3>, labels: &Tensor<2, Int>) -> TokenCe {
+    let [batch, seq, vocab] = logits.dims();
+    let targets = Targets::new(labels);
+    let rows = targets.rows();
+    let index = Tensor::<1, Int>::from_data(
+        TensorData::new(rows.clone(), [rows.len()]),
+        &logits.device(),
+    );
+    token_ce_at(
+        logits.reshape([batch * seq, vocab]).select(0, index),
+        &targets,
+    )
+}
+
+/// The label logits of `ce` as a dense host matrix `[batch][seq − 1]` (0 where unsupervised).
+pub fn label_logits_host(ce: &TokenCe) -> Vec<Vec<f32>> {
+    let t = &ce.targets;
+    let t1 = t.seq.saturating_sub(1);
+    let mut out = vec![vec![0.0f32; t1]; t.batch];
+    if t.is_empty() {
+        return out;
+    }
+    let v: Vec<f32> = ce
+        .label_logits
+        .to_data()
+        .convert::<f32>()
+        .try_into_vec()
+        .expect("float data");
+    for (k, &slot) in t.slot.iter().enumerate() {
+        let slot = slot as usize;
+        out[slot / t1][slot % t1] = v[k];
+    }
+    out
 }
 
 /// `L = Σ w·ce / (Σ_valid w + 1e-6)`; `weights` (no gradient) default to 1.

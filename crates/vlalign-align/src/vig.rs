@@ -13,7 +13,7 @@ use vlalign_data::VlmBatch;
 
 use crate::AlignModel;
 use crate::cal::blur_batch;
-use crate::token::token_ce;
+use crate::token::{Targets, token_ce_at};
 
 /// Per-token VIG of `batch`, `[batch][seq − 1]` at target positions (entry `t` scores token
 /// `t + 1`), `None` where unsupervised. Real and blurred images (σ in pixels) run as one batched
@@ -21,9 +21,10 @@ use crate::token::token_ce;
 pub fn vig_scores<M: AlignModel>(model: &M, batch: &VlmBatch, sigma: f32) -> Vec<Vec<Option<f32>>> {
     let [b, t] = batch.input_ids.dims();
     let doubled = stack_blurred(batch, sigma);
-    let logits = model.logits_no_grad(&doubled);
+    let targets = Targets::new(&doubled.labels.clone().inner());
+    let logits = model.logits_at_no_grad(&doubled, &targets.rows());
     // ce = −log q(y_t | ·); rows 0..b see the real images, rows b..2b the blurred ones.
-    let ce = token_ce(logits, &doubled.labels.clone().inner());
+    let ce = token_ce_at(logits, &targets);
     let v: Vec<f32> = ce
         .ce
         .to_data()
