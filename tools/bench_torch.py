@@ -110,19 +110,30 @@ def training_batch(p, gen):
     return ids, labels, pixels
 
 
-def measure(name, p, work, unit, fn):
+def measure_interleaved(p, jobs):
+    """jobs: [(name, work, unit, fn)], timed warmup + iters times each, one iteration of each per
+    round (as the vlalign side), so a drifting machine affects them alike."""
     can_reset = reset_peak_rss()
     for _ in range(p["warmup"]):
-        fn()
-    times = []
+        for job in jobs:
+            job[3]()
+    times = [[] for _ in jobs]
     for _ in range(p["iters"]):
-        start = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - start) * 1e3)
-    median = statistics.median(times)
-    return {"name": name, "median_ms": median, "min_ms": min(times),
-            "per_s": work / (median / 1e3), "unit": unit,
-            "peak_rss_mib": peak_rss_mib() if can_reset else None}
+        for job, t in zip(jobs, times):
+            start = time.perf_counter()
+            job[3]()
+            t.append((time.perf_counter() - start) * 1e3)
+    peak = peak_rss_mib() if can_reset else None
+    rows = []
+    for (name, work, unit, _), t in zip(jobs, times):
+        median = statistics.median(t)
+        rows.append({"name": name, "median_ms": median, "min_ms": min(t),
+                     "per_s": work / (median / 1e3), "unit": unit, "peak_rss_mib": peak})
+    return rows
+
+
+def measure(name, p, work, unit, fn):
+    return measure_interleaved(p, [(name, work, unit, fn)])[0]
 
 
 def spliced(model, ids, pixels):
@@ -187,10 +198,10 @@ def run_preset(p, log):
     tokens = b * t
     rows = []
 
-    def trainer(loss_fn):
-        opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.999), eps=1e-8,
+    def trainer(m, loss_fn):
+        opt = torch.optim.AdamW(m.parameters(), lr=1e-4, betas=(0.9, 0.999), eps=1e-8,
                                 weight_decay=0.0)
-        params_list = [q for q in model.parameters() if q.requires_grad]
+        params_list = [q for q in m.parameters() if q.requires_grad]
 
         def step():
             opt.zero_grad(set_to_none=True)
@@ -202,13 +213,19 @@ def run_preset(p, log):
             return loss.item()
         return step
 
+    # Two copies from the same weights, one per objective, their steps interleaved.
+    import copy
+    cal_model = copy.deepcopy(model)
     model.train()
-    log("train_mle")
-    rows.append(measure("train_mle", p, tokens, "tok/s", trainer(
-        lambda: model(input_ids=ids, pixel_values=pixels, labels=labels).loss)))
-    log("train_cal")
-    rows.append(measure("train_cal", p, tokens, "tok/s", trainer(
-        lambda: cal_loss(model, ids, labels, pixels))))
+    cal_model.train()
+    log("train_mle, train_cal (interleaved)")
+    rows.extend(measure_interleaved(p, [
+        ("train_mle", tokens, "tok/s", trainer(
+            model, lambda: model(input_ids=ids, pixel_values=pixels, labels=labels).loss)),
+        ("train_cal", tokens, "tok/s", trainer(
+            cal_model, lambda: cal_loss(cal_model, ids, labels, pixels))),
+    ]))
+    del cal_model
     cal_over_mle = rows[1]["median_ms"] / rows[0]["median_ms"]
 
     model.eval()

@@ -199,6 +199,56 @@ fn peak_rss_mib() -> Option<f64> {
     Some(kib / 1024.0)
 }
 
+/// One thing to time: its name, work units per iteration and their unit, and the work.
+struct Job<'a> {
+    name: String,
+    work: f64,
+    unit: &'static str,
+    run: Box<dyn FnMut() + 'a>,
+}
+
+/// Time the jobs `warmup + iters` times each, interleaved (one iteration of each per round), so
+/// that a machine whose speed drifts during the measurement affects them alike and their ratio
+/// stays meaningful. The peak memory is the group's.
+fn measure_interleaved(preset: &Preset, device: &Device, mut jobs: Vec<Job<'_>>) -> Vec<Row> {
+    let can_reset = reset_peak_rss();
+    for _ in 0..preset.warmup {
+        for job in &mut jobs {
+            (job.run)();
+        }
+    }
+    let _ = device.sync();
+    let mut times = vec![Vec::with_capacity(preset.iters); jobs.len()];
+    for _ in 0..preset.iters {
+        for (job, t) in jobs.iter_mut().zip(&mut times) {
+            let start = Instant::now();
+            (job.run)();
+            let _ = device.sync();
+            t.push(start.elapsed().as_secs_f64() * 1e3);
+        }
+    }
+    let peak = if can_reset { peak_rss_mib() } else { None };
+    jobs.iter()
+        .zip(times)
+        .map(|(job, mut t)| {
+            t.sort_by(f64::total_cmp);
+            let median = if t.len() % 2 == 1 {
+                t[t.len() / 2]
+            } else {
+                (t[t.len() / 2 - 1] + t[t.len() / 2]) / 2.0
+            };
+            Row {
+                name: job.name.clone(),
+                median_ms: median,
+                min_ms: t[0],
+                per_s: job.work / (median / 1e3),
+                unit: job.unit,
+                peak_rss_mib: peak,
+            }
+        })
+        .collect()
+}
+
 /// Time `f` `warmup + iters` times; `work` units per iteration.
 fn measure(
     name: &str,
@@ -206,34 +256,15 @@ fn measure(
     device: &Device,
     work: f64,
     unit: &'static str,
-    mut f: impl FnMut(),
+    f: impl FnMut(),
 ) -> Row {
-    let can_reset = reset_peak_rss();
-    for _ in 0..preset.warmup {
-        f();
-    }
-    let _ = device.sync();
-    let mut times = Vec::with_capacity(preset.iters);
-    for _ in 0..preset.iters {
-        let start = Instant::now();
-        f();
-        let _ = device.sync();
-        times.push(start.elapsed().as_secs_f64() * 1e3);
-    }
-    times.sort_by(f64::total_cmp);
-    let median = if times.len() % 2 == 1 {
-        times[times.len() / 2]
-    } else {
-        (times[times.len() / 2 - 1] + times[times.len() / 2]) / 2.0
-    };
-    Row {
+    let job = Job {
         name: name.to_string(),
-        median_ms: median,
-        min_ms: times[0],
-        per_s: work / (median / 1e3),
+        work,
         unit,
-        peak_rss_mib: if can_reset { peak_rss_mib() } else { None },
-    }
+        run: Box::new(f),
+    };
+    measure_interleaved(preset, device, vec![job]).remove(0)
 }
 
 /// A training batch of random tokens and images: every row is
@@ -322,6 +353,8 @@ pub fn run_preset(
         ("train_mle", Arc::new(MleObjective)),
         ("train_cal", Arc::new(CalObjective::default())),
     ];
+    // Both objectives from the same initial weights, their steps interleaved.
+    let mut learners = Vec::new();
     for (name, objective) in objectives {
         if !wanted(name) {
             continue;
@@ -330,14 +363,28 @@ pub fn run_preset(
         let (optimizer, scheduler) = optim
             .init(preset.warmup + preset.iters + 1)
             .map_err(|e| e.to_string())?;
-        let mut learner =
-            Learner::new(Trainee::new(model.clone(), objective), optimizer, scheduler);
-        rows.push(measure(name, preset, device, tokens, "tok/s", || {
-            let out = learner.train_step(batch.clone());
-            learner.lr_step();
-            learner.optimizer_step(out.grads);
-        }));
+        learners.push((
+            name,
+            Learner::new(Trainee::new(model.clone(), objective), optimizer, scheduler),
+        ));
     }
+    let jobs: Vec<Job<'_>> = learners
+        .iter_mut()
+        .map(|(name, learner)| {
+            let batch = &batch;
+            Job {
+                name: name.to_string(),
+                work: tokens,
+                unit: "tok/s",
+                run: Box::new(move || {
+                    let out = learner.train_step(batch.clone());
+                    learner.lr_step();
+                    learner.optimizer_step(out.grads);
+                }),
+            }
+        })
+        .collect();
+    rows.extend(measure_interleaved(preset, device, jobs));
     let step_ms = |rows: &[Row], name: &str| {
         rows.iter()
             .find(|r| r.name == name)

@@ -139,12 +139,22 @@ impl CalObjective {
         batch: &VlmBatch,
         ce: &TokenCe,
     ) -> Vec<Vec<Option<f32>>> {
-        let targets = &ce.targets;
+        let contrast = self.contrast_logits(model, batch, &ce.targets);
+        combine(ce, &contrast)
+    }
+
+    /// The contrast's raw logit of each supervised target's label, `[batch][seq − 1]` (`None`
+    /// where unsupervised), from a pass without gradient.
+    pub fn contrast_logits<M: AlignModel>(
+        &self,
+        model: &M,
+        batch: &VlmBatch,
+        targets: &Targets,
+    ) -> Vec<Vec<Option<f32>>> {
         let (b, t1) = (targets.batch, targets.seq.saturating_sub(1));
-        let z_img = label_logits_host(ce);
-        let mut delta: Vec<Vec<Option<f32>>> = vec![vec![None; t1]; b];
+        let mut z: Vec<Vec<Option<f32>>> = vec![vec![None; t1]; b];
         if targets.is_empty() {
-            return delta;
+            return z;
         }
         let mut label = vec![vec![0i64; t1]; b];
         for (&slot, &l) in targets.slot.iter().zip(&targets.label) {
@@ -168,7 +178,7 @@ impl CalObjective {
                     for j in 1..pos.len() {
                         let target = pos[j] - 1;
                         if targets.valid_host[row][target] {
-                            delta[row][target] = Some(z_img[row][target] - z_txt[row][j - 1]);
+                            z[row][target] = Some(z_txt[row][j - 1]);
                         }
                     }
                 }
@@ -182,20 +192,29 @@ impl CalObjective {
                     TensorData::new(targets.label.clone(), [n, 1]),
                     &device,
                 );
-                let z: Vec<f32> = logits
+                let picked: Vec<f32> = logits
                     .gather(1, idx)
                     .into_data()
                     .convert::<f32>()
                     .try_into_vec()
                     .expect("float data");
                 for (k, &slot) in targets.slot.iter().enumerate() {
-                    let (row, target) = (slot as usize / t1, slot as usize % t1);
-                    delta[row][target] = Some(z_img[row][target] - z[k]);
+                    z[slot as usize / t1][slot as usize % t1] = Some(picked[k]);
                 }
             }
         }
-        delta
+        z
     }
+}
+
+/// `Δ = z_img − z_contrast` where both exist.
+fn combine(ce: &TokenCe, contrast: &[Vec<Option<f32>>]) -> Vec<Vec<Option<f32>>> {
+    let z_img = label_logits_host(ce);
+    contrast
+        .iter()
+        .zip(&z_img)
+        .map(|(c, i)| c.iter().zip(i).map(|(c, i)| c.map(|c| i - c)).collect())
+        .collect()
 }
 
 /// A copy of the batch with every image blurred (σ in pixels).
@@ -223,8 +242,18 @@ pub fn blur_batch(batch: &VlmBatch, sigma: f32) -> VlmBatch {
 impl<M: AlignModel> Objective<M> for CalObjective {
     fn loss(&self, model: &M, batch: &VlmBatch) -> ObjectiveOutput {
         let targets = Targets::new(&batch.labels);
-        let ce = token_ce_at(model.logits_at(batch, &targets.rows()), &targets);
-        let delta = self.delta(model, batch, &ce);
+        // The contrast pass needs no gradient and nothing from the image pass: it runs on a
+        // second thread while the image pass (with graph) runs here. Each pass alone keeps the
+        // CPU backend's thread pool only partly busy, so the overlap hides much of CAL's cost.
+        let (ce, contrast) = std::thread::scope(|scope| {
+            let contrast = scope.spawn(|| self.contrast_logits(model, batch, &targets));
+            let ce = token_ce_at(model.logits_at(batch, &targets.rows()), &targets);
+            match contrast.join() {
+                Ok(z) => (ce, z),
+                Err(panic) => std::panic::resume_unwind(panic),
+            }
+        });
+        let delta = combine(&ce, &contrast);
         let weights = self.config.weights(&delta);
         let mut w = host_to_tensor(&weights, &ce.valid);
         if let Some(extra) = batch_weights(batch) {
