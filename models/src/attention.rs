@@ -144,6 +144,9 @@ impl SelfAttention {
             None => (k, v),
         };
         let groups = self.n_heads / self.n_kv_heads;
+        if seq == 1 && groups > 1 {
+            return self.decode_grouped(q, k, v, masking, batch);
+        }
         let k = repeat_kv(k, groups);
         let v = repeat_kv(v, groups);
         let keys = k.dims()[2];
@@ -161,6 +164,38 @@ impl SelfAttention {
             .swap_dims(1, 2)
             .reshape([batch, seq, self.n_heads * self.head_dim]);
         self.o_proj.forward(context)
+    }
+
+    /// One new token per row (cached decoding) with grouped-query heads: the `groups` query
+    /// heads that share a key/value head are laid out as `groups` query rows of that head, so
+    /// attention reads the cached keys and values once instead of repeating them per query head.
+    /// A single query may see every cached key, so the only mask is an explicit one (padding).
+    fn decode_grouped(
+        &self,
+        q: Tensor<4>,
+        k: Tensor<4>,
+        v: Tensor<4>,
+        masking: &Masking,
+        batch: usize,
+    ) -> Tensor<3> {
+        let groups = self.n_heads / self.n_kv_heads;
+        let keys = k.dims()[2];
+        let q = q.reshape([batch, self.n_kv_heads, groups, self.head_dim]);
+        let mask = match masking {
+            Masking::Explicit(m) => {
+                let m = (**m).clone();
+                let rows = m.dims()[2];
+                // The mask's last query row is this token's.
+                Some(
+                    m.narrow(2, rows - 1, 1)
+                        .expand([batch, self.n_kv_heads, groups, keys]),
+                )
+            }
+            Masking::Full | Masking::Causal => None,
+        };
+        let context = attention(q, k, v, mask, None, AttentionModuleOptions::default());
+        self.o_proj
+            .forward(context.reshape([batch, 1, self.n_heads * self.head_dim]))
     }
 
     /// `[batch, seq, heads·head_dim]` → `[batch, heads, seq, head_dim]`.
