@@ -6,7 +6,7 @@
 # Runs the two sides alternately R times (default 2) with the same thread count (default: all
 # cores), then prints each side's median over the runs and the ratio vlalign / PyTorch of time
 # per row (below 1: vlalign is faster) and of the CAL/MLE step ratios. Needs the PyTorch side:
-#   pip install torch --index-url https://download.pytorch.org/whl/cpu && pip install transformers
+#   pip install torch transformers     (see tools/bench_torch.py for the CPU-only wheel)
 # Everything lands in DIR (default bench-out/): vlalign-K.json, torch-K.json, compare.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -27,7 +27,7 @@ done
 
 python3 -c "import torch, transformers" 2>/dev/null || {
     echo "the PyTorch side needs torch and transformers:" >&2
-    echo "  pip install torch --index-url https://download.pytorch.org/whl/cpu && pip install transformers" >&2
+    echo "  pip install torch transformers   (see tools/bench_torch.py for the CPU-only wheel)" >&2
     exit 1
 }
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/vlalign-target}"

@@ -17,8 +17,11 @@ sizes of tools/bench_presets.json, and times the same work with the same thread 
   vig_score             real and blurred images in one batched no-grad forward (per-token VIG)
   gen_bN                greedy `generate` with the KV cache, N prompts, fixed length
 
-Install (CPU wheel):  pip install torch --index-url https://download.pytorch.org/whl/cpu
-                      pip install transformers        (or: pip install torch transformers)
+Install:              pip install torch transformers
+                      (PyPI's Linux torch wheel bundles the CUDA libraries, ~3 GB, and runs on
+                      the CPU; where download.pytorch.org is reachable,
+                      pip install torch --index-url https://download.pytorch.org/whl/cpu
+                      gets the ~200 MB CPU-only build of the same version instead)
 Run:                  python3 tools/bench_torch.py [--preset tiny,small] [--threads 2] [--out F]
 """
 
@@ -41,6 +44,11 @@ def presets():
 
 
 def reset_peak_rss():
+    try:
+        import ctypes
+        ctypes.CDLL("libc.so.6").malloc_trim(0)  # as the vlalign side: each row's peak is its own
+    except OSError:
+        pass
     try:
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")

@@ -186,8 +186,11 @@ pub struct PresetResult {
 /// A no-grad measurement: name, work per iteration, unit, the work.
 type NoGradRow<'a> = (&'static str, f64, &'static str, Box<dyn Fn() + 'a>);
 
-/// Resets the kernel's peak-RSS counter (`VmHWM`) of this process; false where not allowed.
+/// Resets the kernel's peak-RSS counter (`VmHWM`) of this process, after handing the memory
+/// malloc keeps free back (see [`crate::alloc`]), so each row's peak is its own; false where not
+/// allowed.
 fn reset_peak_rss() -> bool {
+    crate::alloc::release_freed_memory();
     std::fs::write("/proc/self/clear_refs", "5").is_ok()
 }
 

@@ -22,27 +22,33 @@ pub fn gaussian_blur(pixels: &[f32], channels: usize, size: usize, sigma: f32) -
         }
         i as usize
     };
+    // Source index of tap k for output coordinate x, computed once for both passes.
+    let taps = kernel.len();
+    let source: Vec<usize> = (0..size)
+        .flat_map(|x| (0..taps).map(move |k| (x, k)))
+        .map(|(x, k)| reflect(x as i64 + k as i64 - radius))
+        .collect();
     let mut out = pixels.to_vec();
-    let mut tmp = vec![0.0; size * size];
+    let mut tmp = vec![0.0f32; size * size];
     for c in 0..channels {
         let plane = &pixels[c * size * size..(c + 1) * size * size];
         for y in 0..size {
+            let row = &plane[y * size..(y + 1) * size];
             for x in 0..size {
-                tmp[y * size + x] = kernel
-                    .iter()
-                    .enumerate()
-                    .map(|(k, w)| w * plane[y * size + reflect(x as i64 + k as i64 - radius)])
-                    .sum();
+                let src = &source[x * taps..(x + 1) * taps];
+                tmp[y * size + x] = kernel.iter().zip(src).map(|(w, &i)| w * row[i]).sum();
             }
         }
+        // Vertical pass row by row: dst[y] = Σ_k w_k · tmp[source(y, k)] (the same sum, in the
+        // same order, as per pixel, but over contiguous rows).
         let dst = &mut out[c * size * size..(c + 1) * size * size];
         for y in 0..size {
-            for x in 0..size {
-                dst[y * size + x] = kernel
-                    .iter()
-                    .enumerate()
-                    .map(|(k, w)| w * tmp[reflect(y as i64 + k as i64 - radius) * size + x])
-                    .sum();
+            let acc = &mut dst[y * size..(y + 1) * size];
+            acc.fill(0.0);
+            for (w, &r) in kernel.iter().zip(&source[y * taps..(y + 1) * taps]) {
+                for (a, &t) in acc.iter_mut().zip(&tmp[r * size..(r + 1) * size]) {
+                    *a += w * t;
+                }
             }
         }
     }
@@ -85,6 +91,39 @@ pub fn standard_normal(rng: &mut impl Rng) -> f32 {
 mod tests {
     use super::*;
     use rand::SeedableRng;
+
+    #[test]
+    fn blur_equals_a_direct_2d_convolution_with_reflected_borders() {
+        let size = 7;
+        let sigma = 2.5f32; // radius 8 > size: indices reflect more than once
+        let img: Vec<f32> = (0..size * size)
+            .map(|i| ((i * 37) % 11) as f32 - 5.0)
+            .collect();
+        let got = gaussian_blur(&img, 1, size, sigma);
+        let r = (3.0 * sigma).ceil() as i64;
+        let w = |d: i64| (-(d * d) as f32 / (2.0 * sigma * sigma)).exp();
+        let total: f32 = (-r..=r).map(w).sum();
+        let reflect = |mut i: i64| {
+            let n = size as i64;
+            while i < 0 || i >= n {
+                i = if i < 0 { -i - 1 } else { 2 * n - i - 1 };
+            }
+            i as usize
+        };
+        for y in 0..size as i64 {
+            for x in 0..size as i64 {
+                let mut want = 0.0f32;
+                for dy in -r..=r {
+                    for dx in -r..=r {
+                        want += w(dy) * w(dx) / (total * total)
+                            * img[reflect(y + dy) * size + reflect(x + dx)];
+                    }
+                }
+                let g = got[y as usize * size + x as usize];
+                assert!((g - want).abs() < 1e-4, "({y}, {x}): {g} vs {want}");
+            }
+        }
+    }
 
     #[test]
     fn blur_preserves_constants_and_spreads_a_point() {
