@@ -8,6 +8,7 @@ pub mod cal_llava;
 pub mod cal_report;
 pub mod device;
 pub mod hallucination;
+pub mod inputs;
 pub mod plot;
 pub mod setup;
 pub mod slots;

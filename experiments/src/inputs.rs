@@ -1,0 +1,152 @@
+//! What a comparison starts from: the world (generated when absent) with its tokenizer and a
+//! fresh model, or the user's records, model and tokenizer (`--data`, `--model` / `--vision` +
+//! `--llm`), with the encoders, image preprocessing and batcher that go with them.
+
+use std::path::PathBuf;
+
+use vlalign_data::world::WorldConfig;
+use vlalign_data::{ImageProcessor, Template, TextTokenizer, VlmBatcher};
+use vlalign_models::Llava;
+
+use crate::cal_llava::{CalLlavaConfig, RunOptions, StageKind};
+use crate::setup::Encoders;
+
+/// Real data instead of the world (`--data`): one stage (`--stage`) trained with MLE and with
+/// CAL from the same loaded model.
+#[derive(Clone, Debug)]
+pub struct RealData {
+    /// LLaVA records (JSON array or JSON Lines).
+    pub data: PathBuf,
+    /// Folder the image paths are relative to.
+    pub image_folder: PathBuf,
+    /// A Hugging Face LLaVA directory…
+    pub model: Option<PathBuf>,
+    /// …or a CLIP vision directory plus a causal-LM directory (fresh projector).
+    pub vision: Option<PathBuf>,
+    /// The causal LM of `vision`.
+    pub llm: Option<PathBuf>,
+    /// `tokenizer.json` (default: the model or LLM directory's).
+    pub tokenizer: Option<PathBuf>,
+    /// Chat template of the finetune stage.
+    pub template: Template,
+    /// The stage to run: pretrain trains the projector only, finetune the projector and the LLM.
+    pub stage: StageKind,
+    /// Share of records held out for evaluation.
+    pub held_out: f64,
+}
+
+/// Everything a comparison needs.
+pub struct Inputs {
+    /// The tokenizer.
+    pub tokenizer: TextTokenizer,
+    /// Encoders of both stages.
+    pub enc: Encoders,
+    /// Image preprocessing.
+    pub processor: ImageProcessor,
+    /// Image folder.
+    pub images: PathBuf,
+    /// Batching.
+    pub batcher: VlmBatcher,
+    /// The initial model, on the autodiff device.
+    pub init: Llava,
+}
+
+/// The world (generated when absent), its tokenizer and encoders, and a fresh model.
+pub fn world_inputs(config: &CalLlavaConfig, opts: &RunOptions) -> Result<Inputs, String> {
+    let err = |e: &dyn std::fmt::Display| e.to_string();
+    let world = &config.world;
+    if !world.dir.join("world.json").is_file() || !world.dir.join("tokenizer.json").is_file() {
+        eprintln!(
+            "generating the world ({} scenes) in {}",
+            world.images,
+            world.dir.display()
+        );
+        let mut wc = WorldConfig::new(world.images, world.seed);
+        wc.sampler.prior = world.prior;
+        crate::world::make_world(&wc, &world.dir, world.vocab, opts.verbose)
+            .map_err(|e| err(&e))?;
+    }
+    let tokenizer =
+        TextTokenizer::from_file(&world.dir.join("tokenizer.json")).map_err(|e| err(&e))?;
+    let size = &config.model;
+    let image_tokens = (size.image_size / size.patch_size).pow(2);
+    let enc = Encoders::new(&tokenizer, Template::VicunaV1, image_tokens, config.max_len)
+        .map_err(|e| err(&e))?;
+    let llava = size.llava(tokenizer.vocab_size(), enc.chat.image_token_id() as usize);
+    opts.device.seed(config.seed);
+    // Parameters initialise lazily (at first use, in forward order, on this thread): the same
+    // seed gives the same weights in every run of this program.
+    let init = llava.init(&opts.device.clone().autodiff());
+    let pad = tokenizer.token_id("<pad>").unwrap_or(0);
+    Ok(Inputs {
+        batcher: VlmBatcher::new(pad, size.image_size),
+        processor: ImageProcessor::clip(size.image_size),
+        images: world.dir.join("images"),
+        tokenizer,
+        enc,
+        init,
+    })
+}
+
+/// The user's model (`--model`, or `--vision` + `--llm`), tokenizer and preprocessing.
+pub fn real_inputs(
+    config: &CalLlavaConfig,
+    real: &RealData,
+    opts: &RunOptions,
+) -> Result<Inputs, String> {
+    use vlalign_models::hf;
+    let err = |e: &dyn std::fmt::Display| e.to_string();
+    let device = opts.device.clone().autodiff();
+    opts.device.seed(config.seed);
+    let tokenizer_path = real
+        .tokenizer
+        .clone()
+        .or_else(|| real.model.as_ref().map(|d| d.join("tokenizer.json")))
+        .or_else(|| real.llm.as_ref().map(|d| d.join("tokenizer.json")))
+        .ok_or("--tokenizer is needed")?;
+    let tokenizer = TextTokenizer::from_file(&tokenizer_path).map_err(|e| err(&e))?;
+    let image_token = tokenizer.token_id("<image>").ok_or_else(|| {
+        format!(
+            "{}: the tokenizer has no <image> token",
+            tokenizer_path.display()
+        )
+    })?;
+    let (init, vision_dir, image_tokens, image_size) = match (&real.model, &real.vision, &real.llm)
+    {
+        (Some(dir), None, None) => {
+            let (m, c, _) = hf::load_llava(dir, &device).map_err(|e| err(&e))?;
+            (m, dir.clone(), c.image_tokens(), c.vision.image_size)
+        }
+        (None, Some(v), Some(l)) => {
+            let (vision, vc, _) = hf::load_vision(v, &device).map_err(|e| err(&e))?;
+            let (lm, tc, _) = hf::load_decoder(l, &device).map_err(|e| err(&e))?;
+            let c = vlalign_models::LlavaConfig::new(vc, tc, image_token as usize);
+            let mut m = c.init(&device);
+            m.vision_tower = vision;
+            m.language_model = lm;
+            (m, v.clone(), c.image_tokens(), c.vision.image_size)
+        }
+        _ => return Err("give either --model, or --vision and --llm".into()),
+    };
+    let processor = match std::fs::read(vision_dir.join("preprocessor_config.json")) {
+        Ok(bytes) => {
+            let v: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| err(&e))?;
+            ImageProcessor::from_hf_json(&v, vlalign_data::image::AspectMode::Pad)
+        }
+        Err(_) => ImageProcessor::clip(image_size),
+    };
+    let enc = Encoders::new(&tokenizer, real.template, image_tokens, config.max_len)
+        .map_err(|e| err(&e))?;
+    let pad = tokenizer
+        .token_id("<pad>")
+        .or_else(|| tokenizer.token_id("<unk>"))
+        .unwrap_or(0);
+    Ok(Inputs {
+        batcher: VlmBatcher::new(pad, processor.size),
+        processor,
+        images: real.image_folder.clone(),
+        tokenizer,
+        enc,
+        init,
+    })
+}
