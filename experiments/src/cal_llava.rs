@@ -16,7 +16,7 @@ use rand::seq::SliceRandom;
 use serde::{Deserialize, Serialize};
 use vlalign_align::{CalConfig, CalObjective, MleObjective, Objective};
 use vlalign_data::dataset::prepare;
-use vlalign_data::{ImageCheck, Item, Record, TextTokenizer, VlmDataset, read_records};
+use vlalign_data::{ImageCheck, Item, Record, TextTokenizer, VlmBatcher, VlmDataset, read_records};
 use vlalign_models::Llava;
 use vlalign_train::{Stage, TrainConfig, TrainReport, Trainee, default_renderer, fit};
 
@@ -233,6 +233,58 @@ pub struct RunOptions {
     pub verbose: bool,
 }
 
+/// CAL's diagnostics, shown live for a CAL stage.
+const CAL_SHOWN: &[(&str, &str)] = &[
+    ("cal_weight_mean", "CAL weight (mean)"),
+    ("cal_floor_share", "CAL floor share"),
+];
+
+impl RunOptions {
+    /// Train one stage of an experiment in `out/<name>` (resumable with `resume`, rendered as
+    /// `verbose` says; a CAL objective's diagnostics are shown live) on `(train, valid)`.
+    pub fn train_stage(
+        &self,
+        batcher: &VlmBatcher,
+        model: Llava,
+        objective: Arc<dyn Objective<Llava>>,
+        (train, valid): (Arc<dyn Dataset<Item>>, Arc<dyn Dataset<Item>>),
+        tc: &TrainConfig,
+        name: &str,
+    ) -> Result<(Llava, TrainReport), String> {
+        let dir = self.out.join(name);
+        let show = if objective.name() == "cal" {
+            CAL_SHOWN
+        } else {
+            &[]
+        };
+        let (model, report) = fit(
+            Trainee::new(model, objective),
+            train,
+            valid,
+            batcher.clone(),
+            &self.device,
+            tc,
+            Stage {
+                dir: &dir,
+                label: name,
+                resume: self.resume,
+                stop_after: None,
+                show,
+                renderer: if self.verbose {
+                    default_renderer((tc.steps / 20).max(1))
+                } else {
+                    Some(vlalign_train::quiet_renderer())
+                },
+            },
+        )
+        .map_err(|e| format!("{name}: {e}"))?;
+        for w in &report.warnings {
+            eprintln!("{name}: {w}");
+        }
+        Ok((model, report))
+    }
+}
+
 /// Swap the images of a share `r` of `records` among themselves (a derangement of the chosen
 /// ones: each keeps its text but gets another record's image), as the CAL paper's noisy-label
 /// experiment. Returns the number of records changed.
@@ -294,46 +346,6 @@ pub fn run(
     let cal: Arc<dyn Objective<Llava>> = Arc::new(CalObjective {
         config: config.cal.clone(),
     });
-    let show: &[(&str, &str)] = &[
-        ("cal_weight_mean", "CAL weight (mean)"),
-        ("cal_floor_share", "CAL floor share"),
-    ];
-    let train_stage = |model: Llava,
-                       objective: Arc<dyn Objective<Llava>>,
-                       data: Arc<dyn Dataset<Item>>,
-                       valid: Arc<dyn Dataset<Item>>,
-                       tc: &TrainConfig,
-                       name: &str|
-     -> Result<(Llava, TrainReport), String> {
-        let dir = opts.out.join(name);
-        let show = if objective.name() == "cal" { show } else { &[] };
-        let (model, report) = fit(
-            Trainee::new(model, objective),
-            data,
-            valid,
-            batcher.clone(),
-            &opts.device,
-            tc,
-            Stage {
-                dir: &dir,
-                label: name,
-                resume: opts.resume,
-                stop_after: None,
-                show,
-                renderer: if opts.verbose {
-                    default_renderer((tc.steps / 20).max(1))
-                } else {
-                    Some(vlalign_train::quiet_renderer())
-                },
-            },
-        )
-        .map_err(|e| format!("{name}: {e}"))?;
-        for w in &report.warnings {
-            eprintln!("{name}: {w}");
-        }
-        Ok((model, report))
-    };
-
     // What is compared: (starting models per objective, stage config, encoder, records).
     let mut curves = Vec::new();
     let cal_pretrain = config.cal_stages.contains(&StageKind::Pretrain);
@@ -360,11 +372,11 @@ pub fn run(
                         "stage 1 ({name}): {} steps on captions",
                         config.pretrain.steps
                     );
-                    let (m, report) = train_stage(
+                    let (m, report) = opts.train_stage(
+                        &batcher,
                         init.clone(),
                         objective,
-                        captions.clone(),
-                        captions_val.clone(),
+                        (captions.clone(), captions_val.clone()),
                         &config.pretrain,
                         &name,
                     )?;
@@ -430,11 +442,11 @@ pub fn run(
                 "{name}: {} steps ({changed} records with swapped images)",
                 stage_cfg.steps
             );
-            let (model, report) = train_stage(
+            let (model, report) = opts.train_stage(
+                &batcher,
                 model,
                 objective,
-                data.clone(),
-                val.clone(),
+                (data.clone(), val.clone()),
                 stage_cfg,
                 &name,
             )?;

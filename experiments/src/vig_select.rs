@@ -22,7 +22,7 @@ use vlalign_data::dataset::{Weighted, prepare};
 use vlalign_data::{ImageCheck, Item, Record, VlmDataset, WordKind, read_records};
 use vlalign_eval::grounding::auroc;
 use vlalign_models::Llava;
-use vlalign_train::{Stage, TrainReport, Trainee, default_renderer, fit, quiet_renderer};
+use vlalign_train::TrainReport;
 
 use crate::cal_llava::{
     CalLlavaConfig, EvalContext, Inputs, RealData, RunOptions, RunResult, evaluate_model,
@@ -277,36 +277,6 @@ pub fn run(
         }
         VlmDataset::new(samples, inputs.processor.clone())
     };
-    let train_stage = |model: Llava,
-                       objective: Arc<dyn Objective<Llava>>,
-                       data: Arc<dyn Dataset<Item>>,
-                       valid: Arc<dyn Dataset<Item>>,
-                       tc: &vlalign_train::TrainConfig,
-                       name: &str|
-     -> Result<(Llava, TrainReport), String> {
-        let dir = opts.out.join(name);
-        fit(
-            Trainee::new(model, objective),
-            data,
-            valid,
-            inputs.batcher.clone(),
-            &opts.device,
-            tc,
-            Stage {
-                dir: &dir,
-                label: name,
-                resume: opts.resume,
-                stop_after: None,
-                show: &[],
-                renderer: if opts.verbose {
-                    default_renderer((tc.steps / 20).max(1))
-                } else {
-                    Some(quiet_renderer())
-                },
-            },
-        )
-        .map_err(|e| format!("{name}: {e}"))
-    };
     let mut curves = Vec::new();
     let curve = |r: &TrainReport| r.steps.iter().map(|s| (s.step, s.loss)).collect::<Vec<_>>();
 
@@ -326,11 +296,11 @@ pub fn run(
                 "stage 1 (pretrain): {} steps on captions",
                 common.pretrain.steps
             );
-            let (stage1, r1) = train_stage(
+            let (stage1, r1) = opts.train_stage(
+                &inputs.batcher,
                 inputs.init.clone(),
                 Arc::new(MleObjective),
-                captions,
-                captions_val,
+                (captions, captions_val),
                 &common.pretrain,
                 "pretrain",
             )?;
@@ -489,7 +459,14 @@ pub fn run(
         );
         let mut model = stage1.clone();
         model.vision_tower = model.vision_tower.no_grad();
-        let (model, report) = train_stage(model, obj, data, val.clone(), &common.finetune, &name)?;
+        let (model, report) = opts.train_stage(
+            &inputs.batcher,
+            model,
+            obj,
+            (data, val.clone()),
+            &common.finetune,
+            &name,
+        )?;
         curves.push((name.clone(), curve(&report)));
         let ctx = EvalContext {
             config: common,
