@@ -156,12 +156,9 @@ impl CalObjective {
         if targets.is_empty() {
             return z;
         }
-        let mut label = vec![vec![0i64; t1]; b];
-        for (&slot, &l) in targets.slot.iter().zip(&targets.label) {
-            label[slot as usize / t1][slot as usize % t1] = l;
-        }
         match self.config.contrast {
             Contrast::Drop => {
+                let label = targets.dense(&targets.label, 0);
                 let txt = model.text_only_logits(batch);
                 let [_, kept, _] = txt.logits.dims();
                 // Kept token j+1 (original position p) is predicted from kept token j.
@@ -192,15 +189,16 @@ impl CalObjective {
                     TensorData::new(targets.label.clone(), [n, 1]),
                     &device,
                 );
-                let picked: Vec<f32> = logits
+                let picked: Vec<Option<f32>> = logits
                     .gather(1, idx)
                     .into_data()
                     .convert::<f32>()
-                    .try_into_vec()
-                    .expect("float data");
-                for (k, &slot) in targets.slot.iter().enumerate() {
-                    z[slot as usize / t1][slot as usize % t1] = Some(picked[k]);
-                }
+                    .try_into_vec::<f32>()
+                    .expect("float data")
+                    .into_iter()
+                    .map(Some)
+                    .collect();
+                z = targets.dense(&picked, None);
             }
         }
         z
@@ -261,7 +259,7 @@ impl<M: AlignModel> Objective<M> for CalObjective {
         }
         let valid: Vec<f32> = weights
             .iter()
-            .zip(&ce.valid_host)
+            .zip(&ce.targets.valid_host)
             .flat_map(|(w, v)| w.iter().zip(v).filter(|(_, v)| **v).map(|(w, _)| *w))
             .collect();
         let floor = delta

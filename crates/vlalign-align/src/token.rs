@@ -12,6 +12,8 @@ use burn::tensor::activation::log_softmax;
 use burn::tensor::{IndexingUpdateOp, Int, Tensor, TensorData};
 use vlalign_data::IGNORE;
 
+use crate::model::select_rows;
+
 /// The supervised next-token targets of a batch, read once on the host, in row-major order.
 #[derive(Clone, Debug)]
 pub struct Targets {
@@ -71,6 +73,17 @@ impl Targets {
         }
     }
 
+    /// Per-target `values` (in target order) laid out as a `[batch][seq − 1]` matrix, `fill`
+    /// elsewhere.
+    pub fn dense<T: Copy>(&self, values: &[T], fill: T) -> Vec<Vec<T>> {
+        let t1 = self.seq.saturating_sub(1);
+        let mut out = vec![vec![fill; t1]; self.batch];
+        for (&slot, &v) in self.slot.iter().zip(values) {
+            out[slot as usize / t1][slot as usize % t1] = v;
+        }
+        out
+    }
+
     /// Number of supervised targets.
     pub fn len(&self) -> usize {
         self.source.len()
@@ -89,12 +102,10 @@ pub struct TokenCe {
     pub ce: Tensor<2>,
     /// 1 where the target is supervised, else 0, `[batch, seq − 1]`.
     pub valid: Tensor<2>,
-    /// Host copy of `valid`.
-    pub valid_host: Vec<Vec<bool>>,
     /// The raw logit of each supervised target's label, in [`Targets`] order, `[n]` (no
     /// gradient).
     pub label_logits: Tensor<1>,
-    /// Where the targets are.
+    /// Where the targets are (with the host copy of `valid`, `targets.valid_host`).
     pub targets: Targets,
 }
 
@@ -134,7 +145,6 @@ pub fn token_ce_at(logits: Tensor<2>, targets: &Targets) -> TokenCe {
     TokenCe {
         ce,
         valid: Tensor::<2>::from_data(TensorData::new(mask, [b, t1]), &device),
-        valid_host: targets.valid_host.clone(),
         label_logits,
         targets: targets.clone(),
     }
@@ -144,26 +154,14 @@ pub fn token_ce_at(logits: Tensor<2>, targets: &Targets) -> TokenCe {
 /// labels equal to −100 are ignored. (Objectives compute only the supervised rows, through
 /// [`token_ce_at`].)
 pub fn token_ce(logits: Tensor<3>, labels: &Tensor<2, Int>) -> TokenCe {
-    let [batch, seq, vocab] = logits.dims();
     let targets = Targets::new(labels);
-    let rows = targets.rows();
-    let index = Tensor::<1, Int>::from_data(
-        TensorData::new(rows.clone(), [rows.len()]),
-        &logits.device(),
-    );
-    token_ce_at(
-        logits.reshape([batch * seq, vocab]).select(0, index),
-        &targets,
-    )
+    token_ce_at(select_rows(logits, &targets.rows()), &targets)
 }
 
 /// The label logits of `ce` as a dense host matrix `[batch][seq − 1]` (0 where unsupervised).
 pub fn label_logits_host(ce: &TokenCe) -> Vec<Vec<f32>> {
-    let t = &ce.targets;
-    let t1 = t.seq.saturating_sub(1);
-    let mut out = vec![vec![0.0f32; t1]; t.batch];
-    if t.is_empty() {
-        return out;
+    if ce.targets.is_empty() {
+        return ce.targets.dense(&[], 0.0);
     }
     let v: Vec<f32> = ce
         .label_logits
@@ -171,11 +169,7 @@ pub fn label_logits_host(ce: &TokenCe) -> Vec<Vec<f32>> {
         .convert::<f32>()
         .try_into_vec()
         .expect("float data");
-    for (k, &slot) in t.slot.iter().enumerate() {
-        let slot = slot as usize;
-        out[slot / t1][slot % t1] = v[k];
-    }
-    out
+    ce.targets.dense(&v, 0.0)
 }
 
 /// `L = Σ w·ce / (Σ_valid w + 1e-6)`; `weights` (no gradient) default to 1.

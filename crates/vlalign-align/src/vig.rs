@@ -35,7 +35,8 @@ pub fn vig_scores<M: AlignModel>(model: &M, batch: &VlmBatch, sigma: f32) -> Vec
         .map(|row| {
             (0..t - 1)
                 .map(|j| {
-                    ce.valid_host[row][j].then(|| v[(b + row) * (t - 1) + j] - v[row * (t - 1) + j])
+                    ce.targets.valid_host[row][j]
+                        .then(|| v[(b + row) * (t - 1) + j] - v[row * (t - 1) + j])
                 })
                 .collect()
         })
