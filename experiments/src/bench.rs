@@ -183,9 +183,6 @@ pub struct PresetResult {
     pub cal_over_mle: f64,
 }
 
-/// A no-grad measurement: name, work per iteration, unit, the work.
-type NoGradRow<'a> = (&'static str, f64, &'static str, Box<dyn Fn() + 'a>);
-
 /// Resets the kernel's peak-RSS counter (`VmHWM`) of this process, after handing the memory
 /// malloc keeps free back (see [`crate::alloc`]), so each row's peak is its own; false where not
 /// allowed.
@@ -208,6 +205,17 @@ struct Job<'a> {
     work: f64,
     unit: &'static str,
     run: Box<dyn FnMut() + 'a>,
+}
+
+impl<'a> Job<'a> {
+    fn new(name: &str, work: f64, unit: &'static str, run: impl FnMut() + 'a) -> Self {
+        Self {
+            name: name.to_string(),
+            work,
+            unit,
+            run: Box::new(run),
+        }
+    }
 }
 
 /// Time the jobs `warmup + iters` times each, interleaved (one iteration of each per round), so
@@ -250,24 +258,6 @@ fn measure_interleaved(preset: &Preset, device: &Device, mut jobs: Vec<Job<'_>>)
             }
         })
         .collect()
-}
-
-/// Time `f` `warmup + iters` times; `work` units per iteration.
-fn measure(
-    name: &str,
-    preset: &Preset,
-    device: &Device,
-    work: f64,
-    unit: &'static str,
-    f: impl FnMut(),
-) -> Row {
-    let job = Job {
-        name: name.to_string(),
-        work,
-        unit,
-        run: Box::new(f),
-    };
-    measure_interleaved(preset, device, vec![job]).remove(0)
 }
 
 /// A training batch of random tokens and images: every row is
@@ -375,16 +365,11 @@ pub fn run_preset(
         .iter_mut()
         .map(|(name, learner)| {
             let batch = &batch;
-            Job {
-                name: name.to_string(),
-                work: tokens,
-                unit: "tok/s",
-                run: Box::new(move || {
-                    let out = learner.train_step(batch.clone());
-                    learner.lr_step();
-                    learner.optimizer_step(out.grads);
-                }),
-            }
+            Job::new(name, tokens, "tok/s", move || {
+                let out = learner.train_step(batch.clone());
+                learner.lr_step();
+                learner.optimizer_step(out.grads);
+            })
         })
         .collect();
     rows.extend(measure_interleaved(preset, device, jobs));
@@ -403,42 +388,34 @@ pub fn run_preset(
         images: batch.images.clone(),
     };
     let text_tokens = (preset.batch * (preset.seq - preset.image_tokens())) as f64;
-    let no_grad: [NoGradRow<'_>; 4] = [
-        (
-            "forward",
-            tokens,
-            "tok/s",
-            Box::new(|| drop(inner.forward(input()).logits)),
-        ),
-        (
-            "contrast_text_only",
-            text_tokens,
-            "tok/s",
-            Box::new(|| drop(inner.forward_text_only(input()).logits)),
-        ),
-        (
-            "contrast_masked_full",
-            tokens,
-            "tok/s",
-            Box::new(|| drop(inner.forward_image_keys_masked(input()).logits)),
-        ),
-        (
-            "vig_score",
-            preset.batch as f64,
-            "samples/s",
-            Box::new(|| drop(vig_scores(&inner, &batch, preset.vig_sigma))),
-        ),
+    let no_grad = [
+        Job::new("forward", tokens, "tok/s", || {
+            drop(inner.forward(input()).logits)
+        }),
+        Job::new("contrast_text_only", text_tokens, "tok/s", || {
+            drop(inner.forward_text_only(input()).logits)
+        }),
+        Job::new("contrast_masked_full", tokens, "tok/s", || {
+            drop(inner.forward_image_keys_masked(input()).logits)
+        }),
+        Job::new("vig_score", preset.batch as f64, "samples/s", || {
+            drop(vig_scores(&inner, &batch, preset.vig_sigma))
+        }),
     ];
-    for (name, work, unit, f) in no_grad {
-        if wanted(name) {
-            progress(name);
-            rows.push(measure(name, preset, device, work, unit, f));
+    for j in no_grad {
+        if wanted(&j.name) {
+            progress(&j.name);
+            rows.extend(measure_interleaved(preset, device, vec![j]));
         }
     }
 
     let mut rng = StdRng::seed_from_u64(1);
     let image_token = (preset.vocab - 1) as u32;
     for &gb in &preset.gen_batches {
+        let name = format!("gen_b{gb}");
+        if !wanted(&name) {
+            continue;
+        }
         let prompts: Vec<Vec<u32>> = (0..gb)
             .map(|_| {
                 let mut p = vec![1u32];
@@ -453,22 +430,12 @@ pub fn run_preset(
             device,
         );
         let config = GenerationConfig::new().with_max_new_tokens(preset.gen_new_tokens);
-        let name = format!("gen_b{gb}");
-        if !wanted(&name) {
-            continue;
-        }
         progress(&name);
-        rows.push(measure(
-            &name,
-            preset,
-            device,
-            (gb * preset.gen_new_tokens) as f64,
-            "tok/s",
-            || {
-                let out = inner.generate(&prompts, Some(images.clone()), &config);
-                debug_assert!(out.iter().all(|o| o.len() == preset.gen_new_tokens));
-            },
-        ));
+        let generate = Job::new(&name, (gb * preset.gen_new_tokens) as f64, "tok/s", || {
+            let out = inner.generate(&prompts, Some(images.clone()), &config);
+            debug_assert!(out.iter().all(|o| o.len() == preset.gen_new_tokens));
+        });
+        rows.extend(measure_interleaved(preset, device, vec![generate]));
     }
     Ok(PresetResult {
         preset: preset.clone(),

@@ -482,6 +482,6 @@ pub fn run(
     })
 }
 
-fn loss_curve(report: &TrainReport) -> Vec<(usize, f64)> {
+pub(crate) fn loss_curve(report: &TrainReport) -> Vec<(usize, f64)> {
     report.steps.iter().map(|s| (s.step, s.loss)).collect()
 }

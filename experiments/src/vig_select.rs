@@ -22,11 +22,10 @@ use vlalign_data::dataset::{Weighted, prepare};
 use vlalign_data::{ImageCheck, Item, Record, VlmDataset, WordKind, read_records};
 use vlalign_eval::grounding::auroc;
 use vlalign_models::Llava;
-use vlalign_train::TrainReport;
 
 use crate::cal_llava::{
     CalLlavaConfig, EvalContext, Inputs, RealData, RunOptions, RunResult, evaluate_model,
-    real_inputs, world_inputs,
+    loss_curve, real_inputs, world_inputs,
 };
 
 /// VIG's own settings.
@@ -278,7 +277,6 @@ pub fn run(
         VlmDataset::new(samples, inputs.processor.clone())
     };
     let mut curves = Vec::new();
-    let curve = |r: &TrainReport| r.steps.iter().map(|s| (s.step, s.loss)).collect::<Vec<_>>();
 
     // Stage 1 (the world), or the loaded model.
     let stage1 = match real {
@@ -304,7 +302,7 @@ pub fn run(
                 &common.pretrain,
                 "pretrain",
             )?;
-            curves.push(("pretrain".to_string(), curve(&r1)));
+            curves.push(("pretrain".to_string(), loss_curve(&r1)));
             stage1
         }
     };
@@ -467,7 +465,7 @@ pub fn run(
             &common.finetune,
             &name,
         )?;
-        curves.push((name.clone(), curve(&report)));
+        curves.push((name.clone(), loss_curve(&report)));
         let ctx = EvalContext {
             config: common,
             enc: &inputs.enc,
