@@ -182,14 +182,9 @@ impl SelfAttention {
         let keys = k.dims()[2];
         let q = q.reshape([batch, self.n_kv_heads, groups, self.head_dim]);
         let mask = match masking {
+            // `[batch, 1, 1, keys]`: the one query row, shared by the group's query heads.
             Masking::Explicit(m) => {
-                let m = (**m).clone();
-                let rows = m.dims()[2];
-                // The mask's last query row is this token's.
-                Some(
-                    m.narrow(2, rows - 1, 1)
-                        .expand([batch, self.n_kv_heads, groups, keys]),
-                )
+                Some((**m).clone().expand([batch, self.n_kv_heads, groups, keys]))
             }
             Masking::Full | Masking::Causal => None,
         };
