@@ -14,3 +14,4 @@ pub use vlalign_align as align;
 pub use vlalign_data as data;
 pub use vlalign_eval as eval;
 pub use vlalign_models as models;
+pub use vlalign_train as train;

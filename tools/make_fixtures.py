@@ -16,6 +16,11 @@ For each model this saves the checkpoint with `save_pretrained` (config.json + s
   llava_hub/     the same weights in the hub layout (language_model.model.*, vision_tower.vision_model.*)
   llava_v452/    the same weights in transformers 4.52's layout (model.language_model.*, lm_head.*)
   mm_projector.safetensors   the projector alone, original LLaVA keys (model.mm_projector.0/2)
+  llava_train/   a tiny LLaVA and a padded batch with -100 labels: transformers' loss, the gradient
+                 of every parameter (grads/, a checkpoint whose weights are the gradients) and the
+                 weights after 3 AdamW steps with per-tensor gradient clipping (after3/)
+
+    python tools/make_fixtures.py --only llava_train   # just that one
 
 The package versions used are written to tests/fixtures/VERSIONS.
 """
@@ -208,11 +213,93 @@ def main():
     safetensors.torch.save_file({k: v.contiguous() for k, v in proj.items()},
                                 os.path.join(OUT, "mm_projector.safetensors"))
 
-    with open(os.path.join(OUT, "VERSIONS"), "w") as f:
-        f.write(f"python {sys.version.split()[0]}\ntorch {torch.__version__}\n"
-                f"transformers {transformers.__version__}\nsafetensors {safetensors.__version__}\n")
+    write_versions(os.path.join(OUT, "VERSIONS"))
     print("wrote", os.path.abspath(OUT))
 
 
+# The training fixture: AdamW as vlalign's `OptimConfig` sets it (PyTorch's epsilon, decoupled
+# weight decay, constant lr) with each parameter's gradient clipped to its own L2 norm, as burn
+# clips (`GradientClippingConfig::Norm` is per tensor; torch's clip_grad_norm_ is global).
+TRAIN = {"lr": 1e-2, "weight_decay": 0.1, "clip": 0.05, "steps": 3}
+
+
+def llava_train():
+    torch.manual_seed(1234)
+    image_token = 129
+    lcfg = LlavaConfig(
+        vision_config=clip_config(), text_config=llama_config(vocab=130),
+        image_token_index=image_token, projector_hidden_act="gelu",
+        vision_feature_layer=-2, vision_feature_select_strategy="default",
+    )
+    path = fresh("llava_train")
+    model = LlavaForConditionalGeneration(lcfg).eval()
+    # The default init gives the projector and the patch embedding tiny weights: scale them so
+    # that the image visibly moves the loss.
+    with torch.no_grad():
+        for p in model.model.multi_modal_projector.parameters():
+            p.normal_(0.0, 0.2)
+    model.save_pretrained(path)
+    # Two rows (bos, a text token, 16 image slots, text); the second right-padded by 3. Labels:
+    # the last text tokens of each row, -100 on the prompt, the image slots and the padding.
+    text0 = torch.randint(3, 120, (7,))
+    text1 = torch.randint(3, 120, (4,))
+    slots = torch.full((16,), image_token)
+    row0 = torch.cat([torch.tensor([1]), text0[:1], slots, text0[1:]])
+    row1 = torch.cat([torch.tensor([1]), text1[:1], slots, text1[1:], torch.zeros(3, dtype=torch.long)])
+    ids = torch.stack([row0, row1])
+    mask = torch.ones_like(ids)
+    mask[1, -3:] = 0
+    labels = torch.full_like(ids, -100)
+    labels[0, -4:] = ids[0, -4:]
+    labels[1, -5:-3] = ids[1, -5:-3]
+    pixels = torch.randn(2, 3, 32, 32)
+    position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
+
+    def loss_of(m):
+        return m(input_ids=ids, pixel_values=pixels, attention_mask=mask,
+                 position_ids=position_ids, labels=labels).loss
+
+    loss = loss_of(model)
+    loss.backward()
+    grads = LlavaForConditionalGeneration(lcfg).eval()
+    with torch.no_grad():
+        for (name, p), (_, g) in zip(model.named_parameters(), grads.named_parameters()):
+            g.copy_(p.grad if p.grad is not None else torch.zeros_like(p))
+    grads.save_pretrained(os.path.join(path, "grads"))
+
+    opt = torch.optim.AdamW(model.parameters(), lr=TRAIN["lr"], betas=(0.9, 0.999), eps=1e-8,
+                            weight_decay=TRAIN["weight_decay"])
+    losses = []
+    for _ in range(TRAIN["steps"]):
+        opt.zero_grad(set_to_none=True)
+        step_loss = loss_of(model)
+        step_loss.backward()
+        for p in model.parameters():
+            if p.grad is not None:
+                torch.nn.utils.clip_grad_norm_([p], TRAIN["clip"])
+        opt.step()
+        losses.append(step_loss.detach())
+    model.save_pretrained(os.path.join(path, "after3"))
+    save_io(path, {
+        "input_ids": ids, "attention_mask": mask, "labels": labels, "pixel_values": pixels,
+        "loss": loss.reshape(1), "step_losses": torch.stack(losses),
+        "train": torch.tensor([TRAIN["lr"], TRAIN["weight_decay"], TRAIN["clip"]]),
+    })
+    write_versions(os.path.join(path, "VERSIONS"))
+    print("wrote", os.path.abspath(path))
+
+
+def write_versions(path):
+    with open(path, "w") as f:
+        f.write(f"python {sys.version.split()[0]}\ntorch {torch.__version__}\n"
+                f"transformers {transformers.__version__}\nsafetensors {safetensors.__version__}\n")
+
+
 if __name__ == "__main__":
-    main()
+    if sys.argv[1:] == ["--only", "llava_train"]:
+        llava_train()
+    elif sys.argv[1:]:
+        sys.exit("usage: make_fixtures.py [--only llava_train]")
+    else:
+        main()
+        llava_train()
