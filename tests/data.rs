@@ -127,6 +127,29 @@ fn vicuna_v1_masks_all_but_answers_and_their_eos() {
 }
 
 #[test]
+fn a_system_prompt_replaces_the_templates_default_in_the_first_turn_only() {
+    let tk = tokenizer();
+    let e = Encoder::new(tk.clone(), Template::VicunaV1, 3, 512, None)
+        .unwrap()
+        .with_system("A chat between a human and an assistant.");
+    let out = e.encode(&two_turn_record()).unwrap();
+    let mut expected = vec![tk.token_id("<s>").unwrap()];
+    expected.extend(enc(&tk, "A chat between a human and an assistant. USER: "));
+    assert_eq!(out.ids[..expected.len()], expected[..]);
+    let default = Encoder::new(tk.clone(), Template::VicunaV1, 3, 512, None).unwrap();
+    assert!(out.ids.len() < default.encode(&two_turn_record()).unwrap().ids.len());
+    // Empty: no system text at all, the conversation opens with `USER:`.
+    let bare = e.clone().with_system("");
+    let mut expected = vec![tk.token_id("<s>").unwrap()];
+    expected.extend(enc(&tk, "USER: "));
+    assert_eq!(
+        bare.encode(&two_turn_record()).unwrap().ids[..expected.len()],
+        expected[..]
+    );
+    assert_eq!(bare.system(), "");
+}
+
+#[test]
 fn chatml_and_plain_masks() {
     let tk = tokenizer();
     let id = |t: &str| tk.token_id(t).unwrap();

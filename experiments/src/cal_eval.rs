@@ -265,6 +265,7 @@ pub fn rescore(
         config,
         Outcome {
             runs,
+            stage1: Vec::new(),
             curves,
             pretrain_step_ms: 0.0,
             tokens,

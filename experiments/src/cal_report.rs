@@ -9,6 +9,7 @@ use serde_json::json;
 use vlalign_data::{TextTokenizer, WordKind};
 
 use crate::cal_llava::{CalLlavaConfig, Outcome, RunResult};
+use crate::captions::{ATTRIBUTES, CaptionAccuracy};
 use crate::token_eval::TokenEval;
 
 fn pct(x: f64) -> String {
@@ -19,13 +20,14 @@ fn opt(x: Option<f64>) -> String {
     x.map_or("–".into(), |v| format!("{v:.3}"))
 }
 
-/// `summary.json`.
-pub fn summary(outcome: &Outcome) -> serde_json::Value {
+/// `summary.json` (every row carries the run's `seed`).
+pub fn summary(config: &CalLlavaConfig, outcome: &Outcome) -> serde_json::Value {
     let runs: Vec<_> = outcome
         .runs
         .iter()
         .map(|r| {
             json!({
+                "seed": config.seed,
                 "objective": r.objective,
                 "noise": r.noise,
                 "slot_accuracy": r.slot_accuracy,
@@ -45,7 +47,47 @@ pub fn summary(outcome: &Outcome) -> serde_json::Value {
             })
         })
         .collect();
-    json!({ "pretrain_step_ms": outcome.pretrain_step_ms, "runs": runs })
+    let mut out = json!({ "pretrain_step_ms": outcome.pretrain_step_ms, "runs": runs });
+    if let Some((_, acc)) = outcome.stage1.first() {
+        out["stage1"] = json!({
+            "seed": config.seed,
+            "caption_accuracy": acc.caption_accuracy,
+            "blind_caption_accuracy": acc.blind_caption_accuracy,
+            "captions": acc.captions,
+        });
+    }
+    out
+}
+
+/// The stage-1 table: caption attribute accuracy on the own images and with images swapped.
+fn stage1_table(s: &mut String, stage1: &[(String, CaptionAccuracy)]) {
+    if stage1.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        s,
+        "Does the stage-1 model read the image? Share of object attributes its greedy held-out \
+         captions name correctly ({} captions), and the same with every image swapped for \
+         another record's (the language prior alone):\n",
+        stage1[0].1.captions
+    );
+    let _ = writeln!(s, "| stage 1 | images | {} | all |", ATTRIBUTES.join(" | "));
+    let _ = writeln!(s, "|{}", "---|".repeat(3 + ATTRIBUTES.len()));
+    for (name, acc) in stage1 {
+        for (images, a) in [
+            ("own", &acc.caption_accuracy),
+            ("swapped", &acc.blind_caption_accuracy),
+        ] {
+            let cells: Vec<String> = ATTRIBUTES.iter().map(|k| pct(a.get(k))).collect();
+            let _ = writeln!(
+                s,
+                "| {name} | {images} | {} | {} |",
+                cells.join(" | "),
+                pct(a.all)
+            );
+        }
+    }
+    let _ = writeln!(s);
 }
 
 fn kinds(runs: &[RunResult]) -> Vec<String> {
@@ -98,6 +140,7 @@ pub fn markdown(config: &CalLlavaConfig, outcome: &Outcome, command: &str, devic
          question at a time; perplexity and per-token scores on the full answers).\n",
         config.eval.records
     );
+    stage1_table(&mut s, &outcome.stage1);
     let k = kinds(runs);
     let _ = writeln!(
         s,
@@ -313,7 +356,7 @@ pub fn write_all(
     w("report.md", &markdown(config, outcome, command, device))?;
     w(
         "summary.json",
-        &serde_json::to_string_pretty(&summary(outcome)).expect("json"),
+        &serde_json::to_string_pretty(&summary(config, outcome)).expect("json"),
     )?;
     let pairs: Vec<(&RunResult, &TokenEval)> = outcome.runs.iter().zip(&outcome.tokens).collect();
     w(

@@ -66,12 +66,14 @@ pub fn world_inputs(config: &CalLlavaConfig, opts: &RunOptions) -> Result<Inputs
         crate::world::make_world(&wc, &world.dir, world.vocab, opts.verbose)
             .map_err(|e| err(&e))?;
     }
+    check_world(&world.dir, world)?;
     let tokenizer =
         TextTokenizer::from_file(&world.dir.join("tokenizer.json")).map_err(|e| err(&e))?;
     let size = &config.model;
     let image_tokens = (size.image_size / size.patch_size).pow(2);
-    let enc = Encoders::new(&tokenizer, Template::VicunaV1, image_tokens, config.max_len)
+    let mut enc = Encoders::new(&tokenizer, Template::VicunaV1, image_tokens, config.max_len)
         .map_err(|e| err(&e))?;
+    enc.chat = enc.chat.with_system(world.system.clone());
     let llava = size.llava(tokenizer.vocab_size(), enc.chat.image_token_id() as usize);
     opts.device.seed(config.seed);
     // Parameters initialise lazily (at first use, in forward order, on this thread): the same
@@ -86,6 +88,37 @@ pub fn world_inputs(config: &CalLlavaConfig, opts: &RunOptions) -> Result<Inputs
         enc,
         init,
     })
+}
+
+/// An existing world folder must have been made with the configured scenes, seed and prior:
+/// otherwise a run with `[world] seed = 1` would silently train on the seed-0 world.
+fn check_world(dir: &std::path::Path, want: &crate::cal_llava::WorldSection) -> Result<(), String> {
+    let path = dir.join("world.json");
+    let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let summary: vlalign_data::world::WorldSummary =
+        serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    let Some(made) = summary.config else {
+        return Ok(());
+    };
+    let differ = [
+        ("images", made.images.to_string(), want.images.to_string()),
+        ("seed", made.seed.to_string(), want.seed.to_string()),
+        (
+            "prior",
+            made.sampler.prior.to_string(),
+            want.prior.to_string(),
+        ),
+    ]
+    .into_iter()
+    .find(|(_, a, b)| a != b);
+    match differ {
+        None => Ok(()),
+        Some((field, made, want)) => Err(format!(
+            "{}: this world was made with {field} = {made}, the configuration asks for {want}; \
+             give another folder (`--world` or `[world] dir`) or delete this one",
+            path.display()
+        )),
+    }
 }
 
 /// The user's model (`--model`, or `--vision` + `--llm`), tokenizer and preprocessing.

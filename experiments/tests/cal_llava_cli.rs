@@ -72,8 +72,26 @@ fn quick_run_writes_the_report() {
             assert!(r[key].is_number(), "{key} missing in {r}");
         }
     }
+    // Stage 1's caption accuracy, own images and swapped, per attribute (fractions).
+    for key in ["caption_accuracy", "blind_caption_accuracy"] {
+        for attribute in ["count", "size", "color", "shape", "position", "all"] {
+            let v = summary["stage1"][key][attribute].as_f64();
+            assert!(
+                v.is_some_and(|v| (0.0..=1.0).contains(&v)),
+                "stage1.{key}.{attribute}: {v:?}"
+            );
+        }
+    }
+    assert!(out.join("pretrain/captions.jsonl").is_file());
+    assert!(out.join("pretrain/captions_swapped.jsonl").is_file());
     let report = std::fs::read_to_string(out.join("report.md")).unwrap();
-    for column in ["CAL-weight AUROC", "CIDEr", "CHAIR_s", "POPE F1"] {
+    for column in [
+        "CAL-weight AUROC",
+        "CIDEr",
+        "CHAIR_s",
+        "POPE F1",
+        "images swapped",
+    ] {
         assert!(report.contains(column), "{column} missing from the report");
     }
 
@@ -88,6 +106,52 @@ fn quick_run_writes_the_report() {
         serde_json::from_slice(&std::fs::read(out.join("eval-test.json")).unwrap()).unwrap();
     assert_eq!(eval["runs"].as_array().unwrap().len(), 2);
     assert!(out.join("eval-test.md").is_file());
+}
+
+#[test]
+fn seeds_give_per_seed_rows_and_intervals() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("run");
+    let status = cal_llava(
+        &tmp.path().join("world"),
+        &out,
+        &["--steps", "3", "--seeds", "2"],
+    )
+    .status()
+    .unwrap();
+    assert!(status.success());
+    for seed in ["seed-0", "seed-1"] {
+        assert!(
+            out.join(seed).join("report.md").is_file(),
+            "{seed} report missing"
+        );
+    }
+    let summary: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("summary.json")).unwrap()).unwrap();
+    let runs = summary["runs"].as_array().unwrap();
+    assert_eq!(runs.len(), 4);
+    let seeds: Vec<i64> = runs.iter().map(|r| r["seed"].as_i64().unwrap()).collect();
+    assert_eq!(seeds, [0, 0, 1, 1]);
+    // The two seeds train different models.
+    assert_ne!(runs[0]["perplexity"], runs[2]["perplexity"]);
+    let agg = &summary["aggregate"];
+    for row in agg["runs"].as_array().unwrap() {
+        assert_eq!(row["slot_accuracy"]["n"], 2, "{row}");
+        assert!(row["perplexity"]["ci95"].is_number(), "{row}");
+    }
+    let diff = &agg["cal_minus_mle"][0]["perplexity"];
+    let by_hand = (runs[1]["perplexity"].as_f64().unwrap()
+        - runs[0]["perplexity"].as_f64().unwrap()
+        + runs[3]["perplexity"].as_f64().unwrap()
+        - runs[2]["perplexity"].as_f64().unwrap())
+        / 2.0;
+    assert!(
+        (diff["mean"].as_f64().unwrap() - by_hand).abs() < 1e-9,
+        "{diff}"
+    );
+    assert!(summary["stage1"]["caption_accuracy"]["all"].is_number());
+    let report = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(report.contains("Over 2 seeds") && report.contains("cal − mle"));
 }
 
 #[test]

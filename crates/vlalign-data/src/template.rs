@@ -90,6 +90,7 @@ pub struct Encoder {
     max_len: usize,
     bos: Option<u32>,
     end_of_turn: u32,
+    system: Option<String>,
 }
 
 impl Encoder {
@@ -141,7 +142,25 @@ impl Encoder {
             max_len,
             bos,
             end_of_turn,
+            system: None,
         })
+    }
+
+    /// Replace the template's default system prompt (`VICUNA_SYSTEM`, `CHATML_SYSTEM`) with
+    /// `system`, e.g. a shorter one for a small model trained from scratch.
+    pub fn with_system(mut self, system: impl Into<String>) -> Self {
+        self.system = Some(system.into());
+        self
+    }
+
+    /// The system prompt the template opens a conversation with (none for `plain`).
+    pub fn system(&self) -> &str {
+        match (&self.system, self.template) {
+            (_, Template::Plain) => "",
+            (Some(s), _) => s,
+            (None, Template::VicunaV1) => VICUNA_SYSTEM,
+            (None, Template::Chatml) => CHATML_SYSTEM,
+        }
     }
 
     /// The tokenizer.
@@ -228,8 +247,8 @@ impl Encoder {
     fn human_text(&self, value: &str, first: bool) -> String {
         match self.template {
             Template::VicunaV1 => {
-                let system = if first {
-                    format!("{VICUNA_SYSTEM} ")
+                let system = if first && !self.system().is_empty() {
+                    format!("{} ", self.system())
                 } else {
                     String::new()
                 };
@@ -237,7 +256,7 @@ impl Encoder {
             }
             Template::Chatml => {
                 let system = if first {
-                    format!("<|im_start|>system\n{CHATML_SYSTEM}<|im_end|>\n")
+                    format!("<|im_start|>system\n{}<|im_end|>\n", self.system())
                 } else {
                     String::new()
                 };

@@ -5,7 +5,8 @@
 //!
 //! [`generation`] runs a model over a split and writes `{id, prompt, output, reference}` JSON
 //! Lines. Hallucination and grounding: [`pope`] (yes/no existence questions), [`chair`] (CHAIR_i /
-//! CHAIR_s), [`grounding`] (AUROC and average precision of per-token scores).
+//! CHAIR_s), [`grounding`] (AUROC and average precision of per-token scores); [`stats`]: means
+//! with 95 % intervals over seeds.
 //!
 //! Every caption scorer takes already tokenized text (space-separated tokens), as the reference's scorers
 //! do after its tokenizer ran; [`score_captions`] does both.
@@ -17,6 +18,7 @@ pub mod generation;
 pub mod grounding;
 pub mod pope;
 pub mod rouge;
+pub mod stats;
 pub mod tokenize;
 
 use std::collections::BTreeMap;

@@ -14,8 +14,9 @@ use std::process::ExitCode;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use clap::Parser;
-use experiments::cal_llava::{CalLlavaConfig, RealData, RunOptions, StageKind, run};
+use experiments::cal_llava::{CalLlavaConfig, Outcome, RealData, RunOptions, StageKind, run};
 use experiments::device::select_device;
+use experiments::{cal_report, seeds};
 use vlalign_align::{Contrast, Pooling};
 
 #[derive(Parser, Debug)]
@@ -82,6 +83,10 @@ struct Args {
     /// Quiet: no progress bars or per-step lines.
     #[arg(long)]
     quiet: bool,
+    /// Run the comparison over N seeds (model init and data order), each in `seed-<s>/`, and
+    /// report mean ± 95 % intervals and paired CAL − MLE differences.
+    #[arg(long)]
+    seeds: Option<usize>,
 }
 
 fn resolve(args: &Args) -> Result<CalLlavaConfig, String> {
@@ -141,7 +146,66 @@ fn resolve(args: &Args) -> Result<CalLlavaConfig, String> {
     if let Some(w) = &args.world {
         c.world.dir = w.clone();
     }
+    if let Some(n) = args.seeds {
+        if n == 0 {
+            return Err("--seeds: at least 1".into());
+        }
+        c.seeds = n;
+    }
     Ok(c)
+}
+
+/// Run the experiment once, or once per seed into `seed-<s>/` with the aggregate report on top.
+fn run_seeds(
+    config: &CalLlavaConfig,
+    real: Option<&RealData>,
+    opts: &RunOptions,
+    command: &str,
+    device: &str,
+) -> Result<Vec<(u64, Outcome)>, String> {
+    if config.seeds <= 1 {
+        let outcome = run(config, real, opts)?;
+        cal_report::write_all(&opts.out, config, &outcome, command, device)?;
+        return Ok(vec![(config.seed, outcome)]);
+    }
+    let mut outcomes = Vec::new();
+    for k in 0..config.seeds {
+        let c = seeds::seeded(config, k);
+        let dir = opts.out.join(format!("seed-{}", c.seed));
+        std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        eprintln!("== seed {} ({}/{})", c.seed, k + 1, config.seeds);
+        let seed_opts = RunOptions {
+            device: opts.device.clone(),
+            out: dir.clone(),
+            resume: opts.resume,
+            verbose: opts.verbose,
+        };
+        let outcome = run(&c, real, &seed_opts)?;
+        cal_report::write_all(&dir, &c, &outcome, command, device)?;
+        outcomes.push((c.seed, outcome));
+    }
+    let mut md = format!(
+        "# cal_llava over {} seeds\n\n`{command}` on {device}.\n\n",
+        config.seeds
+    );
+    md.push_str(&seeds::markdown(&outcomes));
+    md.push_str("\nEach seed's full report: ");
+    let links: Vec<String> = outcomes
+        .iter()
+        .map(|(s, _)| format!("[seed {s}](seed-{s}/report.md)"))
+        .collect();
+    md.push_str(&links.join(", "));
+    md.push('\n');
+    let write = |name: &str, text: String| {
+        let path = opts.out.join(name);
+        std::fs::write(&path, text).map_err(|e| format!("{}: {e}", path.display()))
+    };
+    write("report.md", md)?;
+    write(
+        "summary.json",
+        serde_json::to_string_pretty(&seeds::summary(config, &outcomes)).expect("json"),
+    )?;
+    Ok(outcomes)
 }
 
 fn main() -> ExitCode {
@@ -212,34 +276,33 @@ fn main_inner(args: &Args) -> Result<(), String> {
             held_out: 0.05,
         }),
     };
-    let outcome = run(
-        &config,
-        real.as_ref(),
-        &RunOptions {
-            device: selected.device.clone(),
-            out: out.clone(),
-            resume: args.resume,
-            verbose: !args.quiet,
-        },
-    )?;
+    let opts = RunOptions {
+        device: selected.device.clone(),
+        out: out.clone(),
+        resume: args.resume,
+        verbose: !args.quiet,
+    };
     let command = std::env::args().collect::<Vec<_>>().join(" ");
-    experiments::cal_report::write_all(&out, &config, &outcome, &command, &device_name)?;
+    let outcomes = run_seeds(&config, real.as_ref(), &opts, &command, &device_name)?;
     println!();
     println!(
-        "{:<10} {:>6} {:>10} {:>11} {:>10} {:>9}",
-        "objective", "noise", "slot acc %", "perplexity", "CAL AUROC", "step ms"
+        "{:<5} {:<10} {:>6} {:>10} {:>11} {:>10} {:>9}",
+        "seed", "objective", "noise", "slot acc %", "perplexity", "CAL AUROC", "step ms"
     );
-    for r in &outcome.runs {
-        println!(
-            "{:<10} {:>6} {:>10} {:>11.3} {:>10} {:>9.1}",
-            r.objective,
-            r.noise,
-            r.slot_accuracy
-                .map_or("–".into(), |a| format!("{:.1}", 100.0 * a)),
-            r.perplexity,
-            r.cal_weight_auroc.map_or("–".into(), |a| format!("{a:.3}")),
-            r.step_ms
-        );
+    for (seed, outcome) in &outcomes {
+        for r in &outcome.runs {
+            println!(
+                "{:<5} {:<10} {:>6} {:>10} {:>11.3} {:>10} {:>9.1}",
+                seed,
+                r.objective,
+                r.noise,
+                r.slot_accuracy
+                    .map_or("–".into(), |a| format!("{:.1}", 100.0 * a)),
+                r.perplexity,
+                r.cal_weight_auroc.map_or("–".into(), |a| format!("{a:.3}")),
+                r.step_ms
+            );
+        }
     }
     println!(
         "\nwrote {} ({:.0} s)",

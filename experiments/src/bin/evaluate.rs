@@ -141,8 +141,8 @@ fn rescore(args: &Args, dir: &std::path::Path) -> Result<(), String> {
     let md_path = dir.join(format!("eval-{}.md", args.split));
     std::fs::write(&md_path, md).map_err(|e| format!("{}: {e}", md_path.display()))?;
     let json_path = dir.join(format!("eval-{}.json", args.split));
-    let json =
-        serde_json::to_string_pretty(&experiments::cal_report::summary(&outcome)).expect("json");
+    let json = serde_json::to_string_pretty(&experiments::cal_report::summary(&config, &outcome))
+        .expect("json");
     std::fs::write(&json_path, json).map_err(|e| format!("{}: {e}", json_path.display()))?;
     for r in &outcome.runs {
         println!(
