@@ -377,3 +377,29 @@ fn generation_never_emits_the_image_token() {
     assert_eq!(out[0].len(), 6);
     assert!(!out[0].contains(&(IMAGE as u32)), "{:?}", out[0]);
 }
+
+#[test]
+fn growing_the_vocabulary_keeps_old_logits_and_starts_new_rows_at_the_mean() {
+    let device = device();
+    let llava = tiny_llava(&device);
+    let ids = Tensor::<2, Int>::from_data(TensorData::new(vec![1i64, 5, 9, 3], [1, 4]), &device);
+    let positions =
+        Tensor::<2, Int>::from_data(TensorData::new(vec![0i64, 1, 2, 3], [1, 4]), &device);
+    let lm = llava.language_model;
+    let before = lm.forward(ids.clone(), positions.clone(), None, None);
+    let old_rows = lm.embed_tokens.weight.val();
+    let grown = lm.grow_vocab(VOCAB + 2);
+    assert_eq!(grown.vocab_size(), VOCAB + 2);
+    let after = grown.forward(ids, positions, None, None);
+    assert_eq!(after.dims(), [1, 4, VOCAB + 2]);
+    let d = max_abs_diff(before.clone(), after.clone().narrow(2, 0, VOCAB));
+    assert!(d < 1e-6, "old logits moved by {d}");
+    // Both new tokens: the mean embedding, and (untied head) the mean head column.
+    let new_rows = grown.embed_tokens.weight.val().narrow(0, VOCAB, 2);
+    let mean = old_rows.mean_dim(0).repeat(&[2, 1]);
+    assert!(max_abs_diff(new_rows, mean) < 1e-6);
+    let mean_logit = before.mean_dim(2).repeat(&[1, 1, 2]);
+    assert!(max_abs_diff(after.narrow(2, VOCAB, 2), mean_logit) < 1e-5);
+    // Not larger: unchanged.
+    assert_eq!(grown.grow_vocab(VOCAB).vocab_size(), VOCAB + 2);
+}

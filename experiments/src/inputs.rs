@@ -137,13 +137,26 @@ pub fn real_inputs(
         .or_else(|| real.model.as_ref().map(|d| d.join("tokenizer.json")))
         .or_else(|| real.llm.as_ref().map(|d| d.join("tokenizer.json")))
         .ok_or("--tokenizer is needed")?;
-    let tokenizer = TextTokenizer::from_file(&tokenizer_path).map_err(|e| err(&e))?;
+    let mut tokenizer = TextTokenizer::from_file(&tokenizer_path).map_err(|e| err(&e))?;
+    if real.model.is_none() {
+        // Composing a LLaVA from a bare LLM (LLaVA's own pre-training): its tokenizer has no
+        // image slot and often no pad token. Added here; the LLM grows rows for them below.
+        for (token, id) in tokenizer.add_special_tokens(&["<image>", "<pad>"]) {
+            eprintln!("{}: added {token} as token {id}", tokenizer_path.display());
+        }
+    }
     let image_token = tokenizer.token_id("<image>").ok_or_else(|| {
         format!(
-            "{}: the tokenizer has no <image> token",
+            "{}: the tokenizer has no <image> token (a LLaVA checkpoint's tokenizer must have \
+             the token its config's image_token_index names)",
             tokenizer_path.display()
         )
     })?;
+    // The run keeps the tokenizer it trained with (the added tokens included).
+    std::fs::create_dir_all(&opts.out).map_err(|e| err(&e))?;
+    tokenizer
+        .save(&opts.out.join("tokenizer.json"))
+        .map_err(|e| err(&e))?;
     let (init, vision_dir, image_tokens, image_size) = match (&real.model, &real.vision, &real.llm)
     {
         (Some(dir), None, None) => {
@@ -152,7 +165,9 @@ pub fn real_inputs(
         }
         (None, Some(v), Some(l)) => {
             let (vision, vc, _) = hf::load_vision(v, &device).map_err(|e| err(&e))?;
-            let (lm, tc, _) = hf::load_decoder(l, &device).map_err(|e| err(&e))?;
+            let (lm, mut tc, _) = hf::load_decoder(l, &device).map_err(|e| err(&e))?;
+            let lm = lm.grow_vocab(tokenizer.vocab_size());
+            tc.vocab_size = lm.vocab_size();
             let c = vlalign_models::LlavaConfig::new(vc, tc, image_token as usize);
             let mut m = c.init(&device);
             m.vision_tower = vision;

@@ -236,3 +236,78 @@ fn real_data_flags_train_a_loaded_model() {
     assert!(summary["runs"][0]["perplexity"].is_number());
     assert!(out.join("finetune-cal-noise0/metrics.csv").is_file());
 }
+
+/// A word-level `tokenizer.json` of exactly `size` tokens (`<unk>`, `<s>`, `</s>`, a newline,
+/// the world's words, fillers) and neither `<image>` nor `<pad>`.
+fn bare_tokenizer(size: usize) -> serde_json::Value {
+    let words = "how many objects are there what color is the shape object it a small large at top \
+                 bottom left right center circle square triangle diamond star red green blue \
+                 yellow purple orange yes no one two three four in image where of or . ? :";
+    let mut vocab = serde_json::Map::new();
+    for (i, w) in ["<unk>", "<s>", "</s>", "\n"]
+        .into_iter()
+        .map(String::from)
+        .chain(words.split_whitespace().map(String::from))
+        .chain((0..).map(|k| format!("filler{k}")))
+        .take(size)
+        .enumerate()
+    {
+        vocab.insert(w, i.into());
+    }
+    let added = |id: usize, content: &str, special: bool| {
+        serde_json::json!({"id": id, "content": content, "single_word": false, "lstrip": false,
+                           "rstrip": false, "normalized": false, "special": special})
+    };
+    serde_json::json!({
+        "version": "1.0", "truncation": null, "padding": null,
+        "added_tokens": [added(0, "<unk>", true), added(1, "<s>", true), added(2, "</s>", true),
+                         added(3, "\n", false)],
+        "normalizer": {"type": "Lowercase"}, "pre_tokenizer": {"type": "Whitespace"},
+        "post_processor": null, "decoder": null,
+        "model": {"type": "WordLevel", "vocab": vocab, "unk_token": "<unk>"},
+    })
+}
+
+#[test]
+fn composes_a_llava_from_a_bare_llm_whose_tokenizer_lacks_image_and_pad() {
+    let tmp = tempfile::tempdir().unwrap();
+    let world = tmp.path().join("world");
+    let wc = vlalign_data::world::WorldConfig::new(30, 0);
+    experiments::world::make_world(&wc, &world, 300, false).unwrap();
+    // The Llama fixture (128 embedding rows) with a tokenizer that fills all 128 ids.
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures");
+    let llm = tmp.path().join("llm");
+    std::fs::create_dir_all(&llm).unwrap();
+    for f in ["config.json", "model.safetensors"] {
+        std::fs::copy(fixtures.join("llama").join(f), llm.join(f)).unwrap();
+    }
+    let tk = serde_json::to_string(&bare_tokenizer(128)).unwrap();
+    std::fs::write(llm.join("tokenizer.json"), tk).unwrap();
+    let out = tmp.path().join("run");
+    let output = Command::new(env!("CARGO_BIN_EXE_cal_llava"))
+        .args([
+            "--quick", "--quiet", "--steps", "2", "--noise", "0", "--data",
+        ])
+        .arg(world.join("train_qa.json"))
+        .arg("--image-folder")
+        .arg(world.join("images"))
+        .arg("--vision")
+        .arg(fixtures.join("clip_vision"))
+        .arg("--llm")
+        .arg(&llm)
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(stderr.contains("added <image> as token 128"), "{stderr}");
+    // The run keeps the grown tokenizer; the model trained with 130 rows.
+    let saved = vlalign_data::TextTokenizer::from_file(&out.join("tokenizer.json")).unwrap();
+    assert_eq!(saved.token_id("<image>"), Some(128));
+    assert_eq!(saved.token_id("<pad>"), Some(129));
+    assert_eq!(saved.vocab_size(), 130);
+    let summary: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(summary["runs"].as_array().unwrap().len(), 2);
+}

@@ -228,6 +228,36 @@ impl DecoderLm {
         self.embed_tokens.weight.dims()[1]
     }
 
+    /// Grow the vocabulary to `vocab` rows (tokens added to the tokenizer, e.g. `<image>`): the
+    /// new rows of the embeddings and of an untied LM head start at the mean of the existing
+    /// ones (as transformers' `resize_token_embeddings(mean_resizing=True)` starts them, without
+    /// the sampling), so the new tokens begin as an average token and logits of the old tokens
+    /// are unchanged. A `vocab` not above the current size changes nothing.
+    pub fn grow_vocab(mut self, vocab: usize) -> Self {
+        let old = self.vocab_size();
+        if vocab <= old {
+            return self;
+        }
+        let grow = |w: Tensor<2>, dim: usize| {
+            let mean = w.clone().mean_dim(dim);
+            let mut reps = [1, 1];
+            reps[dim] = vocab - old;
+            Tensor::cat(vec![w, mean.repeat(&reps)], dim)
+        };
+        self.embed_tokens.weight = self.embed_tokens.weight.map(|w| grow(w, 0));
+        if let Some(head) = self.lm_head.as_mut() {
+            // burn's Linear stores `[d_in, d_out]`: the vocabulary is dimension 1.
+            head.weight = head.weight.clone().map(|w| grow(w, 1));
+            head.bias = head.bias.clone().map(|b| {
+                b.map(|b| {
+                    let mean = b.clone().mean();
+                    Tensor::cat(vec![b, mean.repeat(&[vocab - old])], 0)
+                })
+            });
+        }
+        self
+    }
+
     /// Run the decoder on embeddings `[batch, seq, d]` and return the final-normed hidden states.
     ///
     /// - `position_ids` `[batch, seq]`: the RoPE position of each new token.

@@ -107,6 +107,25 @@ impl TextTokenizer {
         self.inner.get_vocab_size(true)
     }
 
+    /// Add each of `tokens` the tokenizer lacks as a special token (never split, skipped when
+    /// decoding); returns the added ones with their new ids, in order.
+    pub fn add_special_tokens(&mut self, tokens: &[&str]) -> Vec<(String, u32)> {
+        let missing: Vec<&str> = tokens
+            .iter()
+            .copied()
+            .filter(|t| self.token_id(t).is_none())
+            .collect();
+        let added: Vec<AddedToken> = missing
+            .iter()
+            .map(|t| AddedToken::from(t.to_string(), true))
+            .collect();
+        self.inner.add_special_tokens(&added);
+        missing
+            .into_iter()
+            .filter_map(|t| self.token_id(t).map(|id| (t.to_string(), id)))
+            .collect()
+    }
+
     /// The wrapped `tokenizers` tokenizer.
     pub fn inner(&self) -> &Tokenizer {
         &self.inner
