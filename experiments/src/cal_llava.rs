@@ -42,6 +42,9 @@ pub struct WorldSection {
     pub prior: f32,
     /// Tokenizer vocabulary trained on the world's texts.
     pub vocab: usize,
+    /// Questions per instruction record (one image, several turns: the image's tokens are paid
+    /// once for all of them).
+    pub qa_turns: usize,
     /// System prompt of the chat template (default: the world's short one; LLaVA-1.5's is 83
     /// tokens of every sequence here and teaches a model trained from scratch nothing).
     pub system: String,
@@ -55,6 +58,7 @@ impl Default for WorldSection {
             seed: 0,
             prior: 0.8,
             vocab: 512,
+            qa_turns: 3,
             system: vlalign_data::world::SYSTEM.into(),
         }
     }
@@ -124,6 +128,8 @@ pub struct CalLlavaConfig {
     pub cal: CalConfig,
     /// Stages where CAL replaces MLE in the CAL runs.
     pub cal_stages: Vec<StageKind>,
+    /// Train the vision tower in stage 2 too (LLaVA freezes it after stage 1).
+    pub finetune_vision: bool,
     /// Label-noise levels (share of training records whose answers are swapped between images).
     pub noise: Vec<f64>,
     /// Evaluation.
@@ -155,6 +161,7 @@ impl Default for CalLlavaConfig {
             finetune: stage(250, 1e-3, 24),
             cal: CalConfig::default(),
             cal_stages: vec![StageKind::Finetune],
+            finetune_vision: false,
             noise: vec![0.0, 0.3],
             eval: EvalSection::default(),
             seeds: 1,
@@ -461,8 +468,10 @@ pub fn run(
                 mle.clone()
             };
             let mut model = starts[k.min(starts.len() - 1)].clone();
-            // The vision tower stays frozen after stage 1 (LLaVA).
-            model.vision_tower = model.vision_tower.no_grad();
+            // The vision tower stays frozen after stage 1 (LLaVA) unless configured otherwise.
+            if !config.finetune_vision {
+                model.vision_tower = model.vision_tower.no_grad();
+            }
             let name = format!("{stage_name}-{obj}-noise{noise}");
             eprintln!(
                 "{name}: {} steps ({changed} records with swapped images)",

@@ -63,6 +63,7 @@ pub fn world_inputs(config: &CalLlavaConfig, opts: &RunOptions) -> Result<Inputs
         );
         let mut wc = WorldConfig::new(world.images, world.seed);
         wc.sampler.prior = world.prior;
+        wc.qa_turns = world.qa_turns;
         crate::world::make_world(&wc, &world.dir, world.vocab, opts.verbose)
             .map_err(|e| err(&e))?;
     }

@@ -456,7 +456,9 @@ pub fn run(
             sel.tau
         );
         let mut model = stage1.clone();
-        model.vision_tower = model.vision_tower.no_grad();
+        if !common.finetune_vision {
+            model.vision_tower = model.vision_tower.no_grad();
+        }
         let (model, report) = opts.train_stage(
             &inputs.batcher,
             model,

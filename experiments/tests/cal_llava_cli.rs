@@ -311,3 +311,21 @@ fn composes_a_llava_from_a_bare_llm_whose_tokenizer_lacks_image_and_pad() {
         serde_json::from_slice(&std::fs::read(out.join("summary.json")).unwrap()).unwrap();
     assert_eq!(summary["runs"].as_array().unwrap().len(), 2);
 }
+
+#[test]
+fn a_world_made_with_other_settings_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let world = tmp.path().join("world");
+    // The quick profile asks for 200 scenes of seed 0; this folder holds seed 1.
+    let wc = vlalign_data::world::WorldConfig::new(200, 1);
+    experiments::world::make_world(&wc, &world, 400, false).unwrap();
+    let output = cal_llava(&world, &tmp.path().join("run"), &[])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("made with seed = 1, the configuration asks for 0"),
+        "{stderr}"
+    );
+}
