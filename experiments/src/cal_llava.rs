@@ -130,6 +130,10 @@ pub struct CalLlavaConfig {
     pub cal_stages: Vec<StageKind>,
     /// Train the vision tower in stage 2 too (LLaVA freezes it after stage 1).
     pub finetune_vision: bool,
+    /// Stage 1 trains on the (clean) QA records too, shuffled with the captions: a decoder
+    /// trained from scratch has no retrieval circuits ("what color is *the square*?" needs
+    /// attention by content), and stage 1's long high-learning-rate phase is where they form.
+    pub pretrain_qa: bool,
     /// Label-noise levels (share of training records whose answers are swapped between images).
     pub noise: Vec<f64>,
     /// Evaluation.
@@ -157,11 +161,12 @@ impl Default for CalLlavaConfig {
             max_len: 256,
             world: WorldSection::default(),
             model: ModelSize::default(),
-            pretrain: stage(500, 2e-3, 32),
-            finetune: stage(250, 1e-3, 24),
+            pretrain: stage(1500, 2e-3, 32),
+            finetune: stage(400, 2e-3, 24),
             cal: CalConfig::default(),
             cal_stages: vec![StageKind::Finetune],
             finetune_vision: false,
+            pretrain_qa: false,
             noise: vec![0.0, 0.3],
             eval: EvalSection::default(),
             seeds: 1,
@@ -349,18 +354,24 @@ pub fn run(
         }
         Ok(parsed.into_iter().filter_map(Result::ok).collect())
     };
-    let dataset = |records: Vec<Record>, encoder| -> Arc<dyn Dataset<Item>> {
-        let (samples, report) = prepare(
-            records.into_iter().map(Ok).collect(),
-            encoder,
-            &images,
-            ImageCheck::Exists,
-        );
-        if !report.errors.is_empty() || !report.truncated.is_empty() {
-            eprintln!("{}", report.summary());
+    // One dataset from record sets, each encoded with its template.
+    let mixed = |parts: Vec<(Vec<Record>, &vlalign_data::Encoder)>| -> Arc<dyn Dataset<Item>> {
+        let mut samples = Vec::new();
+        for (records, encoder) in parts {
+            let (part, report) = prepare(
+                records.into_iter().map(Ok).collect(),
+                encoder,
+                &images,
+                ImageCheck::Exists,
+            );
+            if !report.errors.is_empty() || !report.truncated.is_empty() {
+                eprintln!("{}", report.summary());
+            }
+            samples.extend(part);
         }
         Arc::new(VlmDataset::new(samples, processor.clone()))
     };
+    let dataset = |records: Vec<Record>, encoder| mixed(vec![(records, encoder)]);
     let mle: Arc<dyn Objective<Llava>> = Arc::new(MleObjective);
     let cal: Arc<dyn Objective<Llava>> = Arc::new(CalObjective {
         config: config.cal.clone(),
@@ -375,7 +386,11 @@ pub fn run(
             None => {
                 // Stage 1 on captions, shared unless CAL is on in pretraining.
                 let world = &config.world.dir;
-                let captions = dataset(read(&world.join("train_captions.json"))?, &enc.plain);
+                let mut parts = vec![(read(&world.join("train_captions.json"))?, &enc.plain)];
+                if config.pretrain_qa {
+                    parts.push((read(&world.join("train_qa.json"))?, &enc.chat));
+                }
+                let captions = mixed(parts);
                 let captions_val = dataset(read(&world.join("val_captions.json"))?, &enc.plain);
                 let mut starts = Vec::new();
                 let mut step_ms = 0.0;

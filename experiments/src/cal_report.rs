@@ -67,8 +67,8 @@ fn stage1_table(s: &mut String, stage1: &[(String, CaptionAccuracy)]) {
     let _ = writeln!(
         s,
         "Does the stage-1 model read the image? Share of object attributes its greedy held-out \
-         captions name correctly ({} captions), and the same with every image swapped for \
-         another record's (the language prior alone):\n",
+         captions name correctly ({} captions), and the same with images swapped (each record \
+         captioned from another record's image: the language prior alone):\n",
         stage1[0].1.captions
     );
     let _ = writeln!(s, "| stage 1 | images | {} | all |", ATTRIBUTES.join(" | "));

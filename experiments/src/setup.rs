@@ -19,8 +19,12 @@ pub struct ModelSize {
     pub patch_size: usize,
     /// Vision width.
     pub vision_width: usize,
-    /// Vision layers (LLaVA reads the penultimate one).
+    /// Vision layers.
     pub vision_layers: usize,
+    /// The vision layer whose patch features feed the projector, HF-style (`-1` = the last).
+    /// LLaVA reads the penultimate (`-2`) of a pretrained CLIP tower; a tower trained from
+    /// scratch on the LLaVA loss never trains the layers after the one read.
+    pub feature_layer: i64,
     /// Decoder width.
     pub width: usize,
     /// Decoder layers.
@@ -38,6 +42,7 @@ impl Default for ModelSize {
             patch_size: 8,
             vision_width: 64,
             vision_layers: 3,
+            feature_layer: -1,
             width: 128,
             layers: 2,
             heads: 4,
@@ -66,7 +71,7 @@ impl ModelSize {
             self.kv_heads,
         )
         .with_max_position_embeddings(1024);
-        LlavaConfig::new(vision, text, image_token_id)
+        LlavaConfig::new(vision, text, image_token_id).with_vision_feature_layer(self.feature_layer)
     }
 }
 
