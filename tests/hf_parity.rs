@@ -295,3 +295,33 @@ fn save_then_load_gives_identical_tensors() {
     let l = |m: &vlalign::models::Llava| m.language_model.layers[1].mlp.up_proj.weight.val();
     assert_eq!(max_abs_diff(l(&llava), l(&back)), 0.0);
 }
+
+#[test]
+fn clip_model_and_its_info_nce_match_transformers() {
+    let dir = fixture("clip");
+    let (clip, config, report) = hf::load_clip(&dir, &device()).unwrap();
+    assert!(
+        report.missing.is_empty() && report.unused.is_empty(),
+        "{report}"
+    );
+    let io = Io::open("clip");
+    let ids = io.int("input_ids");
+    let lengths: Vec<usize> = io.ints("lengths").1.iter().map(|&n| n as usize).collect();
+    let pixels = io.float::<4>("pixel_values");
+    let image = clip.image_embeds(pixels.clone());
+    let text = clip.text_embeds(ids.clone(), &lengths);
+    assert!(max_abs_diff(image.clone(), io.float("image_embeds")) < TOL);
+    assert!(max_abs_diff(text.clone(), io.float("text_embeds")) < TOL);
+    let logits = clip.logits(image, text);
+    assert!(max_abs_diff(logits.clone(), io.float("logits_per_image")) < TOL);
+    let loss = vlalign::align::info_nce(logits).loss;
+    assert!(max_abs_diff(loss, io.float("loss")) < TOL);
+
+    // Saved and reopened (logit_scale back to a rank-0 tensor): the same logits.
+    let out = std::env::temp_dir().join(format!("vlalign-clip-{}", std::process::id()));
+    hf::save_clip(&clip, &config, &out).unwrap();
+    let (again, _, _) = hf::load_clip(&out, &device()).unwrap();
+    let before = clip.forward(pixels.clone(), ids.clone(), &lengths);
+    assert!(max_abs_diff(again.forward(pixels, ids, &lengths), before) < 1e-6);
+    std::fs::remove_dir_all(&out).ok();
+}

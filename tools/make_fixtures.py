@@ -16,11 +16,13 @@ For each model this saves the checkpoint with `save_pretrained` (config.json + s
   llava_hub/     the same weights in the hub layout (language_model.model.*, vision_tower.vision_model.*)
   llava_v452/    the same weights in transformers 4.52's layout (model.language_model.*, lm_head.*)
   mm_projector.safetensors   the projector alone, original LLaVA keys (model.mm_projector.0/2)
+  clip/          CLIPModel (tiny tower + causal text encoder, right-padded captions) → logits_per_image,
+                 image/text embeddings, the symmetric InfoNCE loss (return_loss=True)
   llava_train/   a tiny LLaVA and a padded batch with -100 labels: transformers' loss, the gradient
                  of every parameter (grads/, a checkpoint whose weights are the gradients) and the
                  weights after 3 AdamW steps with per-tensor gradient clipping (after3/)
 
-    python tools/make_fixtures.py --only llava_train   # just that one
+    python tools/make_fixtures.py --only llava_train   # just that one (or --only clip)
 
 The package versions used are written to tests/fixtures/VERSIONS.
 """
@@ -34,6 +36,8 @@ import safetensors.torch
 import torch
 import transformers
 from transformers import (
+    CLIPConfig,
+    CLIPModel,
     CLIPVisionConfig,
     CLIPVisionModel,
     LlamaConfig,
@@ -289,6 +293,42 @@ def llava_train():
     print("wrote", os.path.abspath(path))
 
 
+@torch.no_grad()
+def clip():
+    """A tiny CLIPModel: three captions of different lengths, right-padded, each ending in the
+    end-of-text token (id 63, where transformers pools), against three images."""
+    torch.manual_seed(2)
+    path = fresh("clip")
+    vision = clip_config().to_dict()
+    text = dict(
+        vocab_size=64, hidden_size=24, intermediate_size=48, num_hidden_layers=2,
+        num_attention_heads=4, max_position_embeddings=16, hidden_act="quick_gelu",
+        layer_norm_eps=1e-5, pad_token_id=0, bos_token_id=62, eos_token_id=63,
+    )
+    config = CLIPConfig(text_config=text, vision_config=vision, projection_dim=16)
+    model = CLIPModel(config).eval()
+    # transformers' init leaves the token embeddings at std 0.02: perturb every parameter so
+    # that each input visibly moves the logits.
+    for p in model.parameters():
+        p.add_(0.1 * torch.randn_like(p))
+    model.save_pretrained(path)
+    lengths = [7, 5, 9]
+    ids = torch.zeros(3, 9, dtype=torch.long)
+    mask = torch.zeros(3, 9, dtype=torch.long)
+    for row, n in enumerate(lengths):
+        ids[row, : n - 1] = torch.randint(1, 62, (n - 1,))
+        ids[row, n - 1] = 63
+        mask[row, :n] = 1
+    pixels = torch.randn(3, 3, 32, 32)
+    out = model(input_ids=ids, attention_mask=mask, pixel_values=pixels, return_loss=True)
+    save_io(path, {
+        "input_ids": ids, "lengths": torch.tensor(lengths), "pixel_values": pixels,
+        "logits_per_image": out.logits_per_image, "text_embeds": out.text_embeds,
+        "image_embeds": out.image_embeds, "loss": out.loss.reshape(1),
+    })
+    print("wrote", os.path.abspath(path))
+
+
 def write_versions(path):
     with open(path, "w") as f:
         f.write(f"python {sys.version.split()[0]}\ntorch {torch.__version__}\n"
@@ -296,10 +336,12 @@ def write_versions(path):
 
 
 if __name__ == "__main__":
-    if sys.argv[1:] == ["--only", "llava_train"]:
-        llava_train()
+    only = {"llava_train": llava_train, "clip": clip}
+    if len(sys.argv) == 3 and sys.argv[1] == "--only" and sys.argv[2] in only:
+        only[sys.argv[2]]()
     elif sys.argv[1:]:
-        sys.exit("usage: make_fixtures.py [--only llava_train]")
+        sys.exit("usage: make_fixtures.py [--only llava_train|clip]")
     else:
         main()
         llava_train()
+        clip()

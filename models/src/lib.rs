@@ -4,6 +4,7 @@
 //! picks the backend at run time, so the same code trains on CUDA, WGPU or the CPU.
 //!
 //! - [`vit`]: the CLIP-style vision tower.
+//! - [`clip`]: CLIP (the tower, a causal text encoder, projections, a learned temperature).
 //! - [`projector`]: vision → LLM projection (`linear`, `mlp{N}x_gelu`).
 //! - [`llm`]: the LLaMA / Qwen2 decoder (RMSNorm, rotate-half RoPE, GQA, SwiGLU, KV cache).
 //! - [`llava`]: the LLaVA composition (images spliced at `<image>`), its text-only pass and
@@ -11,6 +12,7 @@
 //! - [`hf`]: building these models from Hugging Face `config.json` files.
 
 pub mod attention;
+pub mod clip;
 pub mod generate;
 pub mod hf;
 pub mod llava;
@@ -20,6 +22,7 @@ pub mod projector;
 pub mod rope;
 pub mod vit;
 
+pub use clip::{Clip, ClipConfig, ClipTextConfig, ClipTextTransformer};
 pub use generate::{GenerationConfig, Sampling};
 pub use llava::{Llava, LlavaConfig, LlavaInput, ModelOutput, TextOnlyOutput};
 pub use llm::{DecoderConfig, DecoderLm, KvCache};

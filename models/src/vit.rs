@@ -25,7 +25,7 @@ pub enum VisionActivation {
 }
 
 impl VisionActivation {
-    fn apply<const D: usize>(self, x: Tensor<D>) -> Tensor<D> {
+    pub(crate) fn apply<const D: usize>(self, x: Tensor<D>) -> Tensor<D> {
         match self {
             Self::QuickGelu => x.clone() * sigmoid(x * 1.702),
             Self::Gelu => gelu(x),
@@ -87,27 +87,16 @@ impl VisionConfig {
             self.num_attention_heads
         );
         let d = self.hidden_size;
-        let head_dim = d / self.num_attention_heads;
         let layers = (0..self.num_hidden_layers)
-            .map(|_| EncoderLayer {
-                layer_norm1: LayerNormConfig::new(d)
-                    .with_epsilon(self.layer_norm_eps)
-                    .init(device),
-                self_attn: SelfAttentionConfig::new(
+            .map(|_| {
+                EncoderLayer::init(
                     d,
                     self.num_attention_heads,
-                    self.num_attention_heads,
-                    head_dim,
+                    self.intermediate_size,
+                    self.layer_norm_eps,
+                    self.hidden_act,
+                    device,
                 )
-                .with_qkv_bias(true)
-                .with_out_bias(true)
-                .init(device),
-                layer_norm2: LayerNormConfig::new(d)
-                    .with_epsilon(self.layer_norm_eps)
-                    .init(device),
-                fc1: LinearConfig::new(d, self.intermediate_size).init(device),
-                fc2: LinearConfig::new(self.intermediate_size, d).init(device),
-                act: self.hidden_act,
             })
             .collect();
         VisionTransformer {
@@ -154,11 +143,38 @@ pub struct EncoderLayer {
 }
 
 impl EncoderLayer {
+    /// A layer of width `d` (CLIP's vision and text encoders share this layer).
+    pub(crate) fn init(
+        d: usize,
+        heads: usize,
+        intermediate: usize,
+        eps: f64,
+        act: VisionActivation,
+        device: &Device,
+    ) -> Self {
+        Self {
+            layer_norm1: LayerNormConfig::new(d).with_epsilon(eps).init(device),
+            self_attn: SelfAttentionConfig::new(d, heads, heads, d / heads)
+                .with_qkv_bias(true)
+                .with_out_bias(true)
+                .init(device),
+            layer_norm2: LayerNormConfig::new(d).with_epsilon(eps).init(device),
+            fc1: LinearConfig::new(d, intermediate).init(device),
+            fc2: LinearConfig::new(intermediate, d).init(device),
+            act,
+        }
+    }
+
     fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        self.forward_masked(x, &Masking::Full)
+    }
+
+    /// The layer with `masking` (`Causal` in CLIP's text encoder).
+    pub(crate) fn forward_masked(&self, x: Tensor<3>, masking: &Masking) -> Tensor<3> {
         let h = x.clone()
             + self
                 .self_attn
-                .forward(self.layer_norm1.forward(x), None, &Masking::Full, None);
+                .forward(self.layer_norm1.forward(x), None, masking, None);
         let m = self.fc2.forward(
             self.act
                 .apply(self.fc1.forward(self.layer_norm2.forward(h.clone()))),

@@ -7,12 +7,14 @@
 //! multiplication (CAL × a VIG mask carried by the batch); the weight never carries gradient.
 
 pub mod cal;
+pub mod clip;
 pub mod mle;
 pub mod model;
 pub mod token;
 pub mod vig;
 
 pub use cal::{CalConfig, CalObjective, Contrast, Pooling};
+pub use clip::{InfoNceOutput, info_nce};
 pub use mle::MleObjective;
 pub use model::{AlignModel, TextOnlyLogits};
 

@@ -11,11 +11,12 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
+use burn::store::burn_pack::Tensor as PackTensor;
 use burn::store::{
-    BurnToPyTorchAdapter, FloatCastAdapter, KeyRemapper, ModuleAdapter, ModuleSnapshot,
-    PyTorchToBurnAdapter, SafetensorsStore,
+    BurnToPyTorchAdapter, FloatCastAdapter, KeyRemapper, ModuleAdapter, ModuleContext,
+    ModuleSnapshot, PyTorchToBurnAdapter, SafetensorsStore, bridge,
 };
-use burn::tensor::DType;
+use burn::tensor::{DType, Shape, TensorData};
 
 /// Tensors that checkpoints carry but models recompute (rotary tables, position ids).
 const BUFFERS: [&str; 3] = ["rotary_emb.inv_freq", "position_ids", "num_batches_tracked"];
@@ -163,7 +164,9 @@ pub fn load_weights<M: ModuleSnapshot>(
     let mut missing: Option<BTreeSet<String>> = None;
     let mut unused: BTreeSet<String> = BTreeSet::new();
     for file in &files {
-        let adapter = PyTorchToBurnAdapter.chain(FloatCastAdapter::to(DType::F32));
+        let adapter = PyTorchToBurnAdapter
+            .chain(FloatCastAdapter::to(DType::F32))
+            .chain(Scalars::Load);
         let mut store = SafetensorsStore::from_file(file)
             .with_from_adapter(adapter)
             .remap(remapper(key_map)?)
@@ -234,7 +237,7 @@ pub fn save_weights<M: ModuleSnapshot>(
     })?;
     let file = dir.join("model.safetensors");
     let mut store = SafetensorsStore::from_file(&file)
-        .with_to_adapter(BurnToPyTorchAdapter)
+        .with_to_adapter(BurnToPyTorchAdapter.chain(Scalars::Save))
         .remap(remapper(key_map)?)
         .metadata("format", "pt")
         .overwrite(true);
@@ -243,6 +246,38 @@ pub fn save_weights<M: ModuleSnapshot>(
         message: e.to_string(),
     })?;
     Ok(file)
+}
+
+/// Scalar parameters: HF checkpoints store them as rank-0 tensors (CLIP's `logit_scale`), Burn
+/// modules hold them as `[1]`. Loading reshapes `[]` → `[1]`; saving reshapes the parameters
+/// named in [`SCALARS`] back.
+#[derive(Clone, Copy, Debug)]
+enum Scalars {
+    Load,
+    Save,
+}
+
+/// Module parameters that are rank-0 tensors in HF checkpoints.
+const SCALARS: [&str; 1] = ["logit_scale"];
+
+impl ModuleAdapter for Scalars {
+    fn adapt(&self, tensor: PackTensor, _ctx: ModuleContext<'_>) -> PackTensor {
+        let shape = match self {
+            Self::Load if tensor.shape.rank() == 0 => Shape::new([1]),
+            Self::Save if SCALARS.iter().any(|s| tensor.name.ends_with(s)) => Shape::new([]),
+            _ => return tensor,
+        };
+        let (name, dtype) = (tensor.name.clone(), tensor.dtype);
+        let dims = shape.clone();
+        bridge::map_data(tensor, name, dtype, shape, move |data| {
+            let dtype = data.dtype();
+            TensorData::from_bytes(data.into_bytes(), dims.clone(), dtype)
+        })
+    }
+
+    fn clone_box(&self) -> Box<dyn ModuleAdapter> {
+        Box::new(*self)
+    }
 }
 
 /// `\.`-escape a literal key prefix for use in a key-map pattern.

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{Map, Value};
 
+use crate::clip::{ClipConfig, ClipTextConfig};
 use crate::llava::{FeatureSelect, LlavaConfig};
 use crate::llm::DecoderConfig;
 use crate::projector::ProjectorKind;
@@ -68,15 +69,62 @@ pub fn read_config(path: impl AsRef<Path>) -> Result<HfModelConfig, ConfigError>
     } else {
         path.to_path_buf()
     };
-    let text = std::fs::read_to_string(&file).map_err(|source| ConfigError::Io {
-        path: file.clone(),
+    parse_config(&read_json(&file)?)
+}
+
+/// Read `dir/config.json` (or a path to the file itself) as JSON.
+pub fn read_config_json(path: impl AsRef<Path>) -> Result<Value, ConfigError> {
+    let path = path.as_ref();
+    let file = if path.is_dir() {
+        path.join("config.json")
+    } else {
+        path.to_path_buf()
+    };
+    read_json(&file)
+}
+
+fn read_json(file: &Path) -> Result<Value, ConfigError> {
+    let text = std::fs::read_to_string(file).map_err(|source| ConfigError::Io {
+        path: file.to_path_buf(),
         source,
     })?;
-    let value: Value = serde_json::from_str(&text).map_err(|source| ConfigError::Json {
-        path: file.clone(),
+    serde_json::from_str(&text).map_err(|source| ConfigError::Json {
+        path: file.to_path_buf(),
         source,
-    })?;
-    parse_config(&value)
+    })
+}
+
+/// Build a CLIP config from a `CLIPConfig` JSON (`text_config`, `vision_config`,
+/// `projection_dim`; missing fields take `transformers`' defaults).
+pub fn clip_config(value: &Value) -> Result<ClipConfig, ConfigError> {
+    let root = Fields::root(value)?;
+    let vision = match root.nested("vision_config")? {
+        Some(v) => vision_fields(&v, (768, 3072, 12, 12, 224, 32))?,
+        None => return Err(root.invalid("vision_config", "a CLIPConfig needs one")),
+    };
+    let Some(t) = root.nested("text_config")? else {
+        return Err(root.invalid("text_config", "a CLIPConfig needs one"));
+    };
+    let act = t.str_or("hidden_act", "quick_gelu")?;
+    let hidden_act: VisionActivation = serde_json::from_value(Value::String(act.clone()))
+        .map_err(|_| t.invalid("hidden_act", format!("'{act}' is not supported")))?;
+    let text = ClipTextConfig::new(
+        t.usize_or("vocab_size", 49408)?,
+        t.usize_or("hidden_size", 512)?,
+        t.usize_or("intermediate_size", 2048)?,
+        t.usize_or("num_hidden_layers", 12)?,
+        t.usize_or("num_attention_heads", 8)?,
+        t.usize_or("max_position_embeddings", 77)?,
+    )
+    .with_layer_norm_eps(t.f64_or("layer_norm_eps", 1e-5)?)
+    .with_hidden_act(hidden_act);
+    if text.num_attention_heads == 0 || !text.hidden_size.is_multiple_of(text.num_attention_heads) {
+        return Err(t.invalid("num_attention_heads", "must divide hidden_size"));
+    }
+    Ok(
+        ClipConfig::new(vision, text, root.usize_or("projection_dim", 512)?)
+            .with_logit_scale_init_value(root.f64_or("logit_scale_init_value", 2.6592)?),
+    )
 }
 
 /// Parse a config by its `model_type`.

@@ -8,8 +8,8 @@ pub use checkpoint::{
     LoadError, LoadOptions, LoadReport, load_weights, save_weights, weight_files,
 };
 pub use config::{
-    ConfigError, HfModelConfig, decoder_config, llava_config, llava_to_hf, parse_config,
-    read_config, vision_config,
+    ConfigError, HfModelConfig, clip_config, decoder_config, llava_config, llava_to_hf,
+    parse_config, read_config, read_config_json, vision_config,
 };
 
 use std::path::Path;
@@ -17,6 +17,7 @@ use std::path::Path;
 use burn::store::ModuleSnapshot;
 use burn::tensor::Device;
 
+use crate::clip::{Clip, ClipConfig, vision_to_hf};
 use crate::llava::{Llava, LlavaConfig};
 use crate::llm::{DecoderConfig, DecoderLm};
 use crate::vit::{VisionConfig, VisionTransformer};
@@ -150,6 +151,60 @@ pub fn save_llava(model: &Llava, config: &LlavaConfig, dir: &Path) -> Result<(),
     save_weights(model, dir, &crate::llava::hf_save_map())?;
     let path = dir.join("config.json");
     let text = serde_json::to_string_pretty(&llava_to_hf(config)).expect("json");
+    std::fs::write(&path, text).map_err(|e| LoadError::File {
+        path,
+        message: e.to_string(),
+    })?;
+    Ok(())
+}
+
+/// Open a `CLIPModel` directory (both towers, projections, temperature) on `device`.
+pub fn load_clip(dir: &Path, device: &Device) -> Result<(Clip, ClipConfig, LoadReport), HfError> {
+    let value = read_config_json(dir)?;
+    let found = parse_config(&value)?;
+    if !matches!(found, HfModelConfig::Vision(_))
+        || value.get("text_config").is_none_or(|t| t.is_null())
+    {
+        return Err(HfError::Kind {
+            dir: dir.display().to_string(),
+            expected: "CLIP",
+            found: kind(&found),
+        });
+    }
+    let config = clip_config(&value)?;
+    let mut model = config.init(device);
+    let report = load_weights(
+        &mut model,
+        dir,
+        &crate::clip::hf_key_map(),
+        &LoadOptions::default(),
+    )?;
+    Ok((model, config, report))
+}
+
+/// Save a CLIP model as a transformers directory: `config.json` + `model.safetensors`.
+pub fn save_clip(model: &Clip, config: &ClipConfig, dir: &Path) -> Result<(), HfError> {
+    save_weights(model, dir, &crate::clip::hf_save_map())?;
+    write_json(dir, &config.to_hf())
+}
+
+/// Save a vision tower as a `CLIPVisionModel` directory (what `--vision` and LLaVA's
+/// `vision_tower` take).
+pub fn save_vision(
+    tower: &VisionTransformer,
+    config: &VisionConfig,
+    dir: &Path,
+) -> Result<(), HfError> {
+    save_weights(tower, dir, &crate::vit::hf_save_map("", true))?;
+    let act = serde_json::to_value(config.hidden_act).expect("json");
+    let mut value = vision_to_hf(config, act);
+    value["architectures"] = serde_json::json!(["CLIPVisionModel"]);
+    write_json(dir, &value)
+}
+
+fn write_json(dir: &Path, value: &serde_json::Value) -> Result<(), HfError> {
+    let path = dir.join("config.json");
+    let text = serde_json::to_string_pretty(value).expect("json");
     std::fs::write(&path, text).map_err(|e| LoadError::File {
         path,
         message: e.to_string(),
