@@ -63,13 +63,7 @@ pub enum HfModelConfig {
 
 /// Read and parse `dir/config.json` (or a path to the file itself).
 pub fn read_config(path: impl AsRef<Path>) -> Result<HfModelConfig, ConfigError> {
-    let path = path.as_ref();
-    let file = if path.is_dir() {
-        path.join("config.json")
-    } else {
-        path.to_path_buf()
-    };
-    parse_config(&read_json(&file)?)
+    parse_config(&read_config_json(path)?)
 }
 
 /// Read `dir/config.json` (or a path to the file itself) as JSON.
@@ -522,18 +516,10 @@ pub fn llava_to_hf(c: &LlavaConfig) -> Value {
             "hidden_act": "silu",
             "tie_word_embeddings": t.tie_word_embeddings,
         },
-        "vision_config": {
-            "model_type": "clip_vision_model",
-            "hidden_size": v.hidden_size,
-            "intermediate_size": v.intermediate_size,
-            "num_hidden_layers": v.num_hidden_layers,
-            "num_attention_heads": v.num_attention_heads,
-            "image_size": v.image_size,
-            "patch_size": v.patch_size,
-            "num_channels": v.num_channels,
-            "layer_norm_eps": v.layer_norm_eps,
-            "hidden_act": serde_json::to_value(v.hidden_act).unwrap_or(Value::Null),
-        },
+        "vision_config": crate::clip::vision_to_hf(
+            v,
+            serde_json::to_value(v.hidden_act).unwrap_or(Value::Null),
+        ),
     })
 }
 
