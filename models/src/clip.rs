@@ -47,18 +47,15 @@ impl ClipTextConfig {
         ClipTextTransformer {
             token_embedding: EmbeddingConfig::new(self.vocab_size, d).init(device),
             position_embedding: EmbeddingConfig::new(self.max_position_embeddings, d).init(device),
-            layers: (0..self.num_hidden_layers)
-                .map(|_| {
-                    EncoderLayer::init(
-                        d,
-                        self.num_attention_heads,
-                        self.intermediate_size,
-                        self.layer_norm_eps,
-                        self.hidden_act,
-                        device,
-                    )
-                })
-                .collect(),
+            layers: EncoderLayer::stack(
+                self.num_hidden_layers,
+                d,
+                self.num_attention_heads,
+                self.intermediate_size,
+                self.layer_norm_eps,
+                self.hidden_act,
+                device,
+            ),
             final_layer_norm: LayerNormConfig::new(d)
                 .with_epsilon(self.layer_norm_eps)
                 .init(device),

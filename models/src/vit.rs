@@ -87,18 +87,15 @@ impl VisionConfig {
             self.num_attention_heads
         );
         let d = self.hidden_size;
-        let layers = (0..self.num_hidden_layers)
-            .map(|_| {
-                EncoderLayer::init(
-                    d,
-                    self.num_attention_heads,
-                    self.intermediate_size,
-                    self.layer_norm_eps,
-                    self.hidden_act,
-                    device,
-                )
-            })
-            .collect();
+        let layers = EncoderLayer::stack(
+            self.num_hidden_layers,
+            d,
+            self.num_attention_heads,
+            self.intermediate_size,
+            self.layer_norm_eps,
+            self.hidden_act,
+            device,
+        );
         VisionTransformer {
             patch_embedding: Conv2dConfig::new(
                 [self.num_channels, d],
@@ -144,7 +141,7 @@ pub struct EncoderLayer {
 
 impl EncoderLayer {
     /// A layer of width `d` (CLIP's vision and text encoders share this layer).
-    pub(crate) fn init(
+    fn init(
         d: usize,
         heads: usize,
         intermediate: usize,
@@ -163,6 +160,21 @@ impl EncoderLayer {
             fc2: LinearConfig::new(intermediate, d).init(device),
             act,
         }
+    }
+
+    /// `n` fresh layers of width `d`.
+    pub(crate) fn stack(
+        n: usize,
+        d: usize,
+        heads: usize,
+        intermediate: usize,
+        eps: f64,
+        act: VisionActivation,
+        device: &Device,
+    ) -> Vec<Self> {
+        (0..n)
+            .map(|_| Self::init(d, heads, intermediate, eps, act, device))
+            .collect()
     }
 
     fn forward(&self, x: Tensor<3>) -> Tensor<3> {

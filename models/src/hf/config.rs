@@ -9,7 +9,6 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{Map, Value};
 
-use crate::clip::{ClipConfig, ClipTextConfig};
 use crate::llava::{FeatureSelect, LlavaConfig};
 use crate::llm::DecoderConfig;
 use crate::projector::ProjectorKind;
@@ -88,39 +87,6 @@ fn read_json(file: &Path) -> Result<Value, ConfigError> {
     })
 }
 
-/// Build a CLIP config from a `CLIPConfig` JSON (`text_config`, `vision_config`,
-/// `projection_dim`; missing fields take `transformers`' defaults).
-pub fn clip_config(value: &Value) -> Result<ClipConfig, ConfigError> {
-    let root = Fields::root(value)?;
-    let vision = match root.nested("vision_config")? {
-        Some(v) => vision_fields(&v, (768, 3072, 12, 12, 224, 32))?,
-        None => return Err(root.invalid("vision_config", "a CLIPConfig needs one")),
-    };
-    let Some(t) = root.nested("text_config")? else {
-        return Err(root.invalid("text_config", "a CLIPConfig needs one"));
-    };
-    let act = t.str_or("hidden_act", "quick_gelu")?;
-    let hidden_act: VisionActivation = serde_json::from_value(Value::String(act.clone()))
-        .map_err(|_| t.invalid("hidden_act", format!("'{act}' is not supported")))?;
-    let text = ClipTextConfig::new(
-        t.usize_or("vocab_size", 49408)?,
-        t.usize_or("hidden_size", 512)?,
-        t.usize_or("intermediate_size", 2048)?,
-        t.usize_or("num_hidden_layers", 12)?,
-        t.usize_or("num_attention_heads", 8)?,
-        t.usize_or("max_position_embeddings", 77)?,
-    )
-    .with_layer_norm_eps(t.f64_or("layer_norm_eps", 1e-5)?)
-    .with_hidden_act(hidden_act);
-    if text.num_attention_heads == 0 || !text.hidden_size.is_multiple_of(text.num_attention_heads) {
-        return Err(t.invalid("num_attention_heads", "must divide hidden_size"));
-    }
-    Ok(
-        ClipConfig::new(vision, text, root.usize_or("projection_dim", 512)?)
-            .with_logit_scale_init_value(root.f64_or("logit_scale_init_value", 2.6592)?),
-    )
-}
-
 /// Parse a config by its `model_type`.
 pub fn parse_config(value: &Value) -> Result<HfModelConfig, ConfigError> {
     let obj = Fields::root(value)?;
@@ -133,17 +99,17 @@ pub fn parse_config(value: &Value) -> Result<HfModelConfig, ConfigError> {
 }
 
 /// A JSON object with typed, path-naming accessors.
-struct Fields<'a> {
+pub(super) struct Fields<'a> {
     map: &'a Map<String, Value>,
     prefix: String,
 }
 
 impl<'a> Fields<'a> {
-    fn root(value: &'a Value) -> Result<Self, ConfigError> {
+    pub(super) fn root(value: &'a Value) -> Result<Self, ConfigError> {
         Self::new(value, String::new())
     }
 
-    fn new(value: &'a Value, prefix: String) -> Result<Self, ConfigError> {
+    pub(super) fn new(value: &'a Value, prefix: String) -> Result<Self, ConfigError> {
         value
             .as_object()
             .map(|map| Self {
@@ -160,7 +126,7 @@ impl<'a> Fields<'a> {
             })
     }
 
-    fn path(&self, key: &str) -> String {
+    pub(super) fn path(&self, key: &str) -> String {
         if self.prefix.is_empty() {
             key.to_string()
         } else {
@@ -168,7 +134,7 @@ impl<'a> Fields<'a> {
         }
     }
 
-    fn invalid(&self, key: &str, message: impl Into<String>) -> ConfigError {
+    pub(super) fn invalid(&self, key: &str, message: impl Into<String>) -> ConfigError {
         ConfigError::Invalid {
             field: self.path(key),
             message: message.into(),
@@ -176,17 +142,17 @@ impl<'a> Fields<'a> {
     }
 
     /// A present, non-null field.
-    fn get(&self, key: &str) -> Option<&'a Value> {
+    pub(super) fn get(&self, key: &str) -> Option<&'a Value> {
         self.map.get(key).filter(|v| !v.is_null())
     }
 
-    fn nested(&self, key: &str) -> Result<Option<Fields<'a>>, ConfigError> {
+    pub(super) fn nested(&self, key: &str) -> Result<Option<Fields<'a>>, ConfigError> {
         self.get(key)
             .map(|v| Fields::new(v, self.path(key)))
             .transpose()
     }
 
-    fn usize_or(&self, key: &str, default: usize) -> Result<usize, ConfigError> {
+    pub(super) fn usize_or(&self, key: &str, default: usize) -> Result<usize, ConfigError> {
         match self.get(key) {
             None => Ok(default),
             Some(v) => v.as_u64().map(|n| n as usize).ok_or_else(|| {
@@ -195,11 +161,11 @@ impl<'a> Fields<'a> {
         }
     }
 
-    fn opt_usize(&self, key: &str) -> Result<Option<usize>, ConfigError> {
+    pub(super) fn opt_usize(&self, key: &str) -> Result<Option<usize>, ConfigError> {
         self.get(key).map(|_| self.usize_or(key, 0)).transpose()
     }
 
-    fn f64_or(&self, key: &str, default: f64) -> Result<f64, ConfigError> {
+    pub(super) fn f64_or(&self, key: &str, default: f64) -> Result<f64, ConfigError> {
         match self.get(key) {
             None => Ok(default),
             Some(v) => v
@@ -208,7 +174,7 @@ impl<'a> Fields<'a> {
         }
     }
 
-    fn bool_or(&self, key: &str, default: bool) -> Result<bool, ConfigError> {
+    pub(super) fn bool_or(&self, key: &str, default: bool) -> Result<bool, ConfigError> {
         match self.get(key) {
             None => Ok(default),
             Some(v) => v
@@ -217,7 +183,7 @@ impl<'a> Fields<'a> {
         }
     }
 
-    fn str_or(&self, key: &str, default: &str) -> Result<String, ConfigError> {
+    pub(super) fn str_or(&self, key: &str, default: &str) -> Result<String, ConfigError> {
         match self.get(key) {
             None => Ok(default.to_string()),
             Some(v) => v
@@ -227,7 +193,7 @@ impl<'a> Fields<'a> {
         }
     }
 
-    fn model_type(&self) -> Result<String, ConfigError> {
+    pub(super) fn model_type(&self) -> Result<String, ConfigError> {
         match self.get("model_type") {
             Some(_) => self.str_or("model_type", ""),
             None => Err(self.invalid("model_type", "missing: cannot tell which model this is")),
@@ -351,7 +317,7 @@ pub fn vision_config(value: &Value) -> Result<VisionConfig, ConfigError> {
     vision_fields(&f, (768, 3072, 12, 12, 224, 32))
 }
 
-fn vision_fields(
+pub(super) fn vision_fields(
     f: &Fields<'_>,
     defaults: (usize, usize, usize, usize, usize, usize),
 ) -> Result<VisionConfig, ConfigError> {

@@ -2,14 +2,16 @@
 //! modules and back ([`checkpoint`]).
 
 pub mod checkpoint;
+pub mod clip_config;
 pub mod config;
 
 pub use checkpoint::{
     LoadError, LoadOptions, LoadReport, load_weights, save_weights, weight_files,
 };
+pub use clip_config::clip_config;
 pub use config::{
-    ConfigError, HfModelConfig, clip_config, decoder_config, llava_config, llava_to_hf,
-    parse_config, read_config, read_config_json, vision_config,
+    ConfigError, HfModelConfig, decoder_config, llava_config, llava_to_hf, parse_config,
+    read_config, read_config_json, vision_config,
 };
 
 use std::path::Path;
