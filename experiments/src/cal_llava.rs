@@ -134,6 +134,10 @@ pub struct CalLlavaConfig {
     /// trained from scratch has no retrieval circuits ("what color is *the square*?" needs
     /// attention by content), and stage 1's long high-learning-rate phase is where they form.
     pub pretrain_qa: bool,
+    /// Start the image tower from this `CLIPVisionModel` directory (e.g. `clip_pretrain`'s
+    /// `vision/`) instead of random weights.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vision_init: Option<PathBuf>,
     /// Label-noise levels (share of training records whose answers are swapped between images).
     pub noise: Vec<f64>,
     /// Evaluation.
@@ -167,6 +171,7 @@ impl Default for CalLlavaConfig {
             cal_stages: vec![StageKind::Finetune],
             finetune_vision: false,
             pretrain_qa: true,
+            vision_init: None,
             noise: vec![0.0],
             eval: EvalSection::default(),
             seeds: 1,
@@ -281,7 +286,7 @@ impl RunOptions {
         } else {
             &[]
         };
-        let (model, report) = fit(
+        let (trained, report) = fit(
             Trainee::new(model, objective),
             train,
             valid,
@@ -305,7 +310,7 @@ impl RunOptions {
         for w in &report.warnings {
             eprintln!("{name}: {w}");
         }
-        Ok((model, report))
+        Ok((trained.model, report))
     }
 }
 

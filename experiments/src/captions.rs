@@ -78,6 +78,33 @@ pub fn parse_caption(text: &str) -> Caption {
     }
 }
 
+/// The caption a parsed [`Caption`] came from, in the world's grammar (the inverse of
+/// [`parse_caption`] on world captions); `None` when a part is missing.
+pub fn render_caption(c: &Caption) -> Option<String> {
+    let count = c.count.as_deref()?;
+    let mut phrases = Vec::with_capacity(c.objects.len());
+    for o in &c.objects {
+        phrases.push(format!(
+            "a {} {} {} at the {}",
+            o.size.as_deref()?,
+            o.color.as_deref()?,
+            o.shape.as_deref()?,
+            o.position.as_deref()?
+        ));
+    }
+    let list = match phrases.split_last() {
+        None => String::new(),
+        Some((last, [])) => last.clone(),
+        Some((last, rest)) => format!("{} and {last}", rest.join(", ")),
+    };
+    let mut head = count.to_string();
+    if let Some(first) = head.get(..1) {
+        head = first.to_uppercase() + &head[1..];
+    }
+    let noun = if count == "one" { "object" } else { "objects" };
+    Some(format!("{head} {noun}: {list}."))
+}
+
 /// `a small red circle at the top left`.
 fn parse_object(phrase: &str) -> Described {
     let phrase = phrase
@@ -256,6 +283,19 @@ mod tests {
         assert_eq!(three.objects.len(), 3);
         assert_eq!(three.objects[2].color.as_deref(), Some("green"));
         assert_eq!(three.objects[2].position.as_deref(), Some("bottom right"));
+    }
+
+    #[test]
+    fn renders_what_it_parses() {
+        let three = "Three objects: a small red circle at the top, a large blue star at the left \
+                     and a small green diamond at the bottom right.";
+        let one = "One object: a large yellow star at the center.";
+        for text in [REF, three, one] {
+            assert_eq!(render_caption(&parse_caption(text)).as_deref(), Some(text));
+        }
+        let mut c = parse_caption(REF);
+        c.objects[1].color = None;
+        assert_eq!(render_caption(&c), None);
     }
 
     #[test]

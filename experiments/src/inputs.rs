@@ -2,13 +2,15 @@
 //! fresh model, or the user's records, model and tokenizer (`--data`, `--model` / `--vision` +
 //! `--llm`), with the encoders, image preprocessing and batcher that go with them.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+
+use burn::tensor::Device;
 
 use vlalign_data::world::WorldConfig;
 use vlalign_data::{ImageProcessor, Template, TextTokenizer, VlmBatcher};
-use vlalign_models::Llava;
+use vlalign_models::{Llava, VisionConfig, VisionTransformer};
 
-use crate::cal_llava::{CalLlavaConfig, RunOptions, StageKind};
+use crate::cal_llava::{CalLlavaConfig, RunOptions, StageKind, WorldSection};
 use crate::setup::Encoders;
 
 /// Real data instead of the world (`--data`): one stage (`--stage`) trained with MLE and with
@@ -51,10 +53,10 @@ pub struct Inputs {
     pub init: Llava,
 }
 
-/// The world (generated when absent), its tokenizer and encoders, and a fresh model.
-pub fn world_inputs(config: &CalLlavaConfig, opts: &RunOptions) -> Result<Inputs, String> {
+/// The world of `world` (generated when its folder has none, checked against the configuration
+/// when it has one) and its tokenizer.
+pub fn ensure_world(world: &WorldSection, verbose: bool) -> Result<TextTokenizer, String> {
     let err = |e: &dyn std::fmt::Display| e.to_string();
-    let world = &config.world;
     if !world.dir.join("world.json").is_file() || !world.dir.join("tokenizer.json").is_file() {
         eprintln!(
             "generating the world ({} scenes) in {}",
@@ -64,12 +66,18 @@ pub fn world_inputs(config: &CalLlavaConfig, opts: &RunOptions) -> Result<Inputs
         let mut wc = WorldConfig::new(world.images, world.seed);
         wc.sampler.prior = world.prior;
         wc.qa_turns = world.qa_turns;
-        crate::world::make_world(&wc, &world.dir, world.vocab, opts.verbose)
-            .map_err(|e| err(&e))?;
+        crate::world::make_world(&wc, &world.dir, world.vocab, verbose).map_err(|e| err(&e))?;
     }
     check_world(&world.dir, world)?;
-    let tokenizer =
-        TextTokenizer::from_file(&world.dir.join("tokenizer.json")).map_err(|e| err(&e))?;
+    TextTokenizer::from_file(&world.dir.join("tokenizer.json")).map_err(|e| err(&e))
+}
+
+/// The world (generated when absent), its tokenizer and encoders, and a fresh model (its image
+/// tower loaded from `config.vision_init` when set).
+pub fn world_inputs(config: &CalLlavaConfig, opts: &RunOptions) -> Result<Inputs, String> {
+    let err = |e: &dyn std::fmt::Display| e.to_string();
+    let world = &config.world;
+    let tokenizer = ensure_world(world, opts.verbose)?;
     let size = &config.model;
     let image_tokens = (size.image_size / size.patch_size).pow(2);
     let mut enc = Encoders::new(&tokenizer, Template::VicunaV1, image_tokens, config.max_len)
@@ -79,7 +87,10 @@ pub fn world_inputs(config: &CalLlavaConfig, opts: &RunOptions) -> Result<Inputs
     opts.device.seed(config.seed);
     // Parameters initialise lazily (at first use, in forward order, on this thread): the same
     // seed gives the same weights in every run of this program.
-    let init = llava.init(&opts.device.clone().autodiff());
+    let mut init = llava.init(&opts.device.clone().autodiff());
+    if let Some(dir) = &config.vision_init {
+        init.vision_tower = pretrained_tower(dir, &llava.vision, &opts.device)?;
+    }
     let pad = tokenizer.token_id("<pad>").unwrap_or(0);
     Ok(Inputs {
         batcher: VlmBatcher::new(pad, size.image_size),
@@ -91,9 +102,41 @@ pub fn world_inputs(config: &CalLlavaConfig, opts: &RunOptions) -> Result<Inputs
     })
 }
 
+/// A pretrained image tower (a `CLIPVisionModel` directory, e.g. `clip_pretrain`'s `vision/`)
+/// for a LLaVA whose tower is `want`; its shape must match.
+fn pretrained_tower(
+    dir: &Path,
+    want: &VisionConfig,
+    device: &Device,
+) -> Result<VisionTransformer, String> {
+    let (tower, got, _) = vlalign_models::hf::load_vision(dir, &device.clone().autodiff())
+        .map_err(|e| format!("--vision-init: {e}"))?;
+    let shape = |c: &VisionConfig| {
+        (
+            c.image_size,
+            c.patch_size,
+            c.hidden_size,
+            c.num_hidden_layers,
+            c.num_attention_heads,
+            c.intermediate_size,
+        )
+    };
+    if shape(&got) != shape(want) {
+        return Err(format!(
+            "--vision-init {}: the tower has (image, patch, width, layers, heads, mlp) = {:?}, \
+             the model configuration asks for {:?} (train it with the same [model] sizes)",
+            dir.display(),
+            shape(&got),
+            shape(want)
+        ));
+    }
+    eprintln!("image tower from {}", dir.display());
+    Ok(tower)
+}
+
 /// An existing world folder must have been made with the configured scenes, seed and prior:
 /// otherwise a run with `[world] seed = 1` would silently train on the seed-0 world.
-fn check_world(dir: &std::path::Path, want: &crate::cal_llava::WorldSection) -> Result<(), String> {
+fn check_world(dir: &Path, want: &WorldSection) -> Result<(), String> {
     let path = dir.join("world.json");
     let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
     let summary: vlalign_data::world::WorldSummary =

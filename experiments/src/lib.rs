@@ -7,6 +7,7 @@ pub mod cal_eval;
 pub mod cal_llava;
 pub mod cal_report;
 pub mod captions;
+pub mod clip_pretrain;
 pub mod device;
 pub mod hallucination;
 pub mod inputs;

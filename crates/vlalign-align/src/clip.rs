@@ -7,6 +7,65 @@
 
 use burn::tensor::activation::log_softmax;
 use burn::tensor::{Int, Tensor};
+use vlalign_data::PairBatch;
+use vlalign_models::Clip;
+
+use crate::ObjectiveOutput;
+
+/// What the contrastive objective needs from a model: the scaled similarities of a batch of
+/// images against a batch of captions, and the scale.
+pub trait DualEncoder: Send + Sync {
+    /// `logits_per_image` `[images, captions]`: `scale · cos(image_i, caption_j)`.
+    fn logits_per_image(
+        &self,
+        images: Tensor<4>,
+        input_ids: Tensor<2, Int>,
+        lengths: &[usize],
+    ) -> Tensor<2>;
+
+    /// The multiplier of the cosines (`exp(t)`, clipped), `[1]`.
+    fn logit_scale(&self) -> Tensor<1>;
+}
+
+impl DualEncoder for Clip {
+    fn logits_per_image(
+        &self,
+        images: Tensor<4>,
+        input_ids: Tensor<2, Int>,
+        lengths: &[usize],
+    ) -> Tensor<2> {
+        self.forward(images, input_ids, lengths)
+    }
+
+    fn logit_scale(&self) -> Tensor<1> {
+        self.scale()
+    }
+}
+
+/// CLIP's objective on a batch of pairs: symmetric InfoNCE, with the retrieval accuracy of the
+/// batch each way and the current logit scale as diagnostics.
+pub fn contrastive_loss<M: DualEncoder>(model: &M, batch: &PairBatch) -> ObjectiveOutput {
+    let logits = model.logits_per_image(
+        batch.images.clone(),
+        batch.input_ids.clone(),
+        &batch.lengths,
+    );
+    let scale = model
+        .logit_scale()
+        .detach()
+        .try_into_scalar::<f64>()
+        .expect("the scale is readable");
+    let out = info_nce(logits);
+    ObjectiveOutput {
+        loss: out.loss,
+        diagnostics: vec![
+            ("i2t_accuracy", out.i2t_accuracy),
+            ("t2i_accuracy", out.t2i_accuracy),
+            ("logit_scale", scale),
+        ],
+        weights: None,
+    }
+}
 
 /// The loss and what to log about a batch.
 #[derive(Clone, Debug)]

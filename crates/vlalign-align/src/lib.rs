@@ -14,7 +14,7 @@ pub mod token;
 pub mod vig;
 
 pub use cal::{CalConfig, CalObjective, Contrast, Pooling};
-pub use clip::{InfoNceOutput, info_nce};
+pub use clip::{DualEncoder, InfoNceOutput, contrastive_loss, info_nce};
 pub use mle::MleObjective;
 pub use model::{AlignModel, TextOnlyLogits};
 

@@ -4,6 +4,7 @@
 
 pub mod augment;
 pub mod batch;
+pub mod contrastive;
 pub mod dataset;
 pub mod error;
 pub mod image;
@@ -14,6 +15,7 @@ pub mod truth;
 pub mod world;
 
 pub use batch::{Padding, VlmBatch, VlmBatcher};
+pub use contrastive::{Pair, PairBatch, PairBatcher, PairDataset, PairItem};
 pub use dataset::{
     BadRecordPolicy, ImageCheck, Item, LoadReport, Sample, VlmDataset, load_dataset,
 };

@@ -1,5 +1,5 @@
-//! Training on burn-train: a model and an objective become a [`Trainee`] whose train and
-//! inference steps burn-train's `SupervisedTraining` runs, through our [`StepStrategy`] (step-level
+//! Training on burn-train: anything [`Trainable`] (a model with its objective, e.g. the LLaVA
+//! [`Trainee`]) is run by burn-train's `SupervisedTraining` through our [`StepStrategy`] (step-level
 //! checkpoints, exact resume, gradient accumulation, a stop on a non-finite loss). AdamW with
 //! warmup + cosine, gradient clipping and per-module learning-rate multipliers come from
 //! [`OptimConfig`]; freezing is `Module::no_grad` on the part to freeze, before [`fit`].
@@ -9,6 +9,7 @@
 //! burn-train's own logs.
 
 pub mod checkpoint;
+pub mod clip;
 pub mod metrics;
 pub mod optim;
 pub mod render;
@@ -20,19 +21,19 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use burn::data::dataloader::DataLoaderBuilder;
+use burn::data::dataloader::batcher::Batcher;
 use burn::data::dataset::Dataset;
 use burn::tensor::Device;
 use burn::train::metric::{IterationSpeedMetric, LearningRateMetric, LossMetric};
 use burn::train::renderer::MetricsRenderer;
-use burn::train::{Learner, SupervisedTraining, TrainingStrategy};
+use burn::train::{Learner, SupervisedTraining, TrainStep, TrainingStrategy};
 use serde::{Deserialize, Serialize};
-use vlalign_data::{Item, VlmBatcher};
-use vlalign_models::Llava;
 
 pub use checkpoint::{Manifest, latest_valid};
+pub use clip::ClipTrainee;
 pub use metrics::DiagnosticMetric;
 pub use optim::OptimConfig;
-pub use step::{StepOutput, Trainee};
+pub use step::{StepOutput, Trainable, Trainee};
 pub use strategy::{RunLog, StepPlan, StepStrategy};
 pub use stream::StepStream;
 
@@ -212,18 +213,25 @@ pub fn default_renderer(every: usize) -> Option<Box<dyn MetricsRenderer>> {
     }
 }
 
-/// Train `trainee` on `train` as `config` says; returns the trained model (still on
-/// `device.autodiff()`: call `valid()` to evaluate, keep it to train further) and what happened.
-/// The model must already live on `device.autodiff()`.
-pub fn fit(
-    mut trainee: Trainee,
-    train: Arc<dyn Dataset<Item>>,
-    valid: Arc<dyn Dataset<Item>>,
-    batcher: VlmBatcher,
+/// Train `trainee` on `train` as `config` says; returns the trained trainee (still on
+/// `device.autodiff()`: call `valid()` on its model to evaluate, keep it to train further) and
+/// what happened. The model must already live on `device.autodiff()`. `batcher` turns the
+/// dataset's items into the trainee's batch type.
+pub fn fit<T, I, Bt>(
+    mut trainee: T,
+    train: Arc<dyn Dataset<I>>,
+    valid: Arc<dyn Dataset<I>>,
+    batcher: Bt,
     device: &Device,
     config: &TrainConfig,
     stage: Stage<'_>,
-) -> Result<(Llava, TrainReport), TrainError> {
+) -> Result<(T, TrainReport), TrainError>
+where
+    T: Trainable,
+    <T as TrainStep>::Input: Clone + std::fmt::Debug + Send + 'static,
+    I: Clone + std::fmt::Debug + Send + Sync + 'static,
+    Bt: Batcher<I, <T as TrainStep>::Input> + Clone + 'static,
+{
     if config.steps == 0 || config.batch_size == 0 || config.accumulation == 0 {
         return Err(TrainError::Config(
             "steps, batch_size and accumulation must be at least 1".into(),
@@ -254,7 +262,6 @@ pub fn fit(
             )));
         }
         // The stage finished before: its final checkpoint is the result.
-        use burn::module::Module;
         use burn::train::checkpoint::Checkpointer;
         let record = checkpoint::AtomicFileCheckpointer::new(&checkpoint_dir, "model")
             .restore(m.step)
@@ -263,10 +270,10 @@ pub fn fit(
         report.steps = read_csv(&stage.dir.join("metrics.csv"))?;
         report.valid_loss = read_result(stage.dir).and_then(|r| r.valid_loss);
         report.last_checkpoint = Some(m.step);
-        return Ok((trainee.model, report));
+        return Ok((trainee, report));
     }
 
-    trainee.loss_scale = 1.0 / config.accumulation as f32;
+    trainee.set_loss_scale(1.0 / config.accumulation as f32);
     let (optim, scheduler) = config.optim.init(config.steps)?;
     let items = config.steps * config.batch_size * config.accumulation;
     let stream = StepStream::new(train, items, config.seed, true);
@@ -332,8 +339,8 @@ pub fn fit(
     .expect("serializes");
     std::fs::write(&result_path, result_json).map_err(|e| TrainError::io(&result_path, e))?;
     report.last_checkpoint = log.last_checkpoint;
-    let model = log.model.map_or(result.model.model, |t| t.model);
-    Ok((model, report))
+    let trained = log.model.unwrap_or(result.model);
+    Ok((trained, report))
 }
 
 /// What a finished stage leaves in `result.json`.

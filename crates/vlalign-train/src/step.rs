@@ -1,6 +1,9 @@
-//! The model as burn-train sees it: a [`Trainee`] pairs a model with an objective, and its
-//! train/inference steps produce a [`StepOutput`] that burn-train's loss, learning-rate and
-//! speed metrics (and our own diagnostics metrics) read.
+//! The model as burn-train sees it. [`fit`](crate::fit) trains anything [`Trainable`]: a module
+//! whose train and inference steps take its own batch type and produce a [`StepOutput`] that
+//! burn-train's loss, learning-rate and speed metrics (and our own diagnostics metrics) read.
+//! [`Trainee`] is the LLaVA one: a model paired with an objective of `vlalign-align`; another
+//! model family (a CLIP pair, a multi-image model) or another batch type (preference pairs)
+//! brings its own module implementing the trait, with its objective held the same way.
 
 use std::fmt;
 use std::sync::Arc;
@@ -8,10 +11,32 @@ use std::sync::Arc;
 use burn::module::Module;
 use burn::tensor::Tensor;
 use burn::train::metric::{Adaptor, LossInput};
-use burn::train::{InferenceStep, ItemLazy, TrainOutput, TrainStep};
-use vlalign_align::Objective;
+use burn::train::{InferenceStep, ItemLazy, LearnerModel, TrainOutput, TrainStep};
+use vlalign_align::{Objective, ObjectiveOutput};
 use vlalign_data::VlmBatch;
 use vlalign_models::Llava;
+
+/// What [`fit`](crate::fit) trains: a module whose train step (backward included) and inference
+/// step take the same batch type and report a [`StepOutput`].
+///
+/// Burn's `#[module(skip)]` cannot hold a field whose type names a module generic, so the trait
+/// is implemented per model family by a concrete module that holds its objective (as
+/// [`Trainee`] does), rather than by one `Trainee<M, B>`.
+pub trait Trainable:
+    LearnerModel
+    + TrainStep<Output = StepOutput>
+    + InferenceStep<Input = <Self as TrainStep>::Input, Output = StepOutput>
+{
+    /// Multiply the loss by `scale` before the backward pass (`1 / accumulation`, so that
+    /// accumulated gradients are a mean).
+    fn set_loss_scale(&mut self, scale: f32);
+}
+
+impl Trainable for Trainee {
+    fn set_loss_scale(&mut self, scale: f32) {
+        self.loss_scale = scale;
+    }
+}
 
 /// A shared objective (not a module: it holds no parameters).
 #[derive(Clone)]
@@ -24,8 +49,7 @@ impl fmt::Debug for ObjectiveRef {
 }
 
 /// A model under training with its objective. The objective sees the model only through
-/// [`vlalign_align::AlignModel`]; the trainer is written for the LLaVA composition, the model
-/// every experiment trains (the type is the one place to widen when another model trains).
+/// [`vlalign_align::AlignModel`].
 #[derive(Module, Debug)]
 pub struct Trainee {
     /// The model.
@@ -54,19 +78,7 @@ impl Trainee {
     }
 
     fn run(&self, batch: &VlmBatch) -> (Tensor<1>, StepOutput) {
-        let out = self.objective.0.loss(&self.model, batch);
-        let value = out
-            .loss
-            .clone()
-            .try_into_scalar::<f64>()
-            .expect("the loss is readable");
-        let item = StepOutput {
-            loss: out.loss.clone().detach(),
-            loss_value: value,
-            diagnostics: out.diagnostics,
-            ids: batch.ids.clone(),
-        };
-        (out.loss, item)
+        StepOutput::of(self.objective.0.loss(&self.model, batch), &batch.ids)
     }
 }
 
@@ -84,6 +96,23 @@ pub struct StepOutput {
 }
 
 impl StepOutput {
+    /// The report of an objective's output on the batch `ids`, with the loss (graph kept) to
+    /// backpropagate.
+    pub fn of(out: ObjectiveOutput, ids: &[String]) -> (Tensor<1>, StepOutput) {
+        let value = out
+            .loss
+            .clone()
+            .try_into_scalar::<f64>()
+            .expect("the loss is readable");
+        let item = StepOutput {
+            loss: out.loss.clone().detach(),
+            loss_value: value,
+            diagnostics: out.diagnostics,
+            ids: ids.to_vec(),
+        };
+        (out.loss, item)
+    }
+
     /// A diagnostic by name.
     pub fn diagnostic(&self, name: &str) -> Option<f64> {
         self.diagnostics
@@ -108,18 +137,22 @@ impl Adaptor<LossInput> for StepOutput {
     }
 }
 
+/// Gradients of `loss · scale`.
+pub fn backward(loss: Tensor<1>, scale: f32) -> burn::tensor::Gradients {
+    if scale == 1.0 {
+        loss.backward()
+    } else {
+        (loss * scale).backward()
+    }
+}
+
 impl TrainStep for Trainee {
     type Input = VlmBatch;
     type Output = StepOutput;
 
     fn step(&self, batch: VlmBatch) -> TrainOutput<StepOutput> {
         let (loss, item) = self.run(&batch);
-        let grads = if self.loss_scale == 1.0 {
-            loss.backward()
-        } else {
-            (loss * self.loss_scale).backward()
-        };
-        TrainOutput::new(self, grads, item)
+        TrainOutput::new(self, backward(loss, self.loss_scale), item)
     }
 }
 

@@ -11,7 +11,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use burn::data::dataloader::Progress;
-use burn::module::Module;
 use burn::optim::GradientsAccumulator;
 use burn::tensor::Device;
 use burn::train::{
@@ -20,7 +19,7 @@ use burn::train::{
 };
 
 use crate::checkpoint::{Manifest, prune};
-use crate::step::Trainee;
+use crate::step::Trainable;
 use crate::{StepRecord, TrainError};
 
 /// What the strategy needs to know beyond burn-train's components.
@@ -47,8 +46,7 @@ pub struct StepPlan {
 }
 
 /// What the loop leaves for the caller.
-#[derive(Default)]
-pub struct RunLog {
+pub struct RunLog<T> {
     /// One record per optimizer step run in this process.
     pub steps: Vec<StepRecord>,
     /// Mean validation loss at the end.
@@ -58,19 +56,31 @@ pub struct RunLog {
     /// The last committed checkpoint step.
     pub last_checkpoint: Option<usize>,
     /// The trained model, still on the autodiff device (to train further).
-    pub model: Option<Trainee>,
+    pub model: Option<T>,
+}
+
+impl<T> Default for RunLog<T> {
+    fn default() -> Self {
+        Self {
+            steps: Vec::new(),
+            valid_loss: None,
+            failure: None,
+            last_checkpoint: None,
+            model: None,
+        }
+    }
 }
 
 /// The strategy (see the module docs).
-pub struct StepStrategy {
+pub struct StepStrategy<T> {
     device: Device,
     plan: StepPlan,
-    log: Arc<Mutex<RunLog>>,
+    log: Arc<Mutex<RunLog<T>>>,
 }
 
-impl StepStrategy {
+impl<T> StepStrategy<T> {
     /// A strategy on `device` following `plan`, reporting into `log`.
-    pub fn new(device: Device, plan: StepPlan, log: Arc<Mutex<RunLog>>) -> Self {
+    pub fn new(device: Device, plan: StepPlan, log: Arc<Mutex<RunLog<T>>>) -> Self {
         Self { device, plan, log }
     }
 }
@@ -139,17 +149,17 @@ impl Csv {
     }
 }
 
-type Processor = SupervisedTrainingEventProcessor<Trainee>;
+type Processor<T> = SupervisedTrainingEventProcessor<T>;
 
-impl SupervisedLearningStrategy<Trainee> for StepStrategy {
+impl<T: Trainable> SupervisedLearningStrategy<T> for StepStrategy<T> {
     fn fit(
         &self,
-        components: TrainingComponents<Trainee>,
-        mut learner: Learner<Trainee>,
-        train: TrainLoader<Trainee>,
-        valid: ValidLoader<Trainee>,
+        components: TrainingComponents<T>,
+        mut learner: Learner<T>,
+        train: TrainLoader<T>,
+        valid: ValidLoader<T>,
         _starting_epoch: usize,
-    ) -> (Trainee, Processor) {
+    ) -> (T, Processor<T>) {
         let plan = &self.plan;
         let mut processor = components.event_processor;
         let mut checkpointer = components.checkpointer;
@@ -195,8 +205,8 @@ impl SupervisedLearningStrategy<Trainee> for StepStrategy {
                     break;
                 }
             };
-            items += batch.ids.len();
             let out = learner.train_step(batch);
+            items += out.item.ids.len();
             let loss = out.item.loss_value;
             if !loss.is_finite() {
                 self.log.lock().expect("log").failure = Some(TrainError::NonFinite {
@@ -303,10 +313,10 @@ impl SupervisedLearningStrategy<Trainee> for StepStrategy {
     }
 }
 
-fn validate(
-    learner: &Learner<Trainee>,
-    valid: &ValidLoader<Trainee>,
-    processor: &mut Processor,
+fn validate<T: Trainable>(
+    learner: &Learner<T>,
+    valid: &ValidLoader<T>,
+    processor: &mut Processor<T>,
     interrupter: &burn::train::Interrupter,
 ) -> Option<f64> {
     use burn::train::InferenceStep;
@@ -321,8 +331,8 @@ fn validate(
     while let Some(batch) = iterator.next() {
         let Ok(batch) = batch else { break };
         iteration += 1;
-        let size = batch.ids.len();
         let out = InferenceStep::step(&model, batch);
+        let size = out.ids.len();
         if out.loss_value.is_finite() {
             sum += out.loss_value * size as f64;
             n += size;

@@ -83,6 +83,10 @@ struct Args {
     /// Quiet: no progress bars or per-step lines.
     #[arg(long)]
     quiet: bool,
+    /// Start the image tower from a `CLIPVisionModel` directory, e.g. `clip_pretrain`'s
+    /// `runs/clip_pretrain/<run>/vision` (world runs; the tower's sizes must match `[model]`).
+    #[arg(long, conflicts_with = "data")]
+    vision_init: Option<PathBuf>,
     /// Run the comparison over N seeds (model init and data order), each in `seed-<s>/`, and
     /// report mean ± 95 % intervals and paired CAL − MLE differences.
     #[arg(long)]
@@ -145,6 +149,9 @@ fn resolve(args: &Args) -> Result<CalLlavaConfig, String> {
     }
     if let Some(w) = &args.world {
         c.world.dir = w.clone();
+    }
+    if let Some(dir) = &args.vision_init {
+        c.vision_init = Some(dir.clone());
     }
     if let Some(n) = args.seeds {
         if n == 0 {

@@ -1,0 +1,150 @@
+//! CLIP pre-training on the world's captions, with zero-shot retrieval and attribute
+//! classification on held-out pairs.
+//!
+//! ```text
+//! cargo run --release -p experiments --bin clip_pretrain                 # default (~10 min, CPU)
+//! cargo run --release -p experiments --bin clip_pretrain -- --quick      # CI smoke run
+//! cargo run --release -p experiments --bin cal_llava -- --vision-init runs/clip_pretrain/<run>/vision
+//! ```
+//! Writes `runs/clip_pretrain/<time>/`: `report.md`, `summary.json` (`"retrieval"`,
+//! `"zero_shot"`), `loss.png`, the stage directory `clip/` (metrics, checkpoints), the image
+//! tower `vision/` (a `CLIPVisionModel` directory) and the whole model `clip-model/`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use clap::Parser;
+use experiments::cal_llava::RunOptions;
+use experiments::clip_pretrain::{ClipPretrainConfig, run, write_all};
+use experiments::device::select_device;
+
+#[derive(Parser, Debug)]
+#[command(about = "Pre-train a CLIP pair of towers on the world's captions and evaluate it")]
+struct Args {
+    /// TOML configuration (every field optional; see `config.toml` in any run directory).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// The CI smoke profile (cal_llava --quick's world and sizes, a few steps).
+    #[arg(long)]
+    quick: bool,
+    /// Run directory (default `runs/clip_pretrain/<unix time>`).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Continue the run in `--out` from its newest intact checkpoint.
+    #[arg(long, requires = "out")]
+    resume: bool,
+    /// Optimizer steps (overrides the config).
+    #[arg(long)]
+    steps: Option<usize>,
+    /// World folder (generated if absent).
+    #[arg(long)]
+    world: Option<PathBuf>,
+    /// Device: flex | ndarray | wgpu | cuda[:N] (default: BURN_DEVICE, else the first compiled).
+    #[arg(long)]
+    device: Option<String>,
+    /// Quiet: no progress bars or per-step lines.
+    #[arg(long)]
+    quiet: bool,
+}
+
+fn resolve(args: &Args) -> Result<ClipPretrainConfig, String> {
+    let mut c = match &args.config {
+        Some(path) => {
+            let text =
+                std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+            toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?
+        }
+        None if args.quick => ClipPretrainConfig::quick(),
+        None => ClipPretrainConfig::default(),
+    };
+    if let Some(s) = args.steps {
+        c.train.steps = s;
+    }
+    if let Some(w) = &args.world {
+        c.world.dir = w.clone();
+    }
+    Ok(c)
+}
+
+fn main() -> ExitCode {
+    experiments::alloc::keep_freed_memory();
+    match main_inner(&Args::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn main_inner(args: &Args) -> Result<(), String> {
+    let config = resolve(args)?;
+    let selected = select_device(args.device.as_deref()).map_err(|e| e.to_string())?;
+    if let Some(w) = &selected.warning {
+        eprintln!("warning: {w}");
+    }
+    let out = args.out.clone().unwrap_or_else(|| {
+        let t = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        PathBuf::from("runs/clip_pretrain").join(t.to_string())
+    });
+    std::fs::create_dir_all(&out).map_err(|e| format!("{}: {e}", out.display()))?;
+    let config_path = out.join("config.toml");
+    if args.resume && config_path.is_file() {
+        let before = std::fs::read_to_string(&config_path).map_err(|e| e.to_string())?;
+        let before: ClipPretrainConfig =
+            toml::from_str(&before).map_err(|e| format!("{}: {e}", config_path.display()))?;
+        if before != config {
+            return Err(format!(
+                "{} was made with another configuration; resume with `--config {}`",
+                out.display(),
+                config_path.display()
+            ));
+        }
+    }
+    let text = toml::to_string_pretty(&config).map_err(|e| e.to_string())?;
+    std::fs::write(&config_path, text).map_err(|e| format!("{}: {e}", config_path.display()))?;
+    eprintln!(
+        "clip_pretrain on {}, writing {}",
+        selected.spec,
+        out.display()
+    );
+    let started = Instant::now();
+    let opts = RunOptions {
+        device: selected.device.clone(),
+        out: out.clone(),
+        resume: args.resume,
+        verbose: !args.quiet,
+    };
+    let outcome = run(&config, &opts)?;
+    let command = std::env::args().collect::<Vec<_>>().join(" ");
+    write_all(&out, &config, &outcome, &command)?;
+    let r = &outcome.retrieval;
+    println!(
+        "\nretrieval on {} held-out pairs: image→caption R@1 {:.1} % R@5 {:.1} %, \
+         caption→image R@1 {:.1} % R@5 {:.1} %",
+        r.pairs,
+        100.0 * r.i2t_r1,
+        100.0 * r.i2t_r5,
+        100.0 * r.t2i_r1,
+        100.0 * r.t2i_r5
+    );
+    for a in experiments::captions::ATTRIBUTES {
+        let Some(z) = outcome.zero_shot.get(a) else {
+            continue;
+        };
+        println!(
+            "zero-shot {a:<9} {:>5.1} % (chance {:.1} %)",
+            100.0 * z.accuracy,
+            100.0 * z.chance
+        );
+    }
+    println!(
+        "\nwrote {} ({:.0} s)",
+        out.join("report.md").display(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
