@@ -519,3 +519,38 @@ fn generation_driver_writes_one_prediction_per_record() {
         assert!(first.get(key).is_some(), "{key}");
     }
 }
+
+#[test]
+fn pair_batches_right_pad_captions_and_stack_images() {
+    use vlalign::data::{PairBatcher, PairItem};
+    let item = |id: &str, tokens: Vec<u32>, v: f32| PairItem {
+        id: id.into(),
+        tokens,
+        pixels: vec![v; 3 * 2 * 2],
+    };
+    let batch = PairBatcher {
+        pad_id: 0,
+        image_size: 2,
+    }
+    .batch(
+        vec![item("a", vec![4, 5, 6], 1.0), item("b", vec![7], 2.0)],
+        &Device::flex(),
+    );
+    assert_eq!(batch.ids, ["a", "b"]);
+    assert_eq!(batch.lengths, [3, 1]);
+    let ids = batch
+        .input_ids
+        .into_data()
+        .convert::<i64>()
+        .try_into_vec::<i64>()
+        .unwrap();
+    assert_eq!(ids, [4, 5, 6, 7, 0, 0]);
+    assert_eq!(batch.images.dims(), [2, 3, 2, 2]);
+    let px = batch
+        .images
+        .into_data()
+        .convert::<f32>()
+        .try_into_vec::<f32>()
+        .unwrap();
+    assert!(px[..12].iter().all(|&v| v == 1.0) && px[12..].iter().all(|&v| v == 2.0));
+}

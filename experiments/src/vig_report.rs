@@ -59,14 +59,15 @@ pub fn markdown(config: &VigSelectConfig, o: &VigOutcome, command: &str, device:
     let _ = writeln!(s, "# vig_select\n\n`{command}` on {device}.\n");
     let _ = writeln!(
         s,
-        "World: {} scenes (language prior {}). Stage 1: {} steps on captions (everything trains, \
-         from scratch). VIG scored with the stage-1 model on every training QA sample: real and \
+        "World: {} scenes (language prior {}). Stage 1: {} steps on captions{} (everything \
+         trains, from scratch). VIG scored with the stage-1 model on every training QA sample: real and \
          blurred images (Gaussian σ = {} px on the {} px input, see `blurred.png`) in one batched \
          forward, {:.1} samples/s. Stage 2: {} steps from the stage-1 model on each selection, \
          vision tower frozen, same data order.\n",
         c.world.images,
         c.world.prior,
         c.pretrain.steps,
+        if c.pretrain_qa { " and QA" } else { "" },
         config.vig.sigma,
         c.model.image_size,
         o.scoring_samples_per_s,

@@ -282,17 +282,25 @@ pub fn run(
     let stage1 = match real {
         Some(_) => inputs.init.clone(),
         None => {
-            let captions: Arc<dyn Dataset<Item>> = Arc::new(make(
-                read(&world.join("train_captions.json"))?,
-                &inputs.enc.plain,
-            ));
+            // The same stage-1 data as `cal_llava`: captions, and the QA records with them
+            // when `pretrain_qa` (the default) says so.
+            let mut samples = make(read(&world.join("train_captions.json"))?, &inputs.enc.plain)
+                .samples()
+                .to_vec();
+            if common.pretrain_qa {
+                let qa = make(read(&world.join("train_qa.json"))?, &inputs.enc.chat);
+                samples.extend_from_slice(qa.samples());
+            }
+            let captions: Arc<dyn Dataset<Item>> =
+                Arc::new(VlmDataset::new(samples, inputs.processor.clone()));
             let captions_val: Arc<dyn Dataset<Item>> = Arc::new(make(
                 read(&world.join("val_captions.json"))?,
                 &inputs.enc.plain,
             ));
             eprintln!(
-                "stage 1 (pretrain): {} steps on captions",
-                common.pretrain.steps
+                "stage 1 (pretrain): {} steps on captions{}",
+                common.pretrain.steps,
+                if common.pretrain_qa { " and QA" } else { "" }
             );
             let (stage1, r1) = opts.train_stage(
                 &inputs.batcher,

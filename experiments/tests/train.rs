@@ -219,3 +219,90 @@ fn non_finite_loss_stops_with_step_batch_and_checkpoint() {
     let msg = err.to_string();
     assert!(msg.contains("step 6") && msg.contains("step 4 in"), "{msg}");
 }
+
+/// The same trainer trains another model family on another batch type: a CLIP pair of towers
+/// on image–caption pairs, with its own diagnostics, checkpoints and an exact resume.
+#[test]
+fn a_clip_pair_trains_and_resumes_exactly_through_the_same_trainer() {
+    use burn::module::Module;
+    use experiments::clip_pretrain::ClipPretrainConfig;
+    use vlalign_data::{PairBatcher, PairDataset, read_records};
+    use vlalign_train::ClipTrainee;
+
+    let tmp = tempfile::tempdir().unwrap();
+    let world = tmp.path().join("world");
+    generate(&WorldConfig::new(60, 3), &world, &|_| {}).unwrap();
+    let tk = TextTokenizer::train_bpe(tokenizer_corpus(&world).unwrap().iter(), 300).unwrap();
+    let mut cfg = ClipPretrainConfig::default();
+    cfg.model.image_size = 16;
+    cfg.model.vision_width = 32;
+    cfg.model.vision_layers = 2;
+    cfg.text.width = 32;
+    let pairs = |split: &str| {
+        let records = read_records(&world.join(format!("{split}_captions.json"))).unwrap();
+        let (set, bad) = PairDataset::from_records(
+            records.into_iter().map(Result::unwrap),
+            &world.join("images"),
+            &tk,
+            64,
+            ImageProcessor::clip(16),
+        )
+        .unwrap();
+        assert!(bad.is_empty(), "{bad:?}");
+        Arc::new(set)
+    };
+    let (train, valid) = (pairs("train"), pairs("val"));
+    let batcher = PairBatcher {
+        pad_id: tk.token_id("<pad>").unwrap(),
+        image_size: 16,
+    };
+    let run = |dir: &Path, resume: bool, stop_after: Option<usize>| {
+        static INIT: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let model = {
+            let _guard = INIT.lock().unwrap_or_else(|e| e.into_inner());
+            let device = Device::flex();
+            device.seed(5);
+            let m = cfg.clip(tk.vocab_size()).init(&device.autodiff());
+            let _ = m.clone().into_record();
+            m
+        };
+        fit(
+            ClipTrainee::new(model),
+            train.clone(),
+            valid.clone(),
+            batcher.clone(),
+            &Device::flex(),
+            &config(8),
+            Stage {
+                dir,
+                label: "clip",
+                resume,
+                stop_after,
+                show: &[],
+                renderer: Some(quiet_renderer()),
+            },
+        )
+        .map(|(_, report)| report)
+    };
+    let full = tmp.path().join("full");
+    let report = run(&full, false, None).unwrap();
+    assert_eq!(report.steps.len(), 8);
+    let (first, last) = (report.steps[0].loss, report.steps[7].loss);
+    assert!(last < first, "InfoNCE should fall: {first} -> {last}");
+    // A batch of 4 pairs: chance InfoNCE is ln 4 at the start.
+    assert!((first - 4f64.ln()).abs() < 0.3, "{first}");
+    for key in ["i2t_accuracy", "t2i_accuracy", "logit_scale"] {
+        assert!(
+            report.steps[0].diagnostics.iter().any(|(k, _)| k == key),
+            "{key} not logged: {:?}",
+            report.steps[0].diagnostics
+        );
+    }
+    assert!(report.valid_loss.is_some_and(f64::is_finite));
+
+    let cut = tmp.path().join("cut");
+    run(&cut, false, Some(6)).unwrap();
+    let resumed = run(&cut, true, None).unwrap();
+    assert_eq!(resumed.resumed_from, Some(4));
+    assert_eq!(csv_losses(&full), csv_losses(&cut), "resumed losses differ");
+}
