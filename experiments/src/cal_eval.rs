@@ -5,27 +5,29 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use burn::data::dataset::Dataset;
-use burn::module::Module;
 use burn::tensor::Device;
-use vlalign_align::MleObjective;
-use vlalign_data::dataset::prepare;
-use vlalign_data::{
-    ImageCheck, ImageProcessor, Item, Record, VlmBatcher, VlmDataset, read_records,
-};
+use serde::{Deserialize, Serialize};
+use vlalign_align::CalConfig;
+use vlalign_data::TextTokenizer;
+use vlalign_data::{ImageProcessor, Item, Record, VlmBatcher};
 use vlalign_eval::generation::{GenerationRun, Prediction, generate_split, write_predictions};
 use vlalign_models::{GenerationConfig, Llava};
-use vlalign_train::Trainee;
 
-use crate::cal_llava::{CalLlavaConfig, Outcome, RunOptions, RunResult, world_inputs};
-use crate::hallucination::HallucinationRun;
+use crate::eval::captions::CaptionAccuracy;
+use crate::eval::hallucination::{HallucinationRun, HallucinationScores};
+use crate::eval::slots::{SlotScores, score, single_turn};
+use crate::eval::token_eval::{TokenEval, evaluate_tokens};
+use crate::run::EvalSection;
 use crate::setup::Encoders;
-use crate::slots::{SlotScores, score, single_turn};
-use crate::token_eval::{TokenEval, evaluate_tokens};
 
 /// What evaluating a model needs.
 pub struct EvalContext<'a> {
-    /// The experiment's configuration (evaluation section, CAL settings, world).
-    pub config: &'a CalLlavaConfig,
+    /// How to evaluate.
+    pub eval: &'a EvalSection,
+    /// CAL's settings (its per-token scores are reported for every model).
+    pub cal: &'a CalConfig,
+    /// The world folder (captions, POPE files).
+    pub world_dir: &'a Path,
     /// Encoders.
     pub enc: &'a Encoders,
     /// Image preprocessing.
@@ -46,6 +48,53 @@ pub struct EvalContext<'a> {
     pub val: Arc<dyn Dataset<Item>>,
 }
 
+/// One trained model's results.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RunResult {
+    /// `mle` or `cal`.
+    pub objective: String,
+    /// Label noise.
+    pub noise: f64,
+    /// Grounded-slot accuracy over all slots (`None` without grounding truth).
+    pub slot_accuracy: Option<f64>,
+    /// Slot accuracy per kind.
+    pub slot_accuracy_by_kind: std::collections::BTreeMap<String, f64>,
+    /// Perplexity of the held-out answers.
+    pub perplexity: f64,
+    /// Median stage-2 step time, ms.
+    pub step_ms: f64,
+    /// AUROC of the CAL weight (reference pooling) for grounded vs template tokens.
+    pub cal_weight_auroc: Option<f64>,
+    /// The same with per-sequence pooling.
+    pub cal_weight_auroc_per_sequence: Option<f64>,
+    /// AUROC of the raw Δ.
+    pub delta_auroc: Option<f64>,
+    /// Mean CAL weight per word kind.
+    pub weight_by_kind: std::collections::BTreeMap<String, f64>,
+    /// Final validation loss of stage 2.
+    pub valid_loss: Option<f64>,
+    /// Captioning and hallucination metrics (world only).
+    pub hallucination: Option<HallucinationScores>,
+    /// Stage directory.
+    pub dir: PathBuf,
+}
+
+/// What the whole experiment produced.
+pub struct Outcome {
+    /// One entry per (noise, objective).
+    pub runs: Vec<RunResult>,
+    /// Caption accuracy of each stage-1 model, own images and swapped (world only).
+    pub stage1: Vec<(String, CaptionAccuracy)>,
+    /// Stage-1 step log and each stage-2 log, for the loss plot: (label, (step, loss)).
+    pub curves: Vec<(String, Vec<(usize, f64)>)>,
+    /// Stage-1 median step time, ms.
+    pub pretrain_step_ms: f64,
+    /// Token scores of each run (same order as `runs`), for the HTML view.
+    pub tokens: Vec<TokenEval>,
+    /// The tokenizer (to draw tokens).
+    pub tokenizer: TextTokenizer,
+}
+
 /// Evaluate `model` (slots, perplexity, token scores, hallucination), writing the slot
 /// predictions into `dir`. The objective, noise and training fields of the result are left
 /// for the caller.
@@ -54,7 +103,6 @@ pub fn evaluate_model(
     ctx: &EvalContext<'_>,
     dir: &Path,
 ) -> Result<(RunResult, TokenEval), String> {
-    let config = ctx.config;
     std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let slots = slot_accuracy(model, ctx)?;
     if let Some((_, predictions)) = &slots {
@@ -65,24 +113,24 @@ pub fn evaluate_model(
         model,
         ctx.val.as_ref(),
         ctx.batcher,
-        &config.cal,
+        ctx.cal,
         ctx.device,
-        config.eval.batch_size,
+        ctx.eval.batch_size,
         ctx.verbose,
     )?;
     let slots = slots.map(|s| s.0);
     let hallucination = if ctx.world {
-        Some(crate::hallucination::evaluate(
+        Some(crate::eval::hallucination::evaluate(
             model,
             &HallucinationRun {
-                world: &config.world.dir,
-                split: &config.eval.split,
+                world: ctx.world_dir,
+                split: &ctx.eval.split,
                 plain: &ctx.enc.plain,
                 chat: &ctx.enc.chat,
                 processor: ctx.processor,
-                captions: config.eval.captions,
-                pope_questions: config.eval.pope_questions,
-                batch_size: config.eval.batch_size,
+                captions: ctx.eval.captions,
+                pope_questions: ctx.eval.pope_questions,
+                batch_size: ctx.eval.batch_size,
                 verbose: ctx.verbose,
                 write_to: Some(dir),
             },
@@ -124,13 +172,13 @@ fn slot_accuracy(
     model: &Llava,
     ctx: &EvalContext<'_>,
 ) -> Result<Option<(SlotScores, Vec<Prediction>)>, String> {
-    let (enc, config) = (ctx.enc, ctx.config);
+    let enc = ctx.enc;
     let questions = single_turn(ctx.val_records);
     if questions.is_empty() {
         return Ok(None);
     }
     let generation = GenerationConfig::new()
-        .with_max_new_tokens(config.eval.max_new_tokens)
+        .with_max_new_tokens(ctx.eval.max_new_tokens)
         .with_stop_tokens(vec![enc.chat.end_of_turn()])
         .with_pad_token_id(enc.chat.tokenizer().token_id("<pad>").unwrap_or(0));
     let (predictions, errors) = generate_split(
@@ -140,7 +188,7 @@ fn slot_accuracy(
             encoder: &enc.chat,
             processor: ctx.processor,
             image_folder: ctx.images,
-            batch_size: config.eval.batch_size,
+            batch_size: ctx.eval.batch_size,
             config: &generation,
             show_progress: ctx.verbose,
         },
@@ -152,133 +200,4 @@ fn slot_accuracy(
         ));
     }
     Ok(Some((score(&questions, &predictions), predictions)))
-}
-
-/// Re-score the trained models of a run directory on `split` (`val` or `test`): every stage
-/// directory `{stage}-{objective}-noise{r}` with an intact checkpoint is loaded at its newest
-/// checkpoint and evaluated as at the end of training.
-pub fn rescore(
-    run_dir: &Path,
-    split: &str,
-    device: &Device,
-    verbose: bool,
-) -> Result<(CalLlavaConfig, Outcome), String> {
-    let path = run_dir.join("config.toml");
-    let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let mut config: CalLlavaConfig =
-        toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
-    if !["val", "test"].contains(&split) {
-        return Err(format!("--split: expected val or test, got {split}"));
-    }
-    config.eval.split = split.into();
-    let opts = RunOptions {
-        device: device.clone(),
-        out: run_dir.to_path_buf(),
-        resume: false,
-        verbose,
-    };
-    let inputs = world_inputs(&config, &opts)?;
-    let world = config.world.dir.clone();
-    let val_records: Vec<Record> = read_records(&world.join(format!("{split}_qa.json")))
-        .map_err(|e| e.to_string())?
-        .into_iter()
-        .filter_map(Result::ok)
-        .take(config.eval.records)
-        .collect();
-    let (samples, _) = prepare(
-        val_records.iter().cloned().map(Ok).collect(),
-        &inputs.enc.chat,
-        &inputs.images,
-        ImageCheck::Exists,
-    );
-    let val: Arc<dyn Dataset<Item>> = Arc::new(VlmDataset::new(samples, inputs.processor.clone()));
-    let mut stages: Vec<PathBuf> = std::fs::read_dir(run_dir)
-        .map_err(|e| format!("{}: {e}", run_dir.display()))?
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.join("checkpoints").is_dir())
-        .collect();
-    stages.sort();
-    let mut runs = Vec::new();
-    let mut tokens = Vec::new();
-    let mut curves = Vec::new();
-    for dir in stages {
-        let name = dir
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let steps = vlalign_train::read_csv(&dir.join("metrics.csv")).unwrap_or_default();
-        curves.push((
-            name.clone(),
-            steps.iter().map(|s| (s.step, s.loss)).collect(),
-        ));
-        let Some((objective, noise)) = parse_stage_name(&name) else {
-            continue;
-        };
-        let (found, problems) =
-            vlalign_train::latest_valid(&dir.join("checkpoints")).map_err(|e| e.to_string())?;
-        for p in problems {
-            eprintln!("{name}: {p}");
-        }
-        let Some(manifest) = found else { continue };
-        let record = {
-            use burn::train::checkpoint::Checkpointer;
-            vlalign_train::checkpoint::AtomicFileCheckpointer::new(
-                &dir.join("checkpoints"),
-                "model",
-            )
-            .restore(manifest.step)
-            .map_err(|e| format!("{name}: {e}"))?
-        };
-        let model = Trainee::new(inputs.init.clone(), Arc::new(MleObjective))
-            .load_record(record)
-            .model;
-        eprintln!("{name}: step {} on {split}", manifest.step);
-        let ctx = EvalContext {
-            config: &config,
-            enc: &inputs.enc,
-            processor: &inputs.processor,
-            images: &inputs.images,
-            batcher: &inputs.batcher,
-            device,
-            verbose,
-            world: true,
-            val_records: &val_records,
-            val: val.clone(),
-        };
-        let (mut result, te) = evaluate_model(&model, &ctx, &dir.join(format!("eval-{split}")))?;
-        result.objective = objective;
-        result.noise = noise;
-        let mut ms: Vec<f64> = steps.iter().skip(1).map(|s| s.step_ms).collect();
-        ms.sort_by(f64::total_cmp);
-        result.step_ms = ms.get(ms.len() / 2).copied().unwrap_or(0.0);
-        runs.push(result);
-        tokens.push(te);
-    }
-    if runs.is_empty() {
-        return Err(format!(
-            "{}: no trained stage-2 model found",
-            run_dir.display()
-        ));
-    }
-    Ok((
-        config,
-        Outcome {
-            runs,
-            stage1: Vec::new(),
-            curves,
-            pretrain_step_ms: 0.0,
-            tokens,
-            tokenizer: inputs.tokenizer,
-        },
-    ))
-}
-
-/// `finetune-cal-noise0.3` → (`cal`, 0.3).
-fn parse_stage_name(name: &str) -> Option<(String, f64)> {
-    let mut parts = name.splitn(3, '-');
-    let _stage = parts.next()?;
-    let objective = parts.next()?.to_string();
-    let noise = parts.next()?.strip_prefix("noise")?.parse().ok()?;
-    Some((objective, noise))
 }

@@ -9,104 +9,19 @@ use std::sync::Arc;
 
 use burn::data::dataset::Dataset;
 use burn::module::Module;
-use burn::tensor::Device;
-use rand::SeedableRng;
-use rand::rngs::StdRng;
-use rand::seq::SliceRandom;
 use serde::{Deserialize, Serialize};
 use vlalign_align::{CalConfig, CalObjective, MleObjective, Objective};
 use vlalign_data::dataset::prepare;
-use vlalign_data::{ImageCheck, Item, Record, TextTokenizer, VlmBatcher, VlmDataset, read_records};
+use vlalign_data::{ImageCheck, Item, Record, VlmDataset, read_records};
 use vlalign_eval::generation::write_predictions;
 use vlalign_models::Llava;
-use vlalign_train::{Stage, TrainConfig, TrainReport, Trainee, default_renderer, fit};
+use vlalign_train::{TrainConfig, TrainReport};
 
-pub use crate::cal_eval::{EvalContext, evaluate_model, rescore};
-use crate::captions::{self, CaptionAccuracy};
-use crate::hallucination::HallucinationScores;
-pub use crate::inputs::{Inputs, RealData, real_inputs, world_inputs};
-use crate::setup::ModelSize;
-use crate::token_eval::TokenEval;
-
-/// Where the world comes from.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct WorldSection {
-    /// Folder (generated when it has no `world.json`).
-    pub dir: PathBuf,
-    /// Scenes.
-    pub images: usize,
-    /// World seed.
-    pub seed: u64,
-    /// Language prior: share of stars that are yellow (0.8 default; 0 = none).
-    pub prior: f32,
-    /// Tokenizer vocabulary trained on the world's texts.
-    pub vocab: usize,
-    /// Questions per instruction record (one image, several turns: the image's tokens are paid
-    /// once for all of them).
-    pub qa_turns: usize,
-    /// System prompt of the chat template (default: the world's short one; LLaVA-1.5's is 83
-    /// tokens of every sequence here and teaches a model trained from scratch nothing).
-    pub system: String,
-}
-
-impl Default for WorldSection {
-    fn default() -> Self {
-        Self {
-            dir: PathBuf::from("data/world"),
-            images: 3000,
-            seed: 0,
-            prior: 0.8,
-            vocab: 512,
-            qa_turns: 3,
-            system: vlalign_data::world::SYSTEM.into(),
-        }
-    }
-}
-
-/// Evaluation settings.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct EvalSection {
-    /// Held-out QA records scored (each gives up to three questions).
-    pub records: usize,
-    /// Batch size of generation and scoring.
-    pub batch_size: usize,
-    /// Generation budget per answer.
-    pub max_new_tokens: usize,
-    /// Validation samples drawn in `tokens.html`.
-    pub html_samples: usize,
-    /// Held-out captions generated for CIDEr and CHAIR (world only).
-    pub captions: usize,
-    /// Questions per POPE split (world only).
-    pub pope_questions: usize,
-    /// Held-out split of the world: `val` (default) or `test`.
-    pub split: String,
-}
-
-impl Default for EvalSection {
-    fn default() -> Self {
-        Self {
-            records: 120,
-            batch_size: 32,
-            max_new_tokens: 16,
-            html_samples: 8,
-            captions: 100,
-            pope_questions: 100,
-            split: "val".into(),
-        }
-    }
-}
-
-/// The stages of LLaVA training.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum StageKind {
-    /// Stage 1: alignment pretraining on captions.
-    Pretrain,
-    /// Stage 2: instruction tuning.
-    Finetune,
-}
+use crate::cal_eval::{EvalContext, Outcome, evaluate_model};
+use crate::eval::captions::{self, CaptionAccuracy};
+use crate::inputs::{Inputs, ModelSpec, RealData, real_inputs, world_inputs};
+use crate::run::{EvalSection, RunOptions, StageKind, WorldSection};
+use crate::setup::{ModelSize, add_label_noise};
 
 /// Everything the experiment does; written to the run directory as `config.toml`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -180,6 +95,17 @@ impl Default for CalLlavaConfig {
 }
 
 impl CalLlavaConfig {
+    /// What the model and its inputs are built from.
+    pub fn spec(&self) -> ModelSpec<'_> {
+        ModelSpec {
+            seed: self.seed,
+            max_len: self.max_len,
+            world: &self.world,
+            model: &self.model,
+            vision_init: self.vision_init.as_deref(),
+        }
+    }
+
     /// The CI smoke profile: a small world, a smaller model, a few steps.
     pub fn quick() -> Self {
         let mut c = Self::default();
@@ -203,135 +129,6 @@ impl CalLlavaConfig {
     }
 }
 
-/// One trained model's results.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct RunResult {
-    /// `mle` or `cal`.
-    pub objective: String,
-    /// Label noise.
-    pub noise: f64,
-    /// Grounded-slot accuracy over all slots (`None` without grounding truth).
-    pub slot_accuracy: Option<f64>,
-    /// Slot accuracy per kind.
-    pub slot_accuracy_by_kind: std::collections::BTreeMap<String, f64>,
-    /// Perplexity of the held-out answers.
-    pub perplexity: f64,
-    /// Median stage-2 step time, ms.
-    pub step_ms: f64,
-    /// AUROC of the CAL weight (reference pooling) for grounded vs template tokens.
-    pub cal_weight_auroc: Option<f64>,
-    /// The same with per-sequence pooling.
-    pub cal_weight_auroc_per_sequence: Option<f64>,
-    /// AUROC of the raw Δ.
-    pub delta_auroc: Option<f64>,
-    /// Mean CAL weight per word kind.
-    pub weight_by_kind: std::collections::BTreeMap<String, f64>,
-    /// Final validation loss of stage 2.
-    pub valid_loss: Option<f64>,
-    /// Captioning and hallucination metrics (world only).
-    pub hallucination: Option<HallucinationScores>,
-    /// Stage directory.
-    pub dir: PathBuf,
-}
-
-/// What the whole experiment produced.
-pub struct Outcome {
-    /// One entry per (noise, objective).
-    pub runs: Vec<RunResult>,
-    /// Caption accuracy of each stage-1 model, own images and swapped (world only).
-    pub stage1: Vec<(String, CaptionAccuracy)>,
-    /// Stage-1 step log and each stage-2 log, for the loss plot: (label, (step, loss)).
-    pub curves: Vec<(String, Vec<(usize, f64)>)>,
-    /// Stage-1 median step time, ms.
-    pub pretrain_step_ms: f64,
-    /// Token scores of each run (same order as `runs`), for the HTML view.
-    pub tokens: Vec<TokenEval>,
-    /// The tokenizer (to draw tokens).
-    pub tokenizer: TextTokenizer,
-}
-
-/// Options that are not part of the experiment's definition.
-pub struct RunOptions {
-    /// The device (without autodiff).
-    pub device: Device,
-    /// Run directory.
-    pub out: PathBuf,
-    /// Resume each stage from its newest intact checkpoint.
-    pub resume: bool,
-    /// Show progress bars and burn-train's renderer.
-    pub verbose: bool,
-}
-
-/// CAL's diagnostics, shown live for a CAL stage.
-const CAL_SHOWN: &[(&str, &str)] = &[
-    ("cal_weight_mean", "CAL weight (mean)"),
-    ("cal_floor_share", "CAL floor share"),
-];
-
-impl RunOptions {
-    /// Train one stage of an experiment in `out/<name>` (resumable with `resume`, rendered as
-    /// `verbose` says; a CAL objective's diagnostics are shown live) on `(train, valid)`.
-    pub fn train_stage(
-        &self,
-        batcher: &VlmBatcher,
-        model: Llava,
-        objective: Arc<dyn Objective<Llava>>,
-        (train, valid): (Arc<dyn Dataset<Item>>, Arc<dyn Dataset<Item>>),
-        tc: &TrainConfig,
-        name: &str,
-    ) -> Result<(Llava, TrainReport), String> {
-        let dir = self.out.join(name);
-        let show = if objective.name() == "cal" {
-            CAL_SHOWN
-        } else {
-            &[]
-        };
-        let (trained, report) = fit(
-            Trainee::new(model, objective),
-            train,
-            valid,
-            batcher.clone(),
-            &self.device,
-            tc,
-            Stage {
-                dir: &dir,
-                label: name,
-                resume: self.resume,
-                stop_after: None,
-                show,
-                renderer: if self.verbose {
-                    default_renderer((tc.steps / 20).max(1))
-                } else {
-                    Some(vlalign_train::quiet_renderer())
-                },
-            },
-        )
-        .map_err(|e| format!("{name}: {e}"))?;
-        for w in &report.warnings {
-            eprintln!("{name}: {w}");
-        }
-        Ok((trained.model, report))
-    }
-}
-
-/// Swap the images of a share `r` of `records` among themselves (a derangement of the chosen
-/// ones: each keeps its text but gets another record's image), as the CAL paper's noisy-label
-/// experiment. Returns the number of records changed.
-pub fn add_label_noise(records: &mut [Record], r: f64, seed: u64) -> usize {
-    let n = ((records.len() as f64) * r.clamp(0.0, 1.0)).round() as usize;
-    if n < 2 {
-        return 0;
-    }
-    let mut idx: Vec<usize> = (0..records.len()).collect();
-    idx.shuffle(&mut StdRng::seed_from_u64(seed ^ 0x006e_6f69_7365));
-    let chosen = &idx[..n];
-    let images: Vec<Vec<String>> = chosen.iter().map(|&i| records[i].images.clone()).collect();
-    for (k, &i) in chosen.iter().enumerate() {
-        records[i].images = images[(k + 1) % n].clone();
-    }
-    n
-}
-
 /// Train and evaluate; see the module docs. `real` replaces the world with the user's data.
 pub fn run(
     config: &CalLlavaConfig,
@@ -340,8 +137,8 @@ pub fn run(
 ) -> Result<Outcome, String> {
     let err = |e: &dyn std::fmt::Display| e.to_string();
     let inputs = match real {
-        Some(r) => real_inputs(config, r, opts)?,
-        None => world_inputs(config, opts)?,
+        Some(r) => real_inputs(config.spec(), r, opts)?,
+        None => world_inputs(config.spec(), opts)?,
     };
     let Inputs {
         tokenizer,
@@ -508,7 +305,9 @@ pub fn run(
             curves.push((name.clone(), loss_curve(&report)));
             let dir = opts.out.join(&name);
             let ctx = EvalContext {
-                config,
+                eval: &config.eval,
+                cal: &config.cal,
+                world_dir: &config.world.dir,
                 enc: &enc,
                 processor: &processor,
                 images: &images,

@@ -8,9 +8,10 @@ use std::path::Path;
 use serde_json::json;
 use vlalign_data::{TextTokenizer, WordKind};
 
-use crate::cal_llava::{CalLlavaConfig, Outcome, RunResult};
-use crate::captions::{ATTRIBUTES, CaptionAccuracy};
-use crate::token_eval::TokenEval;
+use crate::cal_eval::{Outcome, RunResult};
+use crate::cal_llava::CalLlavaConfig;
+use crate::eval::captions::{ATTRIBUTES, CaptionAccuracy};
+use crate::eval::token_eval::TokenEval;
 
 fn pct(x: f64) -> String {
     format!("{:.1}", 100.0 * x)

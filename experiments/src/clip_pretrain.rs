@@ -22,9 +22,9 @@ use vlalign_data::{ImageProcessor, PairBatcher, PairDataset, TextTokenizer, read
 use vlalign_models::{Clip, ClipConfig, ClipTextConfig, VisionActivation, hf};
 use vlalign_train::{ClipTrainee, Stage, TrainConfig, TrainReport, default_renderer, fit};
 
-use crate::cal_llava::{RunOptions, WorldSection};
-use crate::captions::{parse_caption, render_caption};
+use crate::eval::captions::{parse_caption, render_caption};
 use crate::inputs::ensure_world;
+use crate::run::{RunOptions, WorldSection};
 use crate::setup::ModelSize;
 
 /// The text encoder's sizes.
@@ -364,7 +364,7 @@ fn zero_shot(
     device: &Device,
 ) -> BTreeMap<String, ZeroShot> {
     let mut out = BTreeMap::new();
-    for attribute in crate::captions::ATTRIBUTES {
+    for attribute in crate::eval::captions::ATTRIBUTES {
         let values = attribute_values(attribute);
         let (mut right, mut n) = (0usize, 0usize);
         for (pair, image) in set.pairs().iter().zip(images) {
@@ -491,7 +491,7 @@ pub fn markdown(config: &ClipPretrainConfig, o: &ClipOutcome, command: &str) -> 
          count (or the first object's attribute) set to every other value of the world.\n\n\
          | attribute | accuracy % | chance % | images |\n|---|---|---|---|\n",
     );
-    let ordered = crate::captions::ATTRIBUTES
+    let ordered = crate::eval::captions::ATTRIBUTES
         .iter()
         .filter_map(|a| Some((a, o.zero_shot.get(*a)?)));
     for (a, z) in ordered {

@@ -10,8 +10,8 @@ use vlalign_data::world::WorldConfig;
 use vlalign_data::{ImageProcessor, Template, TextTokenizer, VlmBatcher};
 use vlalign_models::{Llava, VisionConfig, VisionTransformer};
 
-use crate::cal_llava::{CalLlavaConfig, RunOptions, StageKind, WorldSection};
-use crate::setup::Encoders;
+use crate::run::{RunOptions, StageKind, WorldSection};
+use crate::setup::{Encoders, ModelSize};
 
 /// Real data instead of the world (`--data`): one stage (`--stage`) trained with MLE and with
 /// CAL from the same loaded model.
@@ -35,6 +35,21 @@ pub struct RealData {
     pub stage: StageKind,
     /// Share of records held out for evaluation.
     pub held_out: f64,
+}
+
+/// What a fresh model and its inputs need from an experiment's configuration.
+#[derive(Clone, Copy, Debug)]
+pub struct ModelSpec<'a> {
+    /// Model seed.
+    pub seed: u64,
+    /// Longest sequence.
+    pub max_len: usize,
+    /// The world.
+    pub world: &'a WorldSection,
+    /// Model sizes.
+    pub model: &'a ModelSize,
+    /// A pretrained image tower (`CLIPVisionModel` directory) to start from.
+    pub vision_init: Option<&'a Path>,
 }
 
 /// Everything a comparison needs.
@@ -74,7 +89,7 @@ pub fn ensure_world(world: &WorldSection, verbose: bool) -> Result<TextTokenizer
 
 /// The world (generated when absent), its tokenizer and encoders, and a fresh model (its image
 /// tower loaded from `config.vision_init` when set).
-pub fn world_inputs(config: &CalLlavaConfig, opts: &RunOptions) -> Result<Inputs, String> {
+pub fn world_inputs(config: ModelSpec<'_>, opts: &RunOptions) -> Result<Inputs, String> {
     let err = |e: &dyn std::fmt::Display| e.to_string();
     let world = &config.world;
     let tokenizer = ensure_world(world, opts.verbose)?;
@@ -88,7 +103,7 @@ pub fn world_inputs(config: &CalLlavaConfig, opts: &RunOptions) -> Result<Inputs
     // Parameters initialise lazily (at first use, in forward order, on this thread): the same
     // seed gives the same weights in every run of this program.
     let mut init = llava.init(&opts.device.clone().autodiff());
-    if let Some(dir) = &config.vision_init {
+    if let Some(dir) = config.vision_init {
         init.vision_tower = pretrained_tower(dir, &llava.vision, &opts.device)?;
     }
     let pad = tokenizer.token_id("<pad>").unwrap_or(0);
@@ -167,7 +182,7 @@ fn check_world(dir: &Path, want: &WorldSection) -> Result<(), String> {
 
 /// The user's model (`--model`, or `--vision` + `--llm`), tokenizer and preprocessing.
 pub fn real_inputs(
-    config: &CalLlavaConfig,
+    config: ModelSpec<'_>,
     real: &RealData,
     opts: &RunOptions,
 ) -> Result<Inputs, String> {

@@ -1,21 +1,26 @@
 //! Shared code of the vlalign experiment binaries. This crate is the only place a backend is
 //! chosen: see [`device`].
+//!
+//! Layers, each using only those above it: `run` (world/eval sections, run options, a stage's
+//! training), `setup` and `inputs` (model sizes, encoders, the world or the user's data and
+//! model), `eval` (evaluating a model on the world), then the experiments (`cal_llava` with
+//! `cal_eval`, `cal_report`, `cal_rescore`, `seeds`; `vig_select` with `vig_report`;
+//! `clip_pretrain`), and helpers (`plot`, `world`, `device`, `alloc`, `bench`).
 
 pub mod alloc;
 pub mod bench;
 pub mod cal_eval;
 pub mod cal_llava;
 pub mod cal_report;
-pub mod captions;
+pub mod cal_rescore;
 pub mod clip_pretrain;
 pub mod device;
-pub mod hallucination;
+pub mod eval;
 pub mod inputs;
 pub mod plot;
+pub mod run;
 pub mod seeds;
 pub mod setup;
-pub mod slots;
-pub mod token_eval;
 pub mod vig_report;
 pub mod vig_select;
 pub mod world;

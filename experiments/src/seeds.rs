@@ -8,7 +8,8 @@ use std::fmt::Write as _;
 use serde_json::json;
 use vlalign_eval::stats::Interval;
 
-use crate::cal_llava::{CalLlavaConfig, Outcome, RunResult};
+use crate::cal_eval::{Outcome, RunResult};
+use crate::cal_llava::CalLlavaConfig;
 
 /// The configuration of the `k`-th seed: the model init and both stages' data order move.
 pub fn seeded(config: &CalLlavaConfig, k: usize) -> CalLlavaConfig {
@@ -123,7 +124,7 @@ pub fn summary(config: &CalLlavaConfig, outcomes: &[(u64, Outcome)]) -> serde_js
     let mut mean = serde_json::Map::new();
     for key in ["caption_accuracy", "blind_caption_accuracy"] {
         let mut m = serde_json::Map::new();
-        for attribute in crate::captions::ATTRIBUTES.iter().chain(&["all"]) {
+        for attribute in crate::eval::captions::ATTRIBUTES.iter().chain(&["all"]) {
             let v: Vec<f64> = by_seed
                 .iter()
                 .filter_map(|s| s[key][*attribute].as_f64())

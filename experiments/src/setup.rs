@@ -2,9 +2,12 @@
 
 use std::path::Path;
 
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
 use serde::{Deserialize, Serialize};
 use vlalign_data::{
-    DatasetError, Encoder, ImageCheck, ImageProcessor, LoadReport, Template, TextTokenizer,
+    DatasetError, Encoder, ImageCheck, ImageProcessor, LoadReport, Record, Template, TextTokenizer,
     VlmDataset, load_dataset,
 };
 use vlalign_models::{DecoderConfig, LlavaConfig, VisionConfig};
@@ -123,4 +126,22 @@ pub fn load(
         eprintln!("{}: {}", path.display(), report.summary());
     }
     Ok((dataset, report))
+}
+
+/// Swap the images of a share `r` of `records` among themselves (a derangement of the chosen
+/// ones: each keeps its text but gets another record's image), as the CAL paper's noisy-label
+/// experiment. Returns the number of records changed.
+pub fn add_label_noise(records: &mut [Record], r: f64, seed: u64) -> usize {
+    let n = ((records.len() as f64) * r.clamp(0.0, 1.0)).round() as usize;
+    if n < 2 {
+        return 0;
+    }
+    let mut idx: Vec<usize> = (0..records.len()).collect();
+    idx.shuffle(&mut StdRng::seed_from_u64(seed ^ 0x006e_6f69_7365));
+    let chosen = &idx[..n];
+    let images: Vec<Vec<String>> = chosen.iter().map(|&i| records[i].images.clone()).collect();
+    for (k, &i) in chosen.iter().enumerate() {
+        records[i].images = images[(k + 1) % n].clone();
+    }
+    n
 }

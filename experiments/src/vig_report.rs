@@ -10,7 +10,7 @@ use vlalign_data::{TextTokenizer, WordKind};
 
 use crate::vig_select::{VigOutcome, VigSelectConfig};
 
-fn pope_mean(r: &crate::cal_llava::RunResult) -> Option<f64> {
+fn pope_mean(r: &crate::cal_eval::RunResult) -> Option<f64> {
     let h = r.hallucination.as_ref()?;
     (!h.pope_f1.is_empty()).then(|| h.pope_f1.values().sum::<f64>() / h.pope_f1.len() as f64)
 }

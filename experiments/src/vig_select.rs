@@ -23,10 +23,11 @@ use vlalign_data::{ImageCheck, Item, Record, VlmDataset, WordKind, read_records}
 use vlalign_eval::grounding::auroc;
 use vlalign_models::Llava;
 
-use crate::cal_llava::{
-    CalLlavaConfig, EvalContext, Inputs, RealData, RunOptions, RunResult, evaluate_model,
-    loss_curve, real_inputs, world_inputs,
-};
+use crate::cal_eval::RunResult;
+use crate::cal_eval::{EvalContext, evaluate_model};
+use crate::cal_llava::{CalLlavaConfig, loss_curve};
+use crate::inputs::{Inputs, RealData, real_inputs, world_inputs};
+use crate::run::RunOptions;
 
 /// VIG's own settings.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -260,8 +261,8 @@ pub fn run(
 ) -> Result<VigOutcome, String> {
     let common = &config.common;
     let inputs = match real {
-        Some(r) => real_inputs(common, r, opts)?,
-        None => world_inputs(common, opts)?,
+        Some(r) => real_inputs(common.spec(), r, opts)?,
+        None => world_inputs(common.spec(), opts)?,
     };
     let world = common.world.dir.clone();
     let make = |records: Vec<Record>, enc| -> VlmDataset {
@@ -477,7 +478,9 @@ pub fn run(
         )?;
         curves.push((name.clone(), loss_curve(&report)));
         let ctx = EvalContext {
-            config: common,
+            eval: &common.eval,
+            cal: &common.cal,
+            world_dir: &common.world.dir,
             enc: &inputs.enc,
             processor: &inputs.processor,
             images: &inputs.images,

@@ -14,8 +14,11 @@ use std::process::ExitCode;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use clap::Parser;
-use experiments::cal_llava::{CalLlavaConfig, Outcome, RealData, RunOptions, StageKind, run};
+use experiments::cal_eval::Outcome;
+use experiments::cal_llava::{CalLlavaConfig, run};
 use experiments::device::select_device;
+use experiments::inputs::RealData;
+use experiments::run::{RunOptions, StageKind};
 use experiments::{cal_report, seeds};
 use vlalign_align::{Contrast, Pooling};
 

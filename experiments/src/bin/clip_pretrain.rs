@@ -15,9 +15,9 @@ use std::process::ExitCode;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use clap::Parser;
-use experiments::cal_llava::RunOptions;
 use experiments::clip_pretrain::{ClipPretrainConfig, run, write_all};
 use experiments::device::select_device;
+use experiments::run::RunOptions;
 
 #[derive(Parser, Debug)]
 #[command(about = "Pre-train a CLIP pair of towers on the world's captions and evaluate it")]
@@ -131,7 +131,7 @@ fn main_inner(args: &Args) -> Result<(), String> {
         100.0 * r.t2i_r1,
         100.0 * r.t2i_r5
     );
-    for a in experiments::captions::ATTRIBUTES {
+    for a in experiments::eval::captions::ATTRIBUTES {
         let Some(z) = outcome.zero_shot.get(a) else {
             continue;
         };

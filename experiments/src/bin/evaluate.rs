@@ -129,7 +129,7 @@ fn rescore(args: &Args, dir: &std::path::Path) -> Result<(), String> {
     let selected =
         experiments::device::select_device(args.device.as_deref()).map_err(|e| e.to_string())?;
     let (config, outcome) =
-        experiments::cal_llava::rescore(dir, &args.split, &selected.device, true)?;
+        experiments::cal_rescore::rescore(dir, &args.split, &selected.device, true)?;
     let command = std::env::args().collect::<Vec<_>>().join(" ");
     let device = selected.spec.to_string();
     let md = experiments::cal_report::markdown(&config, &outcome, &command, &device);

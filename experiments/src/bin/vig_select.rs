@@ -17,8 +17,9 @@ use std::process::ExitCode;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use clap::Parser;
-use experiments::cal_llava::{RealData, RunOptions, StageKind};
 use experiments::device::select_device;
+use experiments::inputs::RealData;
+use experiments::run::{RunOptions, StageKind};
 use experiments::vig_select::{VigSelectConfig, run};
 
 #[derive(Parser, Debug)]

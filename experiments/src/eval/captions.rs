@@ -15,7 +15,7 @@ use vlalign_data::{Encoder, ImageProcessor, Record};
 use vlalign_eval::generation::{GenerationRun, Prediction, generate_split};
 use vlalign_models::{GenerationConfig, Llava};
 
-use crate::cal_llava::add_label_noise;
+use crate::setup::add_label_noise;
 
 /// The attributes a caption names, in the order of `summary.json`.
 pub const ATTRIBUTES: [&str; 5] = ["count", "size", "color", "shape", "position"];

@@ -1,0 +1,158 @@
+//! What every experiment shares: where the world comes from, how evaluation samples it, the
+//! stages of LLaVA training, and the options of a run (device, run directory, resume,
+//! verbosity) with the one way a stage trains (`train_stage`).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use burn::data::dataset::Dataset;
+use burn::tensor::Device;
+use serde::{Deserialize, Serialize};
+use vlalign_align::Objective;
+use vlalign_data::{Item, VlmBatcher};
+use vlalign_models::Llava;
+use vlalign_train::{Stage, TrainConfig, TrainReport, Trainee, default_renderer, fit};
+
+/// Where the world comes from.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WorldSection {
+    /// Folder (generated when it has no `world.json`).
+    pub dir: PathBuf,
+    /// Scenes.
+    pub images: usize,
+    /// World seed.
+    pub seed: u64,
+    /// Language prior: share of stars that are yellow (0.8 default; 0 = none).
+    pub prior: f32,
+    /// Tokenizer vocabulary trained on the world's texts.
+    pub vocab: usize,
+    /// Questions per instruction record (one image, several turns: the image's tokens are paid
+    /// once for all of them).
+    pub qa_turns: usize,
+    /// System prompt of the chat template (default: the world's short one; LLaVA-1.5's is 83
+    /// tokens of every sequence here and teaches a model trained from scratch nothing).
+    pub system: String,
+}
+
+impl Default for WorldSection {
+    fn default() -> Self {
+        Self {
+            dir: PathBuf::from("data/world"),
+            images: 3000,
+            seed: 0,
+            prior: 0.8,
+            vocab: 512,
+            qa_turns: 3,
+            system: vlalign_data::world::SYSTEM.into(),
+        }
+    }
+}
+
+/// Evaluation settings.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EvalSection {
+    /// Held-out QA records scored (each gives up to three questions).
+    pub records: usize,
+    /// Batch size of generation and scoring.
+    pub batch_size: usize,
+    /// Generation budget per answer.
+    pub max_new_tokens: usize,
+    /// Validation samples drawn in `tokens.html`.
+    pub html_samples: usize,
+    /// Held-out captions generated for CIDEr and CHAIR (world only).
+    pub captions: usize,
+    /// Questions per POPE split (world only).
+    pub pope_questions: usize,
+    /// Held-out split of the world: `val` (default) or `test`.
+    pub split: String,
+}
+
+impl Default for EvalSection {
+    fn default() -> Self {
+        Self {
+            records: 120,
+            batch_size: 32,
+            max_new_tokens: 16,
+            html_samples: 8,
+            captions: 100,
+            pope_questions: 100,
+            split: "val".into(),
+        }
+    }
+}
+
+/// The stages of LLaVA training.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StageKind {
+    /// Stage 1: alignment pretraining on captions.
+    Pretrain,
+    /// Stage 2: instruction tuning.
+    Finetune,
+}
+
+/// Options that are not part of the experiment's definition.
+pub struct RunOptions {
+    /// The device (without autodiff).
+    pub device: Device,
+    /// Run directory.
+    pub out: PathBuf,
+    /// Resume each stage from its newest intact checkpoint.
+    pub resume: bool,
+    /// Show progress bars and burn-train's renderer.
+    pub verbose: bool,
+}
+
+/// CAL's diagnostics, shown live for a CAL stage.
+const CAL_SHOWN: &[(&str, &str)] = &[
+    ("cal_weight_mean", "CAL weight (mean)"),
+    ("cal_floor_share", "CAL floor share"),
+];
+
+impl RunOptions {
+    /// Train one stage of an experiment in `out/<name>` (resumable with `resume`, rendered as
+    /// `verbose` says; a CAL objective's diagnostics are shown live) on `(train, valid)`.
+    pub fn train_stage(
+        &self,
+        batcher: &VlmBatcher,
+        model: Llava,
+        objective: Arc<dyn Objective<Llava>>,
+        (train, valid): (Arc<dyn Dataset<Item>>, Arc<dyn Dataset<Item>>),
+        tc: &TrainConfig,
+        name: &str,
+    ) -> Result<(Llava, TrainReport), String> {
+        let dir = self.out.join(name);
+        let show = if objective.name() == "cal" {
+            CAL_SHOWN
+        } else {
+            &[]
+        };
+        let (trained, report) = fit(
+            Trainee::new(model, objective),
+            train,
+            valid,
+            batcher.clone(),
+            &self.device,
+            tc,
+            Stage {
+                dir: &dir,
+                label: name,
+                resume: self.resume,
+                stop_after: None,
+                show,
+                renderer: if self.verbose {
+                    default_renderer((tc.steps / 20).max(1))
+                } else {
+                    Some(vlalign_train::quiet_renderer())
+                },
+            },
+        )
+        .map_err(|e| format!("{name}: {e}"))?;
+        for w in &report.warnings {
+            eprintln!("{name}: {w}");
+        }
+        Ok((trained.model, report))
+    }
+}
