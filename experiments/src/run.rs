@@ -1,12 +1,15 @@
 //! What every experiment shares: where the world comes from, how evaluation samples it, the
 //! stages of LLaVA training, and the options of a run (device, run directory, resume,
-//! verbosity) with the one way a stage trains (`train_stage`).
+//! verbosity) with the one way a stage trains (`train_stage`), and the run directory
+//! (`config.toml` written, checked on resume).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use burn::data::dataset::Dataset;
 use burn::tensor::Device;
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use vlalign_align::Objective;
 use vlalign_data::{Item, VlmBatcher};
@@ -155,4 +158,54 @@ impl RunOptions {
         }
         Ok((trained.model, report))
     }
+}
+
+/// `out`, or `runs/<experiment>/<unix time>` when none is given.
+pub fn run_dir(out: Option<&Path>, experiment: &str) -> PathBuf {
+    out.map(Path::to_path_buf).unwrap_or_else(|| {
+        let t = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        PathBuf::from("runs").join(experiment).join(t.to_string())
+    })
+}
+
+/// Create the run directory `out` and write the resolved configuration to `config.toml`. On
+/// `resume`, the configuration the directory was made with must equal `config` once `relax`
+/// has copied over what a resume may change (e.g. `cal_llava`'s noise levels: stages are named
+/// by them, so a resumed run may add levels); otherwise the checkpoints would silently continue
+/// another experiment.
+pub fn prepare_run_dir<C>(
+    out: &Path,
+    config: &C,
+    resume: bool,
+    relax: impl Fn(&mut C, &C),
+) -> Result<(), String>
+where
+    C: Serialize + DeserializeOwned + PartialEq,
+{
+    std::fs::create_dir_all(out).map_err(|e| format!("{}: {e}", out.display()))?;
+    let path = out.join("config.toml");
+    if resume && path.is_file() {
+        let text =
+            std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let mut before: C =
+            toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+        relax(&mut before, config);
+        if before != *config {
+            return Err(format!(
+                "{} was made with another configuration; resume with `--config {}`",
+                out.display(),
+                path.display()
+            ));
+        }
+    }
+    let text = toml::to_string_pretty(config).map_err(|e| e.to_string())?;
+    std::fs::write(&path, text).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// Read a TOML configuration file.
+pub fn read_config<C: DeserializeOwned>(path: &Path) -> Result<C, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))
 }

@@ -11,7 +11,7 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 use clap::Parser;
 use experiments::cal_eval::Outcome;
@@ -19,6 +19,7 @@ use experiments::cal_llava::{CalLlavaConfig, run};
 use experiments::device::select_device;
 use experiments::inputs::RealData;
 use experiments::run::{RunOptions, StageKind};
+use experiments::run::{prepare_run_dir, read_config, run_dir};
 use experiments::{cal_report, seeds};
 use vlalign_align::{Contrast, Pooling};
 
@@ -98,11 +99,7 @@ struct Args {
 
 fn resolve(args: &Args) -> Result<CalLlavaConfig, String> {
     let mut c = match &args.config {
-        Some(path) => {
-            let text =
-                std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-            toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?
-        }
+        Some(path) => read_config(path)?,
         None if args.quick => CalLlavaConfig::quick(),
         None => CalLlavaConfig::default(),
     };
@@ -241,31 +238,11 @@ fn main_inner(args: &Args) -> Result<(), String> {
         selected.spec,
         selected.adapter.clone().unwrap_or_default()
     );
-    let out = args.out.clone().unwrap_or_else(|| {
-        let t = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
-        PathBuf::from("runs/cal_llava").join(t.to_string())
-    });
-    std::fs::create_dir_all(&out).map_err(|e| format!("{}: {e}", out.display()))?;
-    let config_path = out.join("config.toml");
-    let text = toml::to_string_pretty(&config).map_err(|e| e.to_string())?;
-    if args.resume && config_path.is_file() {
-        // Stages are named by objective and noise level, so a resumed run may add noise levels;
-        // anything else must match what the checkpoints were trained with.
-        let before = std::fs::read_to_string(&config_path).map_err(|e| e.to_string())?;
-        let mut before: CalLlavaConfig =
-            toml::from_str(&before).map_err(|e| format!("{}: {e}", config_path.display()))?;
-        before.noise = config.noise.clone();
-        if before != config {
-            return Err(format!(
-                "{} was made with another configuration; resume with `--config {}`",
-                out.display(),
-                config_path.display()
-            ));
-        }
-    }
-    std::fs::write(&config_path, &text).map_err(|e| format!("{}: {e}", config_path.display()))?;
+    let out = run_dir(args.out.as_deref(), "cal_llava");
+    prepare_run_dir(&out, &config, args.resume, |before, now| {
+        // Stages are named by objective and noise level, so a resumed run may add levels.
+        before.noise = now.noise.clone();
+    })?;
     eprintln!("cal_llava on {device_name}, writing {}", out.display());
     let started = Instant::now();
     let real = match &args.data {

@@ -12,12 +12,13 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 use clap::Parser;
 use experiments::clip_pretrain::{ClipPretrainConfig, run, write_all};
 use experiments::device::select_device;
 use experiments::run::RunOptions;
+use experiments::run::{prepare_run_dir, read_config, run_dir};
 
 #[derive(Parser, Debug)]
 #[command(about = "Pre-train a CLIP pair of towers on the world's captions and evaluate it")]
@@ -50,11 +51,7 @@ struct Args {
 
 fn resolve(args: &Args) -> Result<ClipPretrainConfig, String> {
     let mut c = match &args.config {
-        Some(path) => {
-            let text =
-                std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-            toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?
-        }
+        Some(path) => read_config(path)?,
         None if args.quick => ClipPretrainConfig::quick(),
         None => ClipPretrainConfig::default(),
     };
@@ -84,28 +81,8 @@ fn main_inner(args: &Args) -> Result<(), String> {
     if let Some(w) = &selected.warning {
         eprintln!("warning: {w}");
     }
-    let out = args.out.clone().unwrap_or_else(|| {
-        let t = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
-        PathBuf::from("runs/clip_pretrain").join(t.to_string())
-    });
-    std::fs::create_dir_all(&out).map_err(|e| format!("{}: {e}", out.display()))?;
-    let config_path = out.join("config.toml");
-    if args.resume && config_path.is_file() {
-        let before = std::fs::read_to_string(&config_path).map_err(|e| e.to_string())?;
-        let before: ClipPretrainConfig =
-            toml::from_str(&before).map_err(|e| format!("{}: {e}", config_path.display()))?;
-        if before != config {
-            return Err(format!(
-                "{} was made with another configuration; resume with `--config {}`",
-                out.display(),
-                config_path.display()
-            ));
-        }
-    }
-    let text = toml::to_string_pretty(&config).map_err(|e| e.to_string())?;
-    std::fs::write(&config_path, text).map_err(|e| format!("{}: {e}", config_path.display()))?;
+    let out = run_dir(args.out.as_deref(), "clip_pretrain");
+    prepare_run_dir(&out, &config, args.resume, |_, _| {})?;
     eprintln!(
         "clip_pretrain on {}, writing {}",
         selected.spec,

@@ -14,12 +14,13 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 use clap::Parser;
 use experiments::device::select_device;
 use experiments::inputs::RealData;
 use experiments::run::{RunOptions, StageKind};
+use experiments::run::{prepare_run_dir, read_config, run_dir};
 use experiments::vig_select::{VigSelectConfig, run};
 
 #[derive(Parser, Debug)]
@@ -91,11 +92,7 @@ fn main() -> ExitCode {
 
 fn main_inner(args: &Args) -> Result<(), String> {
     let mut config = match &args.config {
-        Some(path) => {
-            let text =
-                std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-            toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?
-        }
+        Some(path) => read_config(path)?,
         None if args.quick => VigSelectConfig::quick(),
         None => VigSelectConfig::default(),
     };
@@ -121,26 +118,8 @@ fn main_inner(args: &Args) -> Result<(), String> {
         selected.spec,
         selected.adapter.clone().unwrap_or_default()
     );
-    let out = args.out.clone().unwrap_or_else(|| {
-        let t = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
-        PathBuf::from("runs/vig_select").join(t.to_string())
-    });
-    std::fs::create_dir_all(&out).map_err(|e| format!("{}: {e}", out.display()))?;
-    let text = toml::to_string_pretty(&config).map_err(|e| e.to_string())?;
-    let config_path = out.join("config.toml");
-    if args.resume && config_path.is_file() {
-        let before = std::fs::read_to_string(&config_path).map_err(|e| e.to_string())?;
-        if before != text {
-            return Err(format!(
-                "{} was made with another configuration; resume with `--config {}`",
-                out.display(),
-                config_path.display()
-            ));
-        }
-    }
-    std::fs::write(&config_path, &text).map_err(|e| format!("{}: {e}", config_path.display()))?;
+    let out = run_dir(args.out.as_deref(), "vig_select");
+    prepare_run_dir(&out, &config, args.resume, |_, _| {})?;
     eprintln!("vig_select on {device_name}, writing {}", out.display());
     let started = Instant::now();
     let real = args.data.as_ref().map(|data| RealData {
