@@ -12,13 +12,14 @@ use burn::module::Module;
 use serde::{Deserialize, Serialize};
 use vlalign_align::{CalConfig, CalObjective, MleObjective, Objective};
 use vlalign_data::dataset::prepare;
-use vlalign_data::{ImageCheck, Item, Record, VlmDataset, read_records};
+use vlalign_data::{Encoder, ImageCheck, Item, Record, VlmDataset, read_records};
 use vlalign_eval::generation::write_predictions;
 use vlalign_models::Llava;
 use vlalign_train::{TrainConfig, TrainReport};
 
-use crate::cal_eval::{EvalContext, Outcome, evaluate_model};
+use crate::cal_eval::{EvalContext, Outcome, RunResult, evaluate_model};
 use crate::eval::captions::{self, CaptionAccuracy};
+use crate::eval::token_eval::TokenEval;
 use crate::inputs::{Inputs, ModelSpec, RealData, real_inputs, world_inputs};
 use crate::run::{EvalSection, RunOptions, StageKind, WorldSection};
 use crate::setup::{ModelSize, add_label_noise};
@@ -135,190 +136,259 @@ pub fn run(
     real: Option<&RealData>,
     opts: &RunOptions,
 ) -> Result<Outcome, String> {
-    let err = |e: &dyn std::fmt::Display| e.to_string();
     let inputs = match real {
         Some(r) => real_inputs(config.spec(), r, opts)?,
         None => world_inputs(config.spec(), opts)?,
     };
-    let Inputs {
-        tokenizer,
-        enc,
-        processor,
-        images,
-        batcher,
-        init,
-    } = inputs;
-    let read = |path: &Path| -> Result<Vec<Record>, String> {
-        let parsed = read_records(path).map_err(|e| err(&e))?;
-        let bad = parsed.iter().filter(|r| r.is_err()).count();
-        if bad > 0 {
-            eprintln!("{}: skipping {bad} malformed records", path.display());
-        }
-        Ok(parsed.into_iter().filter_map(Result::ok).collect())
+    let objectives = Objectives {
+        mle: Arc::new(MleObjective),
+        cal: Arc::new(CalObjective {
+            config: config.cal.clone(),
+        }),
     };
-    // One dataset from record sets, each encoded with its template.
-    let mixed = |parts: Vec<(Vec<Record>, &vlalign_data::Encoder)>| -> Arc<dyn Dataset<Item>> {
-        let mut samples = Vec::new();
-        for (records, encoder) in parts {
-            let (part, report) = prepare(
-                records.into_iter().map(Ok).collect(),
-                encoder,
-                &images,
-                ImageCheck::Exists,
-            );
-            if !report.errors.is_empty() || !report.truncated.is_empty() {
-                eprintln!("{}", report.summary());
-            }
-            samples.extend(part);
-        }
-        Arc::new(VlmDataset::new(samples, processor.clone()))
+    let mut log = StageLog::default();
+    // Stage 1 on the world (one starting model per objective when CAL is on in pretraining),
+    // or the user's model and records.
+    let plan = match real {
+        None => world_stage1(config, &inputs, &objectives, opts, &mut log)?,
+        Some(r) => real_plan(config, r, &inputs)?,
     };
-    let dataset = |records: Vec<Record>, encoder| mixed(vec![(records, encoder)]);
-    let mle: Arc<dyn Objective<Llava>> = Arc::new(MleObjective);
-    let cal: Arc<dyn Objective<Llava>> = Arc::new(CalObjective {
-        config: config.cal.clone(),
-    });
-    // What is compared: (starting models per objective, stage config, encoder, records).
-    let mut curves = Vec::new();
-    let mut stage1 = Vec::new();
-    let cal_pretrain = config.cal_stages.contains(&StageKind::Pretrain);
-    let cal_finetune = config.cal_stages.contains(&StageKind::Finetune);
-    let (starts, stage_cfg, stage_name, encoder, train_records, val_records, pretrain_step_ms) =
-        match real {
-            None => {
-                // Stage 1 on captions, shared unless CAL is on in pretraining.
-                let world = &config.world.dir;
-                let mut parts = vec![(read(&world.join("train_captions.json"))?, &enc.plain)];
-                if config.pretrain_qa {
-                    parts.push((read(&world.join("train_qa.json"))?, &enc.chat));
-                }
-                let captions = mixed(parts);
-                let captions_val = dataset(read(&world.join("val_captions.json"))?, &enc.plain);
-                let mut starts = Vec::new();
-                let mut step_ms = 0.0;
-                for obj in ["mle", "cal"] {
-                    if obj == "cal" && !cal_pretrain {
-                        break;
-                    }
-                    let (objective, name) = match (obj, cal_pretrain) {
-                        ("cal", _) => (cal.clone(), "pretrain-cal".to_string()),
-                        (_, true) => (mle.clone(), "pretrain-mle".to_string()),
-                        _ => (mle.clone(), "pretrain".to_string()),
-                    };
-                    eprintln!(
-                        "stage 1 ({name}): {} steps on captions",
-                        config.pretrain.steps
-                    );
-                    let (m, report) = opts.train_stage(
-                        &batcher,
-                        init.clone(),
-                        objective,
-                        (captions.clone(), captions_val.clone()),
-                        &config.pretrain,
-                        &name,
-                    )?;
-                    curves.push((name.clone(), loss_curve(&report)));
-                    step_ms = report.median_step_ms().unwrap_or(0.0);
-                    let captions =
-                        read(&world.join(format!("{}_captions.json", config.eval.split)))?;
-                    let captions: Vec<Record> =
-                        captions.into_iter().take(config.eval.captions).collect();
-                    let run = captions::CaptionRun {
-                        encoder: &enc.plain,
-                        processor: &processor,
-                        image_folder: &images,
-                        batch_size: config.eval.batch_size,
-                        verbose: opts.verbose,
-                    };
-                    let acc = stage1_captions(&m, &captions, &run, &opts.out.join(&name), &name)?;
-                    stage1.push((name.clone(), acc));
-                    starts.push(m);
-                }
-                let val: Vec<Record> = read(&world.join(format!("{}_qa.json", config.eval.split)))?
-                    .into_iter()
-                    .take(config.eval.records)
-                    .collect();
-                (
-                    starts,
-                    &config.finetune,
-                    "finetune",
-                    &enc.chat,
-                    read(&world.join("train_qa.json"))?,
-                    val,
-                    step_ms,
-                )
-            }
-            Some(r) => {
-                let mut records = read(&r.data)?;
-                let held = ((records.len() as f64) * r.held_out).ceil() as usize;
-                let held = held.clamp(1, records.len().saturating_sub(1).max(1));
-                let val = records.split_off(records.len() - held);
-                let (tc, name, encoder) = match r.stage {
-                    StageKind::Pretrain => (&config.pretrain, "pretrain", &enc.plain),
-                    StageKind::Finetune => (&config.finetune, "finetune", &enc.chat),
-                };
-                let mut m = init.clone();
-                if r.stage == StageKind::Pretrain {
-                    // LLaVA stage 1: only the projector trains.
-                    m.language_model = m.language_model.no_grad();
-                }
-                (vec![m], tc, name, encoder, records, val, 0.0)
-            }
-        };
-    let cal_here = match real.map(|r| r.stage) {
-        Some(StageKind::Pretrain) => cal_pretrain,
-        _ => cal_finetune,
-    };
-    let val_records: Vec<Record> = val_records.into_iter().take(config.eval.records).collect();
-    let val = dataset(val_records.clone(), encoder);
+    // Stage 2: MLE and CAL from the same start, data order and steps, at each noise level.
+    let (runs, tokens) = stage2(
+        config,
+        real.is_none(),
+        &plan,
+        &inputs,
+        &objectives,
+        opts,
+        &mut log,
+    )?;
+    Ok(Outcome {
+        runs,
+        stage1: log.stage1,
+        curves: log.curves,
+        pretrain_step_ms: plan.pretrain_step_ms,
+        tokens,
+        tokenizer: inputs.tokenizer,
+    })
+}
 
-    let mut runs = Vec::new();
-    let mut tokens = Vec::new();
+/// The objectives compared.
+struct Objectives {
+    mle: Arc<dyn Objective<Llava>>,
+    cal: Arc<dyn Objective<Llava>>,
+}
+
+/// What the stages leave for the report: loss curves and stage-1 caption accuracy.
+#[derive(Default)]
+struct StageLog {
+    curves: Vec<(String, Vec<(usize, f64)>)>,
+    stage1: Vec<(String, CaptionAccuracy)>,
+}
+
+/// What stage 2 starts from.
+struct Stage2Plan<'a> {
+    /// One starting model per objective (`mle`, `cal`), or one shared.
+    starts: Vec<Llava>,
+    config: &'a TrainConfig,
+    name: &'static str,
+    encoder: &'a Encoder,
+    train: Vec<Record>,
+    /// Held-out records (at most `eval.records`).
+    val: Vec<Record>,
+    pretrain_step_ms: f64,
+}
+
+/// The valid records of `path` (malformed ones are counted on stderr).
+fn read(path: &Path) -> Result<Vec<Record>, String> {
+    let parsed = read_records(path).map_err(|e| e.to_string())?;
+    let bad = parsed.iter().filter(|r| r.is_err()).count();
+    if bad > 0 {
+        eprintln!("{}: skipping {bad} malformed records", path.display());
+    }
+    Ok(parsed.into_iter().filter_map(Result::ok).collect())
+}
+
+/// One dataset from record sets, each encoded with its template.
+fn mixed(inputs: &Inputs, parts: Vec<(Vec<Record>, &Encoder)>) -> Arc<dyn Dataset<Item>> {
+    let mut samples = Vec::new();
+    for (records, encoder) in parts {
+        let (part, report) = prepare(
+            records.into_iter().map(Ok).collect(),
+            encoder,
+            &inputs.images,
+            ImageCheck::Exists,
+        );
+        if !report.errors.is_empty() || !report.truncated.is_empty() {
+            eprintln!("{}", report.summary());
+        }
+        samples.extend(part);
+    }
+    Arc::new(VlmDataset::new(samples, inputs.processor.clone()))
+}
+
+/// Stage 1 on the world's captions (and QA records with `pretrain_qa`), each stage-1 model's
+/// held-out caption accuracy, and what stage 2 trains on.
+fn world_stage1<'a>(
+    config: &'a CalLlavaConfig,
+    inputs: &'a Inputs,
+    objectives: &Objectives,
+    opts: &RunOptions,
+    log: &mut StageLog,
+) -> Result<Stage2Plan<'a>, String> {
+    let (world, enc) = (&config.world.dir, &inputs.enc);
+    let mut parts = vec![(read(&world.join("train_captions.json"))?, &enc.plain)];
+    if config.pretrain_qa {
+        parts.push((read(&world.join("train_qa.json"))?, &enc.chat));
+    }
+    let captions = mixed(inputs, parts);
+    let captions_val = mixed(
+        inputs,
+        vec![(read(&world.join("val_captions.json"))?, &enc.plain)],
+    );
+    let held_out = |kind: &str, n: usize| -> Result<Vec<Record>, String> {
+        let path = world.join(format!("{}_{kind}.json", config.eval.split));
+        Ok(read(&path)?.into_iter().take(n).collect())
+    };
+    let cal_pretrain = config.cal_stages.contains(&StageKind::Pretrain);
+    let stages = if cal_pretrain {
+        vec![
+            (objectives.mle.clone(), "pretrain-mle"),
+            (objectives.cal.clone(), "pretrain-cal"),
+        ]
+    } else {
+        vec![(objectives.mle.clone(), "pretrain")]
+    };
+    let (mut starts, mut step_ms) = (Vec::new(), 0.0);
+    for (objective, name) in stages {
+        eprintln!(
+            "stage 1 ({name}): {} steps on captions",
+            config.pretrain.steps
+        );
+        let (m, report) = opts.train_stage(
+            &inputs.batcher,
+            inputs.init.clone(),
+            objective,
+            (captions.clone(), captions_val.clone()),
+            &config.pretrain,
+            name,
+        )?;
+        log.curves.push((name.to_string(), loss_curve(&report)));
+        step_ms = report.median_step_ms().unwrap_or(0.0);
+        let run = captions::CaptionRun {
+            encoder: &enc.plain,
+            processor: &inputs.processor,
+            image_folder: &inputs.images,
+            batch_size: config.eval.batch_size,
+            verbose: opts.verbose,
+        };
+        let records = held_out("captions", config.eval.captions)?;
+        let acc = stage1_captions(&m, &records, &run, &opts.out.join(name), name)?;
+        log.stage1.push((name.to_string(), acc));
+        starts.push(m);
+    }
+    Ok(Stage2Plan {
+        starts,
+        config: &config.finetune,
+        name: "finetune",
+        encoder: &enc.chat,
+        train: read(&world.join("train_qa.json"))?,
+        val: held_out("qa", config.eval.records)?,
+        pretrain_step_ms: step_ms,
+    })
+}
+
+/// The user's records: a share held out, the stage `--stage` says (pretraining trains only
+/// the projector, as LLaVA's stage 1).
+fn real_plan<'a>(
+    config: &'a CalLlavaConfig,
+    r: &RealData,
+    inputs: &'a Inputs,
+) -> Result<Stage2Plan<'a>, String> {
+    let mut records = read(&r.data)?;
+    let held = ((records.len() as f64) * r.held_out).ceil() as usize;
+    let held = held.clamp(1, records.len().saturating_sub(1).max(1));
+    let mut val = records.split_off(records.len() - held);
+    val.truncate(config.eval.records);
+    let (tc, name, encoder) = match r.stage {
+        StageKind::Pretrain => (&config.pretrain, "pretrain", &inputs.enc.plain),
+        StageKind::Finetune => (&config.finetune, "finetune", &inputs.enc.chat),
+    };
+    let mut m = inputs.init.clone();
+    if r.stage == StageKind::Pretrain {
+        m.language_model = m.language_model.no_grad();
+    }
+    Ok(Stage2Plan {
+        starts: vec![m],
+        config: tc,
+        name,
+        encoder,
+        train: records,
+        val,
+        pretrain_step_ms: 0.0,
+    })
+}
+
+/// Train MLE and CAL from the plan's start(s) at each noise level and evaluate each model.
+fn stage2(
+    config: &CalLlavaConfig,
+    world: bool,
+    plan: &Stage2Plan<'_>,
+    inputs: &Inputs,
+    objectives: &Objectives,
+    opts: &RunOptions,
+    log: &mut StageLog,
+) -> Result<(Vec<RunResult>, Vec<TokenEval>), String> {
+    let cal_here = if plan.name == "pretrain" {
+        config.cal_stages.contains(&StageKind::Pretrain)
+    } else {
+        config.cal_stages.contains(&StageKind::Finetune)
+    };
+    let val = mixed(inputs, vec![(plan.val.clone(), plan.encoder)]);
+    let (mut runs, mut tokens) = (Vec::new(), Vec::new());
     for &noise in &config.noise {
-        let mut records = train_records.clone();
+        let mut records = plan.train.clone();
         let changed = add_label_noise(&mut records, noise, config.seed);
-        let data = dataset(records, encoder);
+        let data = mixed(inputs, vec![(records, plan.encoder)]);
         for (k, obj) in ["mle", "cal"].into_iter().enumerate() {
-            let objective = if obj == "cal" && cal_here {
-                cal.clone()
-            } else {
-                mle.clone()
+            let objective = match (obj, cal_here) {
+                ("cal", true) => objectives.cal.clone(),
+                _ => objectives.mle.clone(),
             };
-            let mut model = starts[k.min(starts.len() - 1)].clone();
+            let mut model = plan.starts[k.min(plan.starts.len() - 1)].clone();
             // The vision tower stays frozen after stage 1 (LLaVA) unless configured otherwise.
             if !config.finetune_vision {
                 model.vision_tower = model.vision_tower.no_grad();
             }
-            let name = format!("{stage_name}-{obj}-noise{noise}");
+            let name = format!("{}-{obj}-noise{noise}", plan.name);
             eprintln!(
                 "{name}: {} steps ({changed} records with swapped images)",
-                stage_cfg.steps
+                plan.config.steps
             );
             let (model, report) = opts.train_stage(
-                &batcher,
+                &inputs.batcher,
                 model,
                 objective,
                 (data.clone(), val.clone()),
-                stage_cfg,
+                plan.config,
                 &name,
             )?;
-            curves.push((name.clone(), loss_curve(&report)));
-            let dir = opts.out.join(&name);
+            log.curves.push((name.clone(), loss_curve(&report)));
             let ctx = EvalContext {
                 eval: &config.eval,
                 cal: &config.cal,
                 world_dir: &config.world.dir,
-                enc: &enc,
-                processor: &processor,
-                images: &images,
-                batcher: &batcher,
+                enc: &inputs.enc,
+                processor: &inputs.processor,
+                images: &inputs.images,
+                batcher: &inputs.batcher,
                 device: &opts.device,
                 verbose: opts.verbose,
-                world: real.is_none(),
-                val_records: &val_records,
+                world,
+                val_records: &plan.val,
                 val: val.clone(),
             };
-            let (mut result, te) = evaluate_model(&model, &ctx, &dir)?;
+            let (mut result, te) = evaluate_model(&model, &ctx, &opts.out.join(&name))?;
             result.objective = obj.into();
             result.noise = noise;
             result.step_ms = report.median_step_ms().unwrap_or(0.0);
@@ -327,14 +397,7 @@ pub fn run(
             tokens.push(te);
         }
     }
-    Ok(Outcome {
-        runs,
-        stage1,
-        curves,
-        pretrain_step_ms,
-        tokens,
-        tokenizer,
-    })
+    Ok((runs, tokens))
 }
 
 /// Caption accuracy of a stage-1 model on held-out `records` (own images and swapped), with
