@@ -11,8 +11,7 @@ use burn::data::dataset::Dataset;
 use burn::module::Module;
 use serde::{Deserialize, Serialize};
 use vlalign_align::{CalConfig, CalObjective, MleObjective, Objective};
-use vlalign_data::dataset::prepare;
-use vlalign_data::{Encoder, ImageCheck, Item, Record, VlmDataset, read_records};
+use vlalign_data::{Encoder, Item, Record};
 use vlalign_eval::generation::write_predictions;
 use vlalign_models::Llava;
 use vlalign_train::{TrainConfig, TrainReport};
@@ -20,7 +19,7 @@ use vlalign_train::{TrainConfig, TrainReport};
 use crate::cal_eval::{EvalContext, Outcome, RunResult, evaluate_model};
 use crate::eval::captions::{self, CaptionAccuracy};
 use crate::eval::token_eval::TokenEval;
-use crate::inputs::{Inputs, ModelSpec, RealData, real_inputs, world_inputs};
+use crate::inputs::{Inputs, ModelSpec, RealData, read_valid, real_inputs, world_inputs};
 use crate::run::{EvalSection, RunOptions, StageKind, WorldSection};
 use crate::setup::{ModelSize, add_label_noise};
 
@@ -199,32 +198,9 @@ struct Stage2Plan<'a> {
     pretrain_step_ms: f64,
 }
 
-/// The valid records of `path` (malformed ones are counted on stderr).
-fn read(path: &Path) -> Result<Vec<Record>, String> {
-    let parsed = read_records(path).map_err(|e| e.to_string())?;
-    let bad = parsed.iter().filter(|r| r.is_err()).count();
-    if bad > 0 {
-        eprintln!("{}: skipping {bad} malformed records", path.display());
-    }
-    Ok(parsed.into_iter().filter_map(Result::ok).collect())
-}
-
 /// One dataset from record sets, each encoded with its template.
 fn mixed(inputs: &Inputs, parts: Vec<(Vec<Record>, &Encoder)>) -> Arc<dyn Dataset<Item>> {
-    let mut samples = Vec::new();
-    for (records, encoder) in parts {
-        let (part, report) = prepare(
-            records.into_iter().map(Ok).collect(),
-            encoder,
-            &inputs.images,
-            ImageCheck::Exists,
-        );
-        if !report.errors.is_empty() || !report.truncated.is_empty() {
-            eprintln!("{}", report.summary());
-        }
-        samples.extend(part);
-    }
-    Arc::new(VlmDataset::new(samples, inputs.processor.clone()))
+    Arc::new(inputs.dataset(parts))
 }
 
 /// Stage 1 on the world's captions (and QA records with `pretrain_qa`), each stage-1 model's
@@ -237,18 +213,18 @@ fn world_stage1<'a>(
     log: &mut StageLog,
 ) -> Result<Stage2Plan<'a>, String> {
     let (world, enc) = (&config.world.dir, &inputs.enc);
-    let mut parts = vec![(read(&world.join("train_captions.json"))?, &enc.plain)];
+    let mut parts = vec![(read_valid(&world.join("train_captions.json"))?, &enc.plain)];
     if config.pretrain_qa {
-        parts.push((read(&world.join("train_qa.json"))?, &enc.chat));
+        parts.push((read_valid(&world.join("train_qa.json"))?, &enc.chat));
     }
     let captions = mixed(inputs, parts);
     let captions_val = mixed(
         inputs,
-        vec![(read(&world.join("val_captions.json"))?, &enc.plain)],
+        vec![(read_valid(&world.join("val_captions.json"))?, &enc.plain)],
     );
     let held_out = |kind: &str, n: usize| -> Result<Vec<Record>, String> {
         let path = world.join(format!("{}_{kind}.json", config.eval.split));
-        Ok(read(&path)?.into_iter().take(n).collect())
+        Ok(read_valid(&path)?.into_iter().take(n).collect())
     };
     let cal_pretrain = config.cal_stages.contains(&StageKind::Pretrain);
     let stages = if cal_pretrain {
@@ -292,7 +268,7 @@ fn world_stage1<'a>(
         config: &config.finetune,
         name: "finetune",
         encoder: &enc.chat,
-        train: read(&world.join("train_qa.json"))?,
+        train: read_valid(&world.join("train_qa.json"))?,
         val: held_out("qa", config.eval.records)?,
         pretrain_step_ms: step_ms,
     })
@@ -305,7 +281,7 @@ fn real_plan<'a>(
     r: &RealData,
     inputs: &'a Inputs,
 ) -> Result<Stage2Plan<'a>, String> {
-    let mut records = read(&r.data)?;
+    let mut records = read_valid(&r.data)?;
     let held = ((records.len() as f64) * r.held_out).ceil() as usize;
     let held = held.clamp(1, records.len().saturating_sub(1).max(1));
     let mut val = records.split_off(records.len() - held);

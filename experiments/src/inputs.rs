@@ -6,8 +6,12 @@ use std::path::{Path, PathBuf};
 
 use burn::tensor::Device;
 
+use vlalign_data::dataset::prepare;
 use vlalign_data::world::WorldConfig;
-use vlalign_data::{ImageProcessor, Template, TextTokenizer, VlmBatcher};
+use vlalign_data::{
+    Encoder, ImageCheck, ImageProcessor, Record, Template, TextTokenizer, VlmBatcher, VlmDataset,
+    read_records,
+};
 use vlalign_models::{Llava, VisionConfig, VisionTransformer};
 
 use crate::run::{RunOptions, StageKind, WorldSection};
@@ -66,6 +70,37 @@ pub struct Inputs {
     pub batcher: VlmBatcher,
     /// The initial model, on the autodiff device.
     pub init: Llava,
+}
+
+/// The valid records of `path` (malformed ones are counted on stderr).
+pub fn read_valid(path: &Path) -> Result<Vec<Record>, String> {
+    let parsed = read_records(path).map_err(|e| e.to_string())?;
+    let bad = parsed.iter().filter(|r| r.is_err()).count();
+    if bad > 0 {
+        eprintln!("{}: skipping {bad} malformed records", path.display());
+    }
+    Ok(parsed.into_iter().filter_map(Result::ok).collect())
+}
+
+impl Inputs {
+    /// One dataset from record sets, each encoded with its template (bad records are
+    /// reported on stderr and left out).
+    pub fn dataset(&self, parts: Vec<(Vec<Record>, &Encoder)>) -> VlmDataset {
+        let mut samples = Vec::new();
+        for (records, encoder) in parts {
+            let (part, report) = prepare(
+                records.into_iter().map(Ok).collect(),
+                encoder,
+                &self.images,
+                ImageCheck::Exists,
+            );
+            if !report.errors.is_empty() || !report.truncated.is_empty() {
+                eprintln!("{}", report.summary());
+            }
+            samples.extend(part);
+        }
+        VlmDataset::new(samples, self.processor.clone())
+    }
 }
 
 /// The world of `world` (generated when its folder has none, checked against the configuration

@@ -18,15 +18,15 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
 use vlalign_align::vig::{SampleVig, Selection, select, token_weights, vig_scores};
 use vlalign_align::{CalObjective, MleObjective, Objective};
-use vlalign_data::dataset::{Weighted, prepare};
-use vlalign_data::{ImageCheck, Item, Record, VlmDataset, WordKind, read_records};
+use vlalign_data::dataset::Weighted;
+use vlalign_data::{Item, Record, VlmDataset, WordKind};
 use vlalign_eval::grounding::auroc;
 use vlalign_models::Llava;
 
 use crate::cal_eval::RunResult;
 use crate::cal_eval::{EvalContext, evaluate_model};
 use crate::cal_llava::{CalLlavaConfig, loss_curve};
-use crate::inputs::{Inputs, RealData, real_inputs, world_inputs};
+use crate::inputs::{Inputs, RealData, read_valid, real_inputs, world_inputs};
 use crate::run::RunOptions;
 
 /// VIG's own settings.
@@ -243,14 +243,6 @@ fn blurred_example(
         .map_err(|e| format!("{}: {e}", path.display()))
 }
 
-fn read(path: &Path) -> Result<Vec<Record>, String> {
-    Ok(read_records(path)
-        .map_err(|e| e.to_string())?
-        .into_iter()
-        .filter_map(Result::ok)
-        .collect())
-}
-
 /// Train and evaluate; see the module docs. With `real`, the loaded model plays the stage-1
 /// model (no stage 1 runs), the user's records are scored (scores next to them) and split 95/5,
 /// and only what needs no world truth is reported.
@@ -264,165 +256,40 @@ pub fn run(
         Some(r) => real_inputs(common.spec(), r, opts)?,
         None => world_inputs(common.spec(), opts)?,
     };
-    let world = common.world.dir.clone();
-    let make = |records: Vec<Record>, enc| -> VlmDataset {
-        let (samples, report) = prepare(
-            records.into_iter().map(Ok).collect(),
-            enc,
-            &inputs.images,
-            ImageCheck::Exists,
-        );
-        if !report.errors.is_empty() || !report.truncated.is_empty() {
-            eprintln!("{}", report.summary());
-        }
-        VlmDataset::new(samples, inputs.processor.clone())
-    };
     let mut curves = Vec::new();
-
     // Stage 1 (the world), or the loaded model.
     let stage1 = match real {
         Some(_) => inputs.init.clone(),
-        None => {
-            // The same stage-1 data as `cal_llava`: captions, and the QA records with them
-            // when `pretrain_qa` (the default) says so.
-            let mut samples = make(read(&world.join("train_captions.json"))?, &inputs.enc.plain)
-                .samples()
-                .to_vec();
-            if common.pretrain_qa {
-                let qa = make(read(&world.join("train_qa.json"))?, &inputs.enc.chat);
-                samples.extend_from_slice(qa.samples());
-            }
-            let captions: Arc<dyn Dataset<Item>> =
-                Arc::new(VlmDataset::new(samples, inputs.processor.clone()));
-            let captions_val: Arc<dyn Dataset<Item>> = Arc::new(make(
-                read(&world.join("val_captions.json"))?,
-                &inputs.enc.plain,
-            ));
-            eprintln!(
-                "stage 1 (pretrain): {} steps on captions{}",
-                common.pretrain.steps,
-                if common.pretrain_qa { " and QA" } else { "" }
-            );
-            let (stage1, r1) = opts.train_stage(
-                &inputs.batcher,
-                inputs.init.clone(),
-                Arc::new(MleObjective),
-                (captions, captions_val),
-                &common.pretrain,
-                "pretrain",
-            )?;
-            curves.push(("pretrain".to_string(), loss_curve(&r1)));
-            stage1
-        }
+        None => world_stage1(common, &inputs, opts, &mut curves)?,
     };
-
-    // Scoring.
+    // The records scored and selected, the held-out ones, and where the scores go.
+    let world = &common.world.dir;
     let (train_records, held_out, scores_file) = match real {
         Some(r) => {
-            let mut records = read(&r.data)?;
+            let mut records = read_valid(&r.data)?;
             let held = ((records.len() as f64) * r.held_out).ceil() as usize;
             let held = held.clamp(1, records.len().saturating_sub(1).max(1));
             let val = records.split_off(records.len() - held);
-            let stem = r.data.with_extension("vig.jsonl");
-            (records, Some(val), stem)
+            (records, val, r.data.with_extension("vig.jsonl"))
         }
         None => (
-            read(&world.join("train_qa.json"))?,
-            None,
+            read_valid(&world.join("train_qa.json"))?,
+            read_valid(&world.join(format!("{}_qa.json", common.eval.split)))?,
             world.join("train_qa.vig.jsonl"),
         ),
     };
-    let train = make(train_records, &inputs.enc.chat);
+    // VIG of every training sample, written next to the data and into the run.
+    let train = inputs.dataset(vec![(train_records, &inputs.enc.chat)]);
+    let (samples, detail, rate) = score_training_set(config, &stage1, &train, &inputs, opts)?;
     let ids: Vec<String> = train.samples().iter().map(|s| s.id.clone()).collect();
-    blurred_example(
-        &train,
-        &inputs,
-        config.vig.sigma,
-        &opts.out.join("blurred.png"),
-    )?;
-    eprintln!(
-        "scoring {} training samples (σ = {} px)",
-        train.len(),
-        config.vig.sigma
-    );
-    let (samples, detail, rate) = score(
-        &stage1,
-        &train,
-        &inputs,
-        config.vig.sigma,
-        common.eval.batch_size,
-        &opts.device,
-        opts.verbose,
-    )?;
-    eprintln!("VIG scoring: {rate:.1} samples/s");
-    write_scores(&scores_file, &ids, &samples, &detail, &inputs)?;
-    write_scores(
-        &opts.out.join("train_qa.vig.jsonl"),
-        &ids,
-        &samples,
-        &detail,
-        &inputs,
-    )?;
-
+    for path in [scores_file, opts.out.join("train_qa.vig.jsonl")] {
+        write_scores(&path, &ids, &samples, &detail, &inputs)?;
+    }
     // VIG against the truth on the held-out split, with the stage-1 model.
-    let val_records: Vec<Record> = match held_out {
-        Some(v) => v,
-        None => read(&world.join(format!("{}_qa.json", common.eval.split)))?,
-    }
-    .into_iter()
-    .take(common.eval.records)
-    .collect();
-    let val_ds = make(val_records.clone(), &inputs.enc.chat);
-    let val_ids: Vec<String> = val_ds.samples().iter().map(|s| s.id.clone()).collect();
-    let (_, val_detail, _) = score(
-        &stage1,
-        &val_ds,
-        &inputs,
-        config.vig.sigma,
-        common.eval.batch_size,
-        &opts.device,
-        false,
-    )?;
-    let mut tokens = Vec::new();
-    for (id, d) in val_ids.iter().zip(&val_detail) {
-        for (tok, v, truth) in d {
-            tokens.push((
-                id.clone(),
-                *tok,
-                *v,
-                truth.map_or(WordKind::Template, |t| t.kind),
-            ));
-        }
-    }
-    let (s, l): (Vec<f64>, Vec<bool>) = tokens
-        .iter()
-        .filter(|t| t.3 != WordKind::Other)
-        .map(|t| (t.2 as f64, t.3 != WordKind::Template))
-        .unzip();
-    let vig_token_auroc = auroc(&s, &l);
-    let mut by_kind: BTreeMap<&'static str, (f64, usize)> = BTreeMap::new();
-    for t in &tokens {
-        let e = by_kind.entry(t.3.name()).or_default();
-        e.0 += t.2 as f64;
-        e.1 += 1;
-    }
-    let vig_by_kind = by_kind
-        .into_iter()
-        .map(|(k, (s, n))| (k, s / n.max(1) as f64))
-        .collect();
-    let mean_of = |prior: bool| {
-        let v: Vec<f64> = val_detail
-            .iter()
-            .flatten()
-            .filter(|(_, _, t)| t.is_some_and(|t| t.kind != WordKind::Template && t.prior == prior))
-            .map(|(_, v, _)| *v as f64)
-            .collect();
-        (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64)
-    };
-    let prior = (mean_of(true), mean_of(false));
-
+    let val_records: Vec<Record> = held_out.into_iter().take(common.eval.records).collect();
+    let val_ds = inputs.dataset(vec![(val_records.clone(), &inputs.enc.chat)]);
+    let truth = held_out_vig(config, &stage1, &val_ds, &inputs, opts)?;
     // Stage 2 on each selection.
-    let val: Arc<dyn Dataset<Item>> = Arc::new(val_ds);
     let mut plan: Vec<(f64, &str)> = config
         .vig
         .percents
@@ -432,23 +299,184 @@ pub fn run(
     if let Some(p) = config.vig.with_cal {
         plan.push((p, "vig+cal"));
     }
-    let train = Arc::new(train);
+    let stage2 = Stage2 {
+        stage1: &stage1,
+        train: &train,
+        scores: &samples,
+        val_records: &val_records,
+        val: Arc::new(val_ds),
+        inputs: &inputs,
+        world: real.is_none(),
+    };
     let mut runs = Vec::new();
     for (p, objective) in plan {
-        let sel: Selection = select(&samples, p);
+        runs.push(stage2.train_selection(common, p, objective, opts, &mut curves)?);
+    }
+    Ok(VigOutcome {
+        scoring_samples_per_s: rate,
+        vig_token_auroc: truth.auroc,
+        vig_by_kind: truth.by_kind,
+        prior: truth.prior,
+        runs,
+        tokens: truth.tokens,
+        curves,
+        tokenizer: inputs.tokenizer.clone(),
+    })
+}
+
+/// Stage 1 on the world: the same data as `cal_llava` (captions, and the QA records with them
+/// when `pretrain_qa` says so), MLE.
+fn world_stage1(
+    common: &CalLlavaConfig,
+    inputs: &Inputs,
+    opts: &RunOptions,
+    curves: &mut Vec<(String, Vec<(usize, f64)>)>,
+) -> Result<Llava, String> {
+    let (world, enc) = (&common.world.dir, &inputs.enc);
+    let mut parts = vec![(read_valid(&world.join("train_captions.json"))?, &enc.plain)];
+    if common.pretrain_qa {
+        parts.push((read_valid(&world.join("train_qa.json"))?, &enc.chat));
+    }
+    let captions: Arc<dyn Dataset<Item>> = Arc::new(inputs.dataset(parts));
+    let val = vec![(read_valid(&world.join("val_captions.json"))?, &enc.plain)];
+    let captions_val: Arc<dyn Dataset<Item>> = Arc::new(inputs.dataset(val));
+    eprintln!(
+        "stage 1 (pretrain): {} steps on captions{}",
+        common.pretrain.steps,
+        if common.pretrain_qa { " and QA" } else { "" }
+    );
+    let (stage1, report) = opts.train_stage(
+        &inputs.batcher,
+        inputs.init.clone(),
+        Arc::new(MleObjective),
+        (captions, captions_val),
+        &common.pretrain,
+        "pretrain",
+    )?;
+    curves.push(("pretrain".to_string(), loss_curve(&report)));
+    Ok(stage1)
+}
+
+/// Per-sample and per-token VIG of the training set (`blurred.png` shows the contrast), and
+/// the scoring rate.
+fn score_training_set(
+    config: &VigSelectConfig,
+    stage1: &Llava,
+    train: &VlmDataset,
+    inputs: &Inputs,
+    opts: &RunOptions,
+) -> Result<(Vec<SampleVig>, Vec<TokenVig>, f64), String> {
+    let sigma = config.vig.sigma;
+    blurred_example(train, inputs, sigma, &opts.out.join("blurred.png"))?;
+    eprintln!("scoring {} training samples (σ = {sigma} px)", train.len());
+    let batch_size = config.common.eval.batch_size;
+    let (samples, detail, rate) = score(
+        stage1,
+        train,
+        inputs,
+        sigma,
+        batch_size,
+        &opts.device,
+        opts.verbose,
+    )?;
+    eprintln!("VIG scoring: {rate:.1} samples/s");
+    Ok((samples, detail, rate))
+}
+
+/// VIG on held-out records against the world's truth.
+struct HeldOutVig {
+    auroc: Option<f64>,
+    by_kind: BTreeMap<&'static str, f64>,
+    prior: (Option<f64>, Option<f64>),
+    tokens: Vec<(String, u32, f32, WordKind)>,
+}
+
+/// Per-token VIG of the held-out records with the stage-1 model: its AUROC for grounded vs
+/// template tokens, the mean per word kind, and the prior-predictable words vs the others.
+fn held_out_vig(
+    config: &VigSelectConfig,
+    stage1: &Llava,
+    val: &VlmDataset,
+    inputs: &Inputs,
+    opts: &RunOptions,
+) -> Result<HeldOutVig, String> {
+    let batch_size = config.common.eval.batch_size;
+    let sigma = config.vig.sigma;
+    let (_, detail, _) = score(stage1, val, inputs, sigma, batch_size, &opts.device, false)?;
+    let mut tokens = Vec::new();
+    for (sample, d) in val.samples().iter().zip(&detail) {
+        for (tok, v, truth) in d {
+            let kind = truth.map_or(WordKind::Template, |t| t.kind);
+            tokens.push((sample.id.clone(), *tok, *v, kind));
+        }
+    }
+    let (s, l): (Vec<f64>, Vec<bool>) = tokens
+        .iter()
+        .filter(|t| t.3 != WordKind::Other)
+        .map(|t| (t.2 as f64, t.3 != WordKind::Template))
+        .unzip();
+    let mut by_kind: BTreeMap<&'static str, (f64, usize)> = BTreeMap::new();
+    for t in &tokens {
+        let e = by_kind.entry(t.3.name()).or_default();
+        e.0 += t.2 as f64;
+        e.1 += 1;
+    }
+    let mean_of = |prior: bool| {
+        let v: Vec<f64> = detail
+            .iter()
+            .flatten()
+            .filter(|(_, _, t)| t.is_some_and(|t| t.kind != WordKind::Template && t.prior == prior))
+            .map(|(_, v, _)| *v as f64)
+            .collect();
+        (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64)
+    };
+    Ok(HeldOutVig {
+        auroc: auroc(&s, &l),
+        by_kind: by_kind
+            .into_iter()
+            .map(|(k, (s, n))| (k, s / n.max(1) as f64))
+            .collect(),
+        prior: (mean_of(true), mean_of(false)),
+        tokens,
+    })
+}
+
+/// What every stage-2 run on a selection shares.
+struct Stage2<'a> {
+    stage1: &'a Llava,
+    train: &'a VlmDataset,
+    scores: &'a [SampleVig],
+    val_records: &'a [Record],
+    val: Arc<dyn Dataset<Item>>,
+    inputs: &'a Inputs,
+    world: bool,
+}
+
+impl Stage2<'_> {
+    /// Stage 2 from the stage-1 model on the selection at `p` (`mle` at p = 100, `vig`, or
+    /// `vig+cal`: the selection's token weights times CAL's), evaluated as `cal_llava` does.
+    fn train_selection(
+        &self,
+        common: &CalLlavaConfig,
+        p: f64,
+        objective: &str,
+        opts: &RunOptions,
+        curves: &mut Vec<(String, Vec<(usize, f64)>)>,
+    ) -> Result<SelectRun, String> {
+        let sel: Selection = select(self.scores, p);
         let (index, weights): (Vec<usize>, Vec<Option<Vec<f32>>>) = sel
             .keep
             .iter()
             .enumerate()
             .filter_map(|(i, k)| {
                 k.as_ref().map(|mask| {
-                    let labels = &train.samples()[i].encoded.labels;
+                    let labels = &self.train.samples()[i].encoded.labels;
                     (i, Some(token_weights(labels, mask)))
                 })
             })
             .unzip();
         let data: Arc<dyn Dataset<Item>> =
-            Arc::new(Weighted::new(train.as_ref().clone(), index, weights));
+            Arc::new(Weighted::new(self.train.clone(), index, weights));
         let obj: Arc<dyn Objective<Llava>> = if objective == "vig+cal" {
             Arc::new(CalObjective {
                 config: common.cal.clone(),
@@ -457,60 +485,47 @@ pub fn run(
             Arc::new(MleObjective)
         };
         let name = format!("finetune-{}-p{p}", objective.replace('+', "_"));
+        let (kept_samples, kept_tokens) = (sel.kept_samples(), sel.kept_tokens(self.scores));
         eprintln!(
             "{name}: {} steps on {:.1} % of the samples, {:.1} % of the supervised tokens (τ = {:?})",
             common.finetune.steps,
-            100.0 * sel.kept_samples(),
-            100.0 * sel.kept_tokens(&samples),
+            100.0 * kept_samples,
+            100.0 * kept_tokens,
             sel.tau
         );
-        let mut model = stage1.clone();
+        let mut model = self.stage1.clone();
         if !common.finetune_vision {
             model.vision_tower = model.vision_tower.no_grad();
         }
-        let (model, report) = opts.train_stage(
-            &inputs.batcher,
-            model,
-            obj,
-            (data, val.clone()),
-            &common.finetune,
-            &name,
-        )?;
+        let batcher = &self.inputs.batcher;
+        let stage_data = (data, self.val.clone());
+        let (model, report) =
+            opts.train_stage(batcher, model, obj, stage_data, &common.finetune, &name)?;
         curves.push((name.clone(), loss_curve(&report)));
         let ctx = EvalContext {
             eval: &common.eval,
             cal: &common.cal,
             world_dir: &common.world.dir,
-            enc: &inputs.enc,
-            processor: &inputs.processor,
-            images: &inputs.images,
-            batcher: &inputs.batcher,
+            enc: &self.inputs.enc,
+            processor: &self.inputs.processor,
+            images: &self.inputs.images,
+            batcher,
             device: &opts.device,
             verbose: opts.verbose,
-            world: real.is_none(),
-            val_records: &val_records,
-            val: val.clone(),
+            world: self.world,
+            val_records: self.val_records,
+            val: self.val.clone(),
         };
         let (mut result, _) = evaluate_model(&model, &ctx, &opts.out.join(&name))?;
         result.objective = objective.into();
         result.step_ms = report.median_step_ms().unwrap_or(0.0);
         result.valid_loss = report.valid_loss;
-        runs.push(SelectRun {
+        Ok(SelectRun {
             p,
             objective: objective.into(),
-            kept_samples_pct: 100.0 * sel.kept_samples(),
-            kept_tokens_pct: 100.0 * sel.kept_tokens(&samples),
+            kept_samples_pct: 100.0 * kept_samples,
+            kept_tokens_pct: 100.0 * kept_tokens,
             result,
-        });
+        })
     }
-    Ok(VigOutcome {
-        scoring_samples_per_s: rate,
-        vig_token_auroc,
-        vig_by_kind,
-        prior,
-        runs,
-        tokens,
-        curves,
-        tokenizer: inputs.tokenizer.clone(),
-    })
 }
