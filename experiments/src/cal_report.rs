@@ -12,14 +12,7 @@ use crate::cal_eval::{Outcome, RunResult};
 use crate::cal_llava::CalLlavaConfig;
 use crate::eval::captions::{ATTRIBUTES, CaptionAccuracy};
 use crate::eval::token_eval::TokenEval;
-
-fn pct(x: f64) -> String {
-    format!("{:.1}", 100.0 * x)
-}
-
-fn opt(x: Option<f64>) -> String {
-    x.map_or("–".into(), |v| format!("{v:.3}"))
-}
+use crate::table::{Table, opt3, pct};
 
 /// `summary.json` (every row carries the run's `seed`).
 pub fn summary(config: &CalLlavaConfig, outcome: &Outcome) -> serde_json::Value {
@@ -72,23 +65,26 @@ fn stage1_table(s: &mut String, stage1: &[(String, CaptionAccuracy)]) {
          captioned from another record's image: the language prior alone):\n",
         stage1[0].1.captions
     );
-    let _ = writeln!(s, "| stage 1 | images | {} | all |", ATTRIBUTES.join(" | "));
-    let _ = writeln!(s, "|{}", "---|".repeat(3 + ATTRIBUTES.len()));
+    let header = ["stage 1", "images"]
+        .into_iter()
+        .chain(ATTRIBUTES)
+        .chain(["all"]);
+    let mut t = Table::new(header);
     for (name, acc) in stage1 {
         for (images, a) in [
             ("own", &acc.caption_accuracy),
             ("swapped", &acc.blind_caption_accuracy),
         ] {
-            let cells: Vec<String> = ATTRIBUTES.iter().map(|k| pct(a.get(k))).collect();
-            let _ = writeln!(
-                s,
-                "| {name} | {images} | {} | {} |",
-                cells.join(" | "),
-                pct(a.all)
+            let cells = ATTRIBUTES.iter().map(|k| pct(a.get(k)));
+            t.row(
+                [name.clone(), images.into()]
+                    .into_iter()
+                    .chain(cells)
+                    .chain([pct(a.all)]),
             );
         }
     }
-    let _ = writeln!(s);
+    let _ = writeln!(s, "{t}");
 }
 
 fn kinds(runs: &[RunResult]) -> Vec<String> {
@@ -104,9 +100,23 @@ fn kinds(runs: &[RunResult]) -> Vec<String> {
 /// `report.md`.
 pub fn markdown(config: &CalLlavaConfig, outcome: &Outcome, command: &str, device: &str) -> String {
     let mut s = String::new();
-    let runs = &outcome.runs;
     let _ = writeln!(s, "# cal_llava\n");
     let _ = writeln!(s, "`{command}` on {device}.\n");
+    setup_text(&mut s, config, outcome);
+    stage1_table(&mut s, &outcome.stage1);
+    slots_table(&mut s, &outcome.runs, outcome.pretrain_step_ms);
+    hallucination_table(&mut s, config, &outcome.runs);
+    weights_table(&mut s, &outcome.runs);
+    let _ = writeln!(
+        s,
+        "\nFiles: `config.toml` (resolved), `summary.json`, `loss.png`, `tokens.html`; per stage \
+         `metrics.csv`, `checkpoints/`, and for stage 2 `predictions.jsonl`."
+    );
+    s
+}
+
+/// The world, the model, the stages and the held-out set, in words.
+fn setup_text(s: &mut String, config: &CalLlavaConfig, outcome: &Outcome) {
     let _ = writeln!(
         s,
         "World: {} scenes in `{}` (language prior {}), tokenizer of {} tokens. Model: ViT {}×{} on {} px \
@@ -141,52 +151,55 @@ pub fn markdown(config: &CalLlavaConfig, outcome: &Outcome, command: &str, devic
          question at a time; perplexity and per-token scores on the full answers).\n",
         config.eval.records
     );
-    stage1_table(&mut s, &outcome.stage1);
+}
+
+/// Slot accuracy per kind, perplexity and CAL's AUROCs per run, and CAL − MLE per noise level.
+fn slots_table(s: &mut String, runs: &[RunResult], pretrain_step_ms: f64) {
     let k = kinds(runs);
-    let _ = writeln!(
-        s,
-        "| objective | noise | slot acc. % | {} | perplexity | CAL-weight AUROC | (per-seq.) | Δ AUROC | step ms |",
-        k.join(" | ")
-    );
-    let _ = writeln!(s, "|{}", "---|".repeat(8 + k.len()));
-    for r in runs {
-        let by: Vec<String> = k
-            .iter()
-            .map(|k| {
-                r.slot_accuracy_by_kind
-                    .get(k)
-                    .map_or("–".into(), |a| pct(*a))
-            })
-            .collect();
-        let _ = writeln!(
-            s,
-            "| {} | {} | {} | {} | {:.3} | {} | {} | {} | {:.1} |",
-            r.objective,
-            r.noise,
-            r.slot_accuracy.map_or("–".into(), pct),
-            by.join(" | "),
-            r.perplexity,
-            opt(r.cal_weight_auroc),
-            opt(r.cal_weight_auroc_per_sequence),
-            opt(r.delta_auroc),
-            r.step_ms
+    let header = ["objective", "noise", "slot acc. %"]
+        .into_iter()
+        .map(String::from)
+        .chain(k.iter().cloned())
+        .chain(
+            [
+                "perplexity",
+                "CAL-weight AUROC",
+                "(per-seq.)",
+                "Δ AUROC",
+                "step ms",
+            ]
+            .map(String::from),
         );
+    let mut t = Table::new(header);
+    for r in runs {
+        let by = k.iter().map(|k| {
+            r.slot_accuracy_by_kind
+                .get(k)
+                .map_or("–".into(), |a| pct(*a))
+        });
+        let head = [
+            r.objective.clone(),
+            r.noise.to_string(),
+            r.slot_accuracy.map_or("–".into(), pct),
+        ];
+        let tail = [
+            format!("{:.3}", r.perplexity),
+            opt3(r.cal_weight_auroc),
+            opt3(r.cal_weight_auroc_per_sequence),
+            opt3(r.delta_auroc),
+            format!("{:.1}", r.step_ms),
+        ];
+        t.row(head.into_iter().chain(by).chain(tail));
     }
     let _ = writeln!(
         s,
-        "\nAUROC: CAL's weight (computed with each run's own model) as a score for grounded vs \
+        "{t}\nAUROC: CAL's weight (computed with each run's own model) as a score for grounded vs \
          template answer tokens of the world's truth; 0.5 = no signal. Step ms: median stage-2 \
-         optimizer step (stage 1: {:.1} ms).\n",
-        outcome.pretrain_step_ms
+         optimizer step (stage 1: {pretrain_step_ms:.1} ms).\n"
     );
     for noise in dedup(runs.iter().map(|r| r.noise)) {
-        let m = runs
-            .iter()
-            .find(|r| r.noise == noise && r.objective == "mle");
-        let c = runs
-            .iter()
-            .find(|r| r.noise == noise && r.objective == "cal");
-        if let (Some(m), Some(c)) = (m, c) {
+        let find = |obj: &str| runs.iter().find(|r| r.noise == noise && r.objective == obj);
+        if let (Some(m), Some(c)) = (find("mle"), find("cal")) {
             let diff = match (c.slot_accuracy, m.slot_accuracy) {
                 (Some(c), Some(m)) => format!("{:+.1} points", 100.0 * (c - m)),
                 _ => "n/a".into(),
@@ -200,40 +213,54 @@ pub fn markdown(config: &CalLlavaConfig, outcome: &Outcome, command: &str, devic
             );
         }
     }
-    if runs.iter().any(|r| r.hallucination.is_some()) {
-        let _ = writeln!(
-            s,
-            "\nCaptioning and hallucination ({} held-out captions generated from the image alone; \
-             POPE: {} questions per split):\n",
-            config.eval.captions, config.eval.pope_questions
-        );
-        let _ = writeln!(
-            s,
-            "| objective | noise | CIDEr | BLEU-4 | CHAIR_s % | CHAIR_i % | POPE F1 random | popular | adversarial | yes-ratio (adv.) |"
-        );
-        let _ = writeln!(s, "|{}", "---|".repeat(10));
-        for r in runs {
-            if let Some(h) = &r.hallucination {
-                let f = |k: &str| h.pope_f1.get(k).map_or("–".into(), |v| pct(*v));
-                let _ = writeln!(
-                    s,
-                    "| {} | {} | {:.3} | {:.3} | {} | {} | {} | {} | {} | {} |",
-                    r.objective,
-                    r.noise,
-                    h.cider,
-                    h.bleu4,
-                    pct(h.chair_s),
-                    pct(h.chair_i),
-                    f("random"),
-                    f("popular"),
-                    f("adversarial"),
-                    h.pope_yes_ratio
-                        .get("adversarial")
-                        .map_or("–".into(), |v| pct(*v))
-                );
-            }
-        }
+}
+
+/// CIDEr, BLEU-4, CHAIR and POPE per run (world runs only).
+fn hallucination_table(s: &mut String, config: &CalLlavaConfig, runs: &[RunResult]) {
+    if !runs.iter().any(|r| r.hallucination.is_some()) {
+        return;
     }
+    let _ = writeln!(
+        s,
+        "\nCaptioning and hallucination ({} held-out captions generated from the image alone; \
+         POPE: {} questions per split):\n",
+        config.eval.captions, config.eval.pope_questions
+    );
+    let mut t = Table::new([
+        "objective",
+        "noise",
+        "CIDEr",
+        "BLEU-4",
+        "CHAIR_s %",
+        "CHAIR_i %",
+        "POPE F1 random",
+        "popular",
+        "adversarial",
+        "yes-ratio (adv.)",
+    ]);
+    for r in runs {
+        let Some(h) = &r.hallucination else { continue };
+        let f = |k: &str| h.pope_f1.get(k).map_or("–".into(), |v| pct(*v));
+        t.row([
+            r.objective.clone(),
+            r.noise.to_string(),
+            format!("{:.3}", h.cider),
+            format!("{:.3}", h.bleu4),
+            pct(h.chair_s),
+            pct(h.chair_i),
+            f("random"),
+            f("popular"),
+            f("adversarial"),
+            h.pope_yes_ratio
+                .get("adversarial")
+                .map_or("–".into(), |v| pct(*v)),
+        ]);
+    }
+    let _ = write!(s, "{t}");
+}
+
+/// Mean CAL weight per word kind per run.
+fn weights_table(s: &mut String, runs: &[RunResult]) {
     let _ = writeln!(s, "\nMean CAL weight by word kind (reference pooling):\n");
     let mut kinds_w: Vec<String> = runs
         .iter()
@@ -241,25 +268,23 @@ pub fn markdown(config: &CalLlavaConfig, outcome: &Outcome, command: &str, devic
         .collect();
     kinds_w.sort();
     kinds_w.dedup();
-    let _ = writeln!(s, "| objective | noise | {} |", kinds_w.join(" | "));
-    let _ = writeln!(s, "|{}", "---|".repeat(2 + kinds_w.len()));
+    let header = ["objective".to_string(), "noise".to_string()]
+        .into_iter()
+        .chain(kinds_w.iter().cloned());
+    let mut t = Table::new(header);
     for r in runs {
-        let v: Vec<String> = kinds_w
-            .iter()
-            .map(|k| {
-                r.weight_by_kind
-                    .get(k)
-                    .map_or("–".into(), |w| format!("{w:.2}"))
-            })
-            .collect();
-        let _ = writeln!(s, "| {} | {} | {} |", r.objective, r.noise, v.join(" | "));
+        let v = kinds_w.iter().map(|k| {
+            r.weight_by_kind
+                .get(k)
+                .map_or("–".into(), |w| format!("{w:.2}"))
+        });
+        t.row(
+            [r.objective.clone(), r.noise.to_string()]
+                .into_iter()
+                .chain(v),
+        );
     }
-    let _ = writeln!(
-        s,
-        "\nFiles: `config.toml` (resolved), `summary.json`, `loss.png`, `tokens.html`; per stage \
-         `metrics.csv`, `checkpoints/`, and for stage 2 `predictions.jsonl`."
-    );
-    s
+    let _ = write!(s, "{t}");
 }
 
 fn dedup(v: impl Iterator<Item = f64>) -> Vec<f64> {
@@ -306,7 +331,7 @@ pub fn tokens_html(
             "<h2>{} (noise {}) — CAL-weight AUROC {}</h2><table>",
             run.objective,
             run.noise,
-            opt(run.cal_weight_auroc)
+            opt3(run.cal_weight_auroc)
         );
         let mut ids: Vec<&str> = Vec::new();
         for t in &te.tokens {

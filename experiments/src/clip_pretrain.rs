@@ -26,6 +26,7 @@ use crate::eval::captions::{parse_caption, render_caption};
 use crate::inputs::ensure_world;
 use crate::run::{RunOptions, WorldSection};
 use crate::setup::ModelSize;
+use crate::table::{Table, pct};
 
 /// The text encoder's sizes.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -464,7 +465,6 @@ pub fn summary(config: &ClipPretrainConfig, o: &ClipOutcome) -> serde_json::Valu
 /// `report.md`.
 pub fn markdown(config: &ClipPretrainConfig, o: &ClipOutcome, command: &str) -> String {
     let r = &o.retrieval;
-    let pct = |x: f64| format!("{:.1}", 100.0 * x);
     let n = r.pairs.max(1) as f64;
     let mut md = format!(
         "# clip_pretrain\n\n`{command}`\n\nCLIP (image tower of `cal_llava`'s size, a {}-layer \
@@ -477,31 +477,36 @@ pub fn markdown(config: &ClipPretrainConfig, o: &ClipOutcome, command: &str) -> 
         r.pairs,
         config.eval.split
     );
-    md.push_str("## Zero-shot retrieval\n\n| direction | R@1 % | R@5 % | chance R@1 / R@5 % |\n|---|---|---|---|\n");
     let chance = format!("{:.1} / {:.1}", 100.0 / n, 500.0 / n);
-    md.push_str(&format!(
-        "| image → caption | {} | {} | {chance} |\n| caption → image | {} | {} | {chance} |\n\n",
+    let mut t = Table::new(["direction", "R@1 %", "R@5 %", "chance R@1 / R@5 %"]);
+    t.row([
+        "image → caption".into(),
         pct(r.i2t_r1),
         pct(r.i2t_r5),
+        chance.clone(),
+    ]);
+    t.row([
+        "caption → image".into(),
         pct(r.t2i_r1),
-        pct(r.t2i_r5)
-    ));
-    md.push_str(
-        "## Zero-shot attribute classification\n\nThe true caption against copies with the \
-         count (or the first object's attribute) set to every other value of the world.\n\n\
-         | attribute | accuracy % | chance % | images |\n|---|---|---|---|\n",
-    );
-    let ordered = crate::eval::captions::ATTRIBUTES
-        .iter()
-        .filter_map(|a| Some((a, o.zero_shot.get(*a)?)));
-    for (a, z) in ordered {
-        md.push_str(&format!(
-            "| {a} | {} | {} | {} |\n",
-            pct(z.accuracy),
-            pct(z.chance),
-            z.n
-        ));
+        pct(r.t2i_r5),
+        chance,
+    ]);
+    md.push_str(&format!("## Zero-shot retrieval\n\n{t}\n"));
+    let mut t = Table::new(["attribute", "accuracy %", "chance %", "images"]);
+    for a in crate::eval::captions::ATTRIBUTES {
+        if let Some(z) = o.zero_shot.get(a) {
+            t.row([
+                a.to_string(),
+                pct(z.accuracy),
+                pct(z.chance),
+                z.n.to_string(),
+            ]);
+        }
     }
+    md.push_str(&format!(
+        "## Zero-shot attribute classification\n\nThe true caption against copies with the \
+         count (or the first object's attribute) set to every other value of the world.\n\n{t}"
+    ));
     md.push_str(&format!(
         "\n![loss](loss.png)\n\nThe image tower is in `{}` (a `CLIPVisionModel` directory): \
          `cal_llava --vision-init {}` starts its LLaVA from it. The whole model: `clip-model/`.\n",

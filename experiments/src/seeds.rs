@@ -10,6 +10,7 @@ use vlalign_eval::stats::Interval;
 
 use crate::cal_eval::{Outcome, RunResult};
 use crate::cal_llava::CalLlavaConfig;
+use crate::table::Table;
 
 /// The configuration of the `k`-th seed: the model init and both stages' data order move.
 pub fn seeded(config: &CalLlavaConfig, k: usize) -> CalLlavaConfig {
@@ -164,25 +165,29 @@ pub fn markdown(outcomes: &[(u64, Outcome)]) -> String {
     let show = |v: Vec<f64>, scale: f64, digits: usize| {
         Interval::of(&v).map_or("–".into(), |i| i.show(scale, digits))
     };
-    let _ = writeln!(
-        s,
-        "| noise | objective | slot acc. % | perplexity | POPE F1 adv. % |\n|---|---|---|---|---|"
-    );
+    let mut t = Table::new([
+        "noise",
+        "objective",
+        "slot acc. %",
+        "perplexity",
+        "POPE F1 adv. %",
+    ]);
     for noise in noises(outcomes) {
         for objective in ["mle", "cal", "cal − mle"] {
             let obj = (objective != "cal − mle").then_some(objective);
             let cell = |k: usize, scale: f64, digits: usize| {
                 show(values(outcomes, noise, obj, &METRICS[k]), scale, digits)
             };
-            let _ = writeln!(
-                s,
-                "| {noise} | {objective} | {} | {} | {} |",
+            t.row([
+                noise.to_string(),
+                objective.to_string(),
                 cell(0, 100.0, 1),
                 cell(1, 1.0, 3),
-                cell(2, 100.0, 1)
-            );
+                cell(2, 100.0, 1),
+            ]);
         }
     }
+    let _ = write!(s, "{t}");
     let stage1 = |blind: bool| {
         let v: Vec<f64> = outcomes
             .iter()

@@ -8,6 +8,7 @@ use plotters::prelude::*;
 use serde_json::json;
 use vlalign_data::{TextTokenizer, WordKind};
 
+use crate::table::Table;
 use crate::vig_select::{VigOutcome, VigSelectConfig};
 
 fn pope_mean(r: &crate::cal_eval::RunResult) -> Option<f64> {
@@ -73,29 +74,36 @@ pub fn markdown(config: &VigSelectConfig, o: &VigOutcome, command: &str, device:
         o.scoring_samples_per_s,
         c.finetune.steps
     );
-    let _ = writeln!(
-        s,
-        "| p | objective | kept samples % | kept tokens % | slot acc. % | POPE F1 % (mean of 3) | CHAIR_s % | CHAIR_i % | CIDEr | perplexity | step ms |"
-    );
-    let _ = writeln!(s, "|{}", "---|".repeat(11));
+    let mut t = Table::new([
+        "p",
+        "objective",
+        "kept samples %",
+        "kept tokens %",
+        "slot acc. %",
+        "POPE F1 % (mean of 3)",
+        "CHAIR_s %",
+        "CHAIR_i %",
+        "CIDEr",
+        "perplexity",
+        "step ms",
+    ]);
     for r in &o.runs {
         let h = r.result.hallucination.as_ref();
-        let _ = writeln!(
-            s,
-            "| {} | {} | {:.1} | {:.1} | {} | {} | {} | {} | {} | {:.3} | {:.1} |",
-            r.p,
-            r.objective,
-            r.kept_samples_pct,
-            r.kept_tokens_pct,
+        t.row([
+            r.p.to_string(),
+            r.objective.clone(),
+            format!("{:.1}", r.kept_samples_pct),
+            format!("{:.1}", r.kept_tokens_pct),
             opt(r.result.slot_accuracy, 100.0),
             opt(pope_mean(&r.result), 100.0),
             opt(h.map(|h| h.chair_s), 100.0),
             opt(h.map(|h| h.chair_i), 100.0),
             h.map_or("–".into(), |h| format!("{:.3}", h.cider)),
-            r.result.perplexity,
-            r.result.step_ms
-        );
+            format!("{:.3}", r.result.perplexity),
+            format!("{:.1}", r.result.step_ms),
+        ]);
     }
+    let _ = write!(s, "{t}");
     let _ = writeln!(
         s,
         "\nPer-token VIG (stage-1 model, held-out split) as a score for grounded vs template \
@@ -103,10 +111,11 @@ pub fn markdown(config: &VigSelectConfig, o: &VigOutcome, command: &str, device:
         o.vig_token_auroc.map_or("–".into(), |a| format!("{a:.3}"))
     );
     let _ = writeln!(s, "Mean VIG by word kind (`vig_by_kind.png`):\n");
-    let _ = writeln!(s, "| kind | mean VIG (nats) |\n|---|---|");
+    let mut t = Table::new(["kind", "mean VIG (nats)"]);
     for (k, v) in &o.vig_by_kind {
-        let _ = writeln!(s, "| {k} | {v:.3} |");
+        t.row([k.to_string(), format!("{v:.3}")]);
     }
+    let _ = write!(s, "{t}");
     let _ = writeln!(
         s,
         "\nLanguage prior: grounded words the prior predicts (the color of a star) have mean VIG \
