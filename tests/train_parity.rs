@@ -113,6 +113,9 @@ fn weights(model: &Llava) -> Vec<Vec<f64>> {
 /// biases: softmax ignores a shift shared by all keys, so theirs are ~1e-9 on both sides).
 const FLOOR: f64 = 1e-7;
 
+/// Nonzero gradient elements at or under this are float noise for the AdamW comparison.
+const ELEMENT_FLOOR: f64 = 1e-6;
+
 /// ‖a − b‖ / max(‖b‖, FLOOR / REL): relative, except against values at the noise floor.
 fn rel(a: &[f64], b: &[f64]) -> f64 {
     assert_eq!(a.len(), b.len());
@@ -213,6 +216,7 @@ fn three_adamw_steps_with_per_tensor_clipping_match_pytorch() {
     let grads = weights(&load("grads", &Device::flex()));
     let mut moved = 0;
     let mut noise = 0;
+    let (mut skipped, mut total) = (0usize, 0usize);
     for (k, (((ours, theirs), start), grad)) in weights(&model)
         .iter()
         .zip(&expected)
@@ -229,7 +233,17 @@ fn three_adamw_steps_with_per_tensor_clipping_match_pytorch() {
             continue;
         }
         moved += usize::from(rel(theirs, start) > 1e-3);
-        let r = rel(ours, theirs);
+        // The same holds element by element: an element whose gradient is float noise
+        // (0 < |g| ≤ 1e-6 against O(1) gradients) moves by ±lr with a sign that is noise, which
+        // the CPU's SIMD path decides. Such elements are left out and counted; exact zeros
+        // (unused embedding rows) move by weight decay only and stay compared.
+        let keep: Vec<usize> = (0..grad.len())
+            .filter(|&i| grad[i] == 0.0 || grad[i].abs() > ELEMENT_FLOOR)
+            .collect();
+        skipped += grad.len() - keep.len();
+        total += grad.len();
+        let pick = |v: &[f64]| keep.iter().map(|&i| v[i]).collect::<Vec<f64>>();
+        let r = rel(&pick(ours), &pick(theirs));
         assert!(
             r <= REL,
             "parameter #{k} after {steps} steps: relative difference {r:e}"
@@ -237,4 +251,8 @@ fn three_adamw_steps_with_per_tensor_clipping_match_pytorch() {
     }
     assert!(moved > 40, "only {moved} parameters moved");
     assert!(noise <= 3, "{noise} parameters with a noise-level gradient");
+    assert!(
+        skipped * 1000 <= total,
+        "{skipped} of {total} elements have a noise-level gradient"
+    );
 }
