@@ -9,7 +9,7 @@ use burn::tensor::Device;
 use serde::{Deserialize, Serialize};
 use vlalign_align::CalConfig;
 use vlalign_data::TextTokenizer;
-use vlalign_data::{ImageProcessor, Item, Record, VlmBatcher};
+use vlalign_data::{Item, Record};
 use vlalign_eval::generation::{GenerationRun, Prediction, generate_split, write_predictions};
 use vlalign_models::{GenerationConfig, Llava};
 
@@ -17,8 +17,8 @@ use crate::eval::captions::CaptionAccuracy;
 use crate::eval::hallucination::{HallucinationRun, HallucinationScores};
 use crate::eval::slots::{SlotScores, score, single_turn};
 use crate::eval::token_eval::{TokenEval, evaluate_tokens};
+use crate::inputs::Inputs;
 use crate::run::EvalSection;
-use crate::setup::Encoders;
 
 /// What evaluating a model needs.
 pub struct EvalContext<'a> {
@@ -28,14 +28,8 @@ pub struct EvalContext<'a> {
     pub cal: &'a CalConfig,
     /// The world folder (captions, POPE files).
     pub world_dir: &'a Path,
-    /// Encoders.
-    pub enc: &'a Encoders,
-    /// Image preprocessing.
-    pub processor: &'a ImageProcessor,
-    /// Image folder.
-    pub images: &'a Path,
-    /// Batching.
-    pub batcher: &'a VlmBatcher,
+    /// Encoders, image preprocessing and folder, batching.
+    pub inputs: &'a Inputs,
     /// Device (without autodiff).
     pub device: &'a Device,
     /// Progress bars.
@@ -112,7 +106,7 @@ pub fn evaluate_model(
     let te = evaluate_tokens(
         model,
         ctx.val.as_ref(),
-        ctx.batcher,
+        &ctx.inputs.batcher,
         ctx.cal,
         ctx.device,
         ctx.eval.batch_size,
@@ -125,9 +119,9 @@ pub fn evaluate_model(
             &HallucinationRun {
                 world: ctx.world_dir,
                 split: &ctx.eval.split,
-                plain: &ctx.enc.plain,
-                chat: &ctx.enc.chat,
-                processor: ctx.processor,
+                plain: &ctx.inputs.enc.plain,
+                chat: &ctx.inputs.enc.chat,
+                processor: &ctx.inputs.processor,
                 captions: ctx.eval.captions,
                 pope_questions: ctx.eval.pope_questions,
                 batch_size: ctx.eval.batch_size,
@@ -172,7 +166,7 @@ fn slot_accuracy(
     model: &Llava,
     ctx: &EvalContext<'_>,
 ) -> Result<Option<(SlotScores, Vec<Prediction>)>, String> {
-    let enc = ctx.enc;
+    let enc = &ctx.inputs.enc;
     let questions = single_turn(ctx.val_records);
     if questions.is_empty() {
         return Ok(None);
@@ -186,8 +180,8 @@ fn slot_accuracy(
         &questions,
         &GenerationRun {
             encoder: &enc.chat,
-            processor: ctx.processor,
-            image_folder: ctx.images,
+            processor: &ctx.inputs.processor,
+            image_folder: &ctx.inputs.images,
             batch_size: ctx.eval.batch_size,
             config: &generation,
             show_progress: ctx.verbose,

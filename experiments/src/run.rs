@@ -209,3 +209,44 @@ pub fn read_config<C: DeserializeOwned>(path: &Path) -> Result<C, String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
     toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))
 }
+
+/// The flags every experiment binary takes (`#[command(flatten)]` into its own).
+#[derive(clap::Args, Clone, Debug)]
+pub struct RunArgs {
+    /// TOML configuration (every field optional; see `config.toml` in any run directory).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// The CI smoke profile (small world, small model, a few steps).
+    #[arg(long)]
+    pub quick: bool,
+    /// Run directory (default `runs/<experiment>/<unix time>`).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Continue the run in `--out` from each stage's newest intact checkpoint.
+    #[arg(long, requires = "out")]
+    pub resume: bool,
+    /// World folder (generated if absent).
+    #[arg(long)]
+    pub world: Option<PathBuf>,
+    /// Device: flex | ndarray | wgpu | cuda[:N] (default: BURN_DEVICE, else the first compiled).
+    #[arg(long)]
+    pub device: Option<String>,
+    /// Quiet: no progress bars or per-step lines.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+impl RunArgs {
+    /// The configuration: `--config`, else the quick profile with `--quick`, else the default.
+    pub fn config<C: DeserializeOwned>(
+        &self,
+        quick: impl FnOnce() -> C,
+        default: impl FnOnce() -> C,
+    ) -> Result<C, String> {
+        match &self.config {
+            Some(path) => read_config(path),
+            None if self.quick => Ok(quick()),
+            None => Ok(default()),
+        }
+    }
+}

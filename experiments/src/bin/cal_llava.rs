@@ -18,33 +18,20 @@ use experiments::cal_eval::Outcome;
 use experiments::cal_llava::{CalLlavaConfig, run};
 use experiments::device::select_device;
 use experiments::inputs::RealData;
+use experiments::run::{RunArgs, prepare_run_dir, run_dir};
 use experiments::run::{RunOptions, StageKind};
-use experiments::run::{prepare_run_dir, read_config, run_dir};
 use experiments::{cal_report, seeds};
 use vlalign_align::{Contrast, Pooling};
 
 #[derive(Parser, Debug)]
 #[command(about = "Train a LLaVA-style model with and without CAL and compare them")]
 struct Args {
-    /// TOML configuration (every field optional; see `config.toml` in any run directory).
-    #[arg(long)]
-    config: Option<PathBuf>,
-    /// The CI smoke profile (small world, small model, a few steps).
-    #[arg(long)]
-    quick: bool,
-    /// Run directory (default `runs/cal_llava/<unix time>`).
-    #[arg(long)]
-    out: Option<PathBuf>,
-    /// Continue the run in `--out` from each stage's newest intact checkpoint.
-    #[arg(long, requires = "out")]
-    resume: bool,
+    #[command(flatten)]
+    run: RunArgs,
     /// Label-noise levels, comma separated (share of training records whose answers are swapped
     /// between images), e.g. `0,0.1,0.3`.
     #[arg(long, value_delimiter = ',')]
     noise: Option<Vec<f64>>,
-    /// Device: flex | ndarray | wgpu | cuda[:N] (default: BURN_DEVICE, else the first compiled).
-    #[arg(long)]
-    device: Option<String>,
     /// Steps of stage 1 and stage 2 (overrides the config).
     #[arg(long)]
     steps: Option<usize>,
@@ -57,9 +44,6 @@ struct Args {
     /// Stages where CAL is on: pretrain,finetune.
     #[arg(long, value_delimiter = ',')]
     cal_stages: Option<Vec<String>>,
-    /// World folder (generated if absent).
-    #[arg(long)]
-    world: Option<PathBuf>,
     /// Real data: LLaVA records (JSON array or JSON Lines) instead of the world.
     #[arg(long, requires = "image_folder")]
     data: Option<PathBuf>,
@@ -84,9 +68,6 @@ struct Args {
     /// Stage to run on real data: pretrain (projector only) or finetune (projector + LLM).
     #[arg(long, default_value = "finetune")]
     stage: String,
-    /// Quiet: no progress bars or per-step lines.
-    #[arg(long)]
-    quiet: bool,
     /// Start the image tower from a `CLIPVisionModel` directory, e.g. `clip_pretrain`'s
     /// `runs/clip_pretrain/<run>/vision` (world runs; the tower's sizes must match `[model]`).
     #[arg(long, conflicts_with = "data")]
@@ -98,11 +79,9 @@ struct Args {
 }
 
 fn resolve(args: &Args) -> Result<CalLlavaConfig, String> {
-    let mut c = match &args.config {
-        Some(path) => read_config(path)?,
-        None if args.quick => CalLlavaConfig::quick(),
-        None => CalLlavaConfig::default(),
-    };
+    let mut c = args
+        .run
+        .config(CalLlavaConfig::quick, CalLlavaConfig::default)?;
     if let Some(n) = &args.noise {
         if n.iter().any(|r| !(0.0..=1.0).contains(r)) {
             return Err(format!("--noise: every level must be in [0, 1], got {n:?}"));
@@ -147,7 +126,7 @@ fn resolve(args: &Args) -> Result<CalLlavaConfig, String> {
             })
             .collect::<Result<_, _>>()?;
     }
-    if let Some(w) = &args.world {
+    if let Some(w) = &args.run.world {
         c.world.dir = w.clone();
     }
     if let Some(dir) = &args.vision_init {
@@ -229,7 +208,7 @@ fn main() -> ExitCode {
 
 fn main_inner(args: &Args) -> Result<(), String> {
     let config = resolve(args)?;
-    let selected = select_device(args.device.as_deref()).map_err(|e| e.to_string())?;
+    let selected = select_device(args.run.device.as_deref()).map_err(|e| e.to_string())?;
     if let Some(w) = &selected.warning {
         eprintln!("warning: {w}");
     }
@@ -238,8 +217,8 @@ fn main_inner(args: &Args) -> Result<(), String> {
         selected.spec,
         selected.adapter.clone().unwrap_or_default()
     );
-    let out = run_dir(args.out.as_deref(), "cal_llava");
-    prepare_run_dir(&out, &config, args.resume, |before, now| {
+    let out = run_dir(args.run.out.as_deref(), "cal_llava");
+    prepare_run_dir(&out, &config, args.run.resume, |before, now| {
         // Stages are named by objective and noise level, so a resumed run may add levels.
         before.noise = now.noise.clone();
     })?;
@@ -266,8 +245,8 @@ fn main_inner(args: &Args) -> Result<(), String> {
     let opts = RunOptions {
         device: selected.device.clone(),
         out: out.clone(),
-        resume: args.resume,
-        verbose: !args.quiet,
+        resume: args.run.resume,
+        verbose: !args.run.quiet,
     };
     let command = std::env::args().collect::<Vec<_>>().join(" ");
     let outcomes = run_seeds(&config, real.as_ref(), &opts, &command, &device_name)?;

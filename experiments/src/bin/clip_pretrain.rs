@@ -10,7 +10,6 @@
 //! `"zero_shot"`), `loss.png`, the stage directory `clip/` (metrics, checkpoints), the image
 //! tower `vision/` (a `CLIPVisionModel` directory) and the whole model `clip-model/`.
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
 
@@ -18,47 +17,26 @@ use clap::Parser;
 use experiments::clip_pretrain::{ClipPretrainConfig, run, write_all};
 use experiments::device::select_device;
 use experiments::run::RunOptions;
-use experiments::run::{prepare_run_dir, read_config, run_dir};
+use experiments::run::{RunArgs, prepare_run_dir, run_dir};
 
 #[derive(Parser, Debug)]
 #[command(about = "Pre-train a CLIP pair of towers on the world's captions and evaluate it")]
 struct Args {
-    /// TOML configuration (every field optional; see `config.toml` in any run directory).
-    #[arg(long)]
-    config: Option<PathBuf>,
-    /// The CI smoke profile (cal_llava --quick's world and sizes, a few steps).
-    #[arg(long)]
-    quick: bool,
-    /// Run directory (default `runs/clip_pretrain/<unix time>`).
-    #[arg(long)]
-    out: Option<PathBuf>,
-    /// Continue the run in `--out` from its newest intact checkpoint.
-    #[arg(long, requires = "out")]
-    resume: bool,
+    #[command(flatten)]
+    run: RunArgs,
     /// Optimizer steps (overrides the config).
     #[arg(long)]
     steps: Option<usize>,
-    /// World folder (generated if absent).
-    #[arg(long)]
-    world: Option<PathBuf>,
-    /// Device: flex | ndarray | wgpu | cuda[:N] (default: BURN_DEVICE, else the first compiled).
-    #[arg(long)]
-    device: Option<String>,
-    /// Quiet: no progress bars or per-step lines.
-    #[arg(long)]
-    quiet: bool,
 }
 
 fn resolve(args: &Args) -> Result<ClipPretrainConfig, String> {
-    let mut c = match &args.config {
-        Some(path) => read_config(path)?,
-        None if args.quick => ClipPretrainConfig::quick(),
-        None => ClipPretrainConfig::default(),
-    };
+    let mut c = args
+        .run
+        .config(ClipPretrainConfig::quick, ClipPretrainConfig::default)?;
     if let Some(s) = args.steps {
         c.train.steps = s;
     }
-    if let Some(w) = &args.world {
+    if let Some(w) = &args.run.world {
         c.world.dir = w.clone();
     }
     Ok(c)
@@ -77,12 +55,12 @@ fn main() -> ExitCode {
 
 fn main_inner(args: &Args) -> Result<(), String> {
     let config = resolve(args)?;
-    let selected = select_device(args.device.as_deref()).map_err(|e| e.to_string())?;
+    let selected = select_device(args.run.device.as_deref()).map_err(|e| e.to_string())?;
     if let Some(w) = &selected.warning {
         eprintln!("warning: {w}");
     }
-    let out = run_dir(args.out.as_deref(), "clip_pretrain");
-    prepare_run_dir(&out, &config, args.resume, |_, _| {})?;
+    let out = run_dir(args.run.out.as_deref(), "clip_pretrain");
+    prepare_run_dir(&out, &config, args.run.resume, |_, _| {})?;
     eprintln!(
         "clip_pretrain on {}, writing {}",
         selected.spec,
@@ -92,8 +70,8 @@ fn main_inner(args: &Args) -> Result<(), String> {
     let opts = RunOptions {
         device: selected.device.clone(),
         out: out.clone(),
-        resume: args.resume,
-        verbose: !args.quiet,
+        resume: args.run.resume,
+        verbose: !args.run.quiet,
     };
     let outcome = run(&config, &opts)?;
     let command = std::env::args().collect::<Vec<_>>().join(" ");

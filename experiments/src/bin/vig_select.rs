@@ -19,25 +19,15 @@ use std::time::Instant;
 use clap::Parser;
 use experiments::device::select_device;
 use experiments::inputs::RealData;
+use experiments::run::{RunArgs, prepare_run_dir, run_dir};
 use experiments::run::{RunOptions, StageKind};
-use experiments::run::{prepare_run_dir, read_config, run_dir};
 use experiments::vig_select::{VigSelectConfig, run};
 
 #[derive(Parser, Debug)]
 #[command(about = "Select instruction data by visual information gain (VIG) and compare")]
 struct Args {
-    /// TOML configuration (`[common]` as cal_llava's config, `[vig]` sigma/percents/with_cal).
-    #[arg(long)]
-    config: Option<PathBuf>,
-    /// The CI smoke profile.
-    #[arg(long)]
-    quick: bool,
-    /// Run directory (default `runs/vig_select/<unix time>`).
-    #[arg(long)]
-    out: Option<PathBuf>,
-    /// Continue the run in `--out` from each stage's newest intact checkpoint.
-    #[arg(long, requires = "out")]
-    resume: bool,
+    #[command(flatten)]
+    run: RunArgs,
     /// Selection levels p, comma separated (100 = all data, plain MLE).
     #[arg(long, value_delimiter = ',')]
     percents: Option<Vec<f64>>,
@@ -47,12 +37,6 @@ struct Args {
     /// Steps of stage 1 and stage 2.
     #[arg(long)]
     steps: Option<usize>,
-    /// World folder (generated if absent).
-    #[arg(long)]
-    world: Option<PathBuf>,
-    /// Device: flex | ndarray | wgpu | cuda[:N].
-    #[arg(long)]
-    device: Option<String>,
     /// Real data: LLaVA records to score and select (instead of the world).
     #[arg(long, requires = "image_folder")]
     data: Option<PathBuf>,
@@ -74,9 +58,6 @@ struct Args {
     /// Chat template: plain, vicuna_v1, chatml.
     #[arg(long, default_value = "vicuna_v1")]
     template: vlalign_data::Template,
-    /// No progress bars or per-step lines.
-    #[arg(long)]
-    quiet: bool,
 }
 
 fn main() -> ExitCode {
@@ -91,11 +72,9 @@ fn main() -> ExitCode {
 }
 
 fn main_inner(args: &Args) -> Result<(), String> {
-    let mut config = match &args.config {
-        Some(path) => read_config(path)?,
-        None if args.quick => VigSelectConfig::quick(),
-        None => VigSelectConfig::default(),
-    };
+    let mut config = args
+        .run
+        .config(VigSelectConfig::quick, VigSelectConfig::default)?;
     if let Some(p) = &args.percents {
         if p.iter().any(|p| !(*p > 0.0 && *p <= 100.0)) {
             return Err(format!("--percents: each must be in (0, 100], got {p:?}"));
@@ -109,17 +88,17 @@ fn main_inner(args: &Args) -> Result<(), String> {
         config.common.pretrain.steps = s;
         config.common.finetune.steps = s;
     }
-    if let Some(w) = &args.world {
+    if let Some(w) = &args.run.world {
         config.common.world.dir = w.clone();
     }
-    let selected = select_device(args.device.as_deref()).map_err(|e| e.to_string())?;
+    let selected = select_device(args.run.device.as_deref()).map_err(|e| e.to_string())?;
     let device_name = format!(
         "{} ({})",
         selected.spec,
         selected.adapter.clone().unwrap_or_default()
     );
-    let out = run_dir(args.out.as_deref(), "vig_select");
-    prepare_run_dir(&out, &config, args.resume, |_, _| {})?;
+    let out = run_dir(args.run.out.as_deref(), "vig_select");
+    prepare_run_dir(&out, &config, args.run.resume, |_, _| {})?;
     eprintln!("vig_select on {device_name}, writing {}", out.display());
     let started = Instant::now();
     let real = args.data.as_ref().map(|data| RealData {
@@ -139,8 +118,8 @@ fn main_inner(args: &Args) -> Result<(), String> {
         &RunOptions {
             device: selected.device.clone(),
             out: out.clone(),
-            resume: args.resume,
-            verbose: !args.quiet,
+            resume: args.run.resume,
+            verbose: !args.run.quiet,
         },
     )?;
     let command = std::env::args().collect::<Vec<_>>().join(" ");
