@@ -8,14 +8,14 @@ use burn::data::dataset::Dataset;
 use burn::module::Module;
 use burn::tensor::Device;
 use vlalign_align::MleObjective;
-use vlalign_data::dataset::prepare;
-use vlalign_data::{ImageCheck, Item, Record, VlmDataset, read_records};
+use vlalign_data::{Item, Record};
+use vlalign_models::Llava;
 use vlalign_train::Trainee;
 
 use crate::cal_eval::{EvalContext, Outcome, evaluate_model};
 use crate::cal_llava::CalLlavaConfig;
-use crate::inputs::world_inputs;
-use crate::run::RunOptions;
+use crate::inputs::{Inputs, read_valid, world_inputs};
+use crate::run::{RunOptions, read_config};
 
 /// Re-score the trained models of a run directory on `split` (`val` or `test`): every stage
 /// directory `{stage}-{objective}-noise{r}` with an intact checkpoint is loaded at its newest
@@ -26,10 +26,7 @@ pub fn rescore(
     device: &Device,
     verbose: bool,
 ) -> Result<(CalLlavaConfig, Outcome), String> {
-    let path = run_dir.join("config.toml");
-    let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let mut config: CalLlavaConfig =
-        toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut config: CalLlavaConfig = read_config(&run_dir.join("config.toml"))?;
     if !["val", "test"].contains(&split) {
         return Err(format!("--split: expected val or test, got {split}"));
     }
@@ -41,31 +38,17 @@ pub fn rescore(
         verbose,
     };
     let inputs = world_inputs(config.spec(), &opts)?;
-    let world = config.world.dir.clone();
-    let val_records: Vec<Record> = read_records(&world.join(format!("{split}_qa.json")))
-        .map_err(|e| e.to_string())?
+    let path = config.world.dir.join(format!("{split}_qa.json"));
+    let val_records: Vec<Record> = read_valid(&path)?
         .into_iter()
-        .filter_map(Result::ok)
         .take(config.eval.records)
         .collect();
-    let (samples, _) = prepare(
-        val_records.iter().cloned().map(Ok).collect(),
-        &inputs.enc.chat,
-        &inputs.images,
-        ImageCheck::Exists,
-    );
-    let val: Arc<dyn Dataset<Item>> = Arc::new(VlmDataset::new(samples, inputs.processor.clone()));
-    let mut stages: Vec<PathBuf> = std::fs::read_dir(run_dir)
-        .map_err(|e| format!("{}: {e}", run_dir.display()))?
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.join("checkpoints").is_dir())
-        .collect();
-    stages.sort();
+    let val: Arc<dyn Dataset<Item>> =
+        Arc::new(inputs.dataset(vec![(val_records.clone(), &inputs.enc.chat)]));
     let mut runs = Vec::new();
     let mut tokens = Vec::new();
     let mut curves = Vec::new();
-    for dir in stages {
+    for dir in stage_dirs(run_dir)? {
         let name = dir
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
@@ -78,25 +61,10 @@ pub fn rescore(
         let Some((objective, noise)) = parse_stage_name(&name) else {
             continue;
         };
-        let (found, problems) =
-            vlalign_train::latest_valid(&dir.join("checkpoints")).map_err(|e| e.to_string())?;
-        for p in problems {
-            eprintln!("{name}: {p}");
-        }
-        let Some(manifest) = found else { continue };
-        let record = {
-            use burn::train::checkpoint::Checkpointer;
-            vlalign_train::checkpoint::AtomicFileCheckpointer::new(
-                &dir.join("checkpoints"),
-                "model",
-            )
-            .restore(manifest.step)
-            .map_err(|e| format!("{name}: {e}"))?
+        let Some((model, step)) = load_stage(&dir, &name, &inputs)? else {
+            continue;
         };
-        let model = Trainee::new(inputs.init.clone(), Arc::new(MleObjective))
-            .load_record(record)
-            .model;
-        eprintln!("{name}: step {} on {split}", manifest.step);
+        eprintln!("{name}: step {step} on {split}");
         let ctx = EvalContext {
             eval: &config.eval,
             cal: &config.cal,
@@ -111,9 +79,11 @@ pub fn rescore(
         let (mut result, te) = evaluate_model(&model, &ctx, &dir.join(format!("eval-{split}")))?;
         result.objective = objective;
         result.noise = noise;
-        let mut ms: Vec<f64> = steps.iter().skip(1).map(|s| s.step_ms).collect();
-        ms.sort_by(f64::total_cmp);
-        result.step_ms = ms.get(ms.len() / 2).copied().unwrap_or(0.0);
+        let log = vlalign_train::TrainReport {
+            steps,
+            ..Default::default()
+        };
+        result.step_ms = log.median_step_ms().unwrap_or(0.0);
         runs.push(result);
         tokens.push(te);
     }
@@ -134,6 +104,39 @@ pub fn rescore(
             tokenizer: inputs.tokenizer,
         },
     ))
+}
+
+/// The stage directories of a run (those with `checkpoints/`), sorted.
+fn stage_dirs(run_dir: &Path) -> Result<Vec<PathBuf>, String> {
+    let mut stages: Vec<PathBuf> = std::fs::read_dir(run_dir)
+        .map_err(|e| format!("{}: {e}", run_dir.display()))?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.join("checkpoints").is_dir())
+        .collect();
+    stages.sort();
+    Ok(stages)
+}
+
+/// The model of a stage directory at its newest intact checkpoint (`None` when it has none;
+/// damaged checkpoints are named on stderr).
+fn load_stage(dir: &Path, name: &str, inputs: &Inputs) -> Result<Option<(Llava, usize)>, String> {
+    use burn::train::checkpoint::Checkpointer;
+    let checkpoints = dir.join("checkpoints");
+    let (found, problems) = vlalign_train::latest_valid(&checkpoints).map_err(|e| e.to_string())?;
+    for p in problems {
+        eprintln!("{name}: {p}");
+    }
+    let Some(manifest) = found else {
+        return Ok(None);
+    };
+    let record = vlalign_train::checkpoint::AtomicFileCheckpointer::new(&checkpoints, "model")
+        .restore(manifest.step)
+        .map_err(|e| format!("{name}: {e}"))?;
+    let model = Trainee::new(inputs.init.clone(), Arc::new(MleObjective))
+        .load_record(record)
+        .model;
+    Ok(Some((model, manifest.step)))
 }
 
 /// `finetune-cal-noise0.3` → (`cal`, 0.3).

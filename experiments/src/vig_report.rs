@@ -233,3 +233,48 @@ pub fn tokens_html(o: &VigOutcome, tokenizer: &TextTokenizer, samples: usize) ->
     s.push_str("</table>");
     s
 }
+
+/// Write `report.md`, `summary.json`, `tokens.html`, `vig_by_kind.png` and `loss.png` into `out`.
+pub fn write_all(
+    out: &Path,
+    config: &VigSelectConfig,
+    outcome: &VigOutcome,
+    command: &str,
+    device: &str,
+) -> Result<(), String> {
+    let w = |name: &str, body: &str| {
+        std::fs::write(out.join(name), body)
+            .map_err(|e| format!("{}: {e}", out.join(name).display()))
+    };
+    w("report.md", &markdown(config, outcome, command, device))?;
+    w(
+        "summary.json",
+        &serde_json::to_string_pretty(&summary(outcome)).expect("json"),
+    )?;
+    let html = tokens_html(outcome, &outcome.tokenizer, config.common.eval.html_samples);
+    w("tokens.html", &html)?;
+    bar_chart(&out.join("vig_by_kind.png"), outcome)?;
+    crate::plot::loss_curves(&out.join("loss.png"), "vig_select", &outcome.curves)
+}
+
+/// The comparison on the console.
+pub fn print_table(outcome: &VigOutcome) {
+    println!(
+        "\n{:>5} {:<8} {:>9} {:>9} {:>10} {:>8} {:>8}",
+        "p", "objective", "samples%", "tokens%", "slot acc%", "POPE F1", "CHAIR_s"
+    );
+    let show = |v: Option<f64>| v.map_or("–".into(), |a| format!("{:.1}", 100.0 * a));
+    for r in &outcome.runs {
+        let h = r.result.hallucination.as_ref();
+        println!(
+            "{:>5} {:<8} {:>9.1} {:>9.1} {:>10} {:>8} {:>8}",
+            r.p,
+            r.objective,
+            r.kept_samples_pct,
+            r.kept_tokens_pct,
+            show(r.result.slot_accuracy),
+            show(pope_mean(&r.result)),
+            show(h.map(|h| h.chair_s)),
+        );
+    }
+}

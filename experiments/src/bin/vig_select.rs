@@ -21,6 +21,7 @@ use experiments::device::select_device;
 use experiments::inputs::RealData;
 use experiments::run::{RunArgs, prepare_run_dir, run_dir};
 use experiments::run::{RunOptions, StageKind};
+use experiments::vig_report;
 use experiments::vig_select::{VigSelectConfig, run};
 
 #[derive(Parser, Debug)]
@@ -71,7 +72,8 @@ fn main() -> ExitCode {
     }
 }
 
-fn main_inner(args: &Args) -> Result<(), String> {
+/// The configuration with the command line's overrides.
+fn resolve(args: &Args) -> Result<VigSelectConfig, String> {
     let mut config = args
         .run
         .config(VigSelectConfig::quick, VigSelectConfig::default)?;
@@ -91,6 +93,11 @@ fn main_inner(args: &Args) -> Result<(), String> {
     if let Some(w) = &args.run.world {
         config.common.world.dir = w.clone();
     }
+    Ok(config)
+}
+
+fn main_inner(args: &Args) -> Result<(), String> {
+    let config = resolve(args)?;
     let selected = select_device(args.run.device.as_deref()).map_err(|e| e.to_string())?;
     let device_name = format!(
         "{} ({})",
@@ -123,50 +130,8 @@ fn main_inner(args: &Args) -> Result<(), String> {
         },
     )?;
     let command = std::env::args().collect::<Vec<_>>().join(" ");
-    let w = |name: &str, body: &str| {
-        std::fs::write(out.join(name), body)
-            .map_err(|e| format!("{}: {e}", out.join(name).display()))
-    };
-    w(
-        "report.md",
-        &experiments::vig_report::markdown(&config, &outcome, &command, &device_name),
-    )?;
-    w(
-        "summary.json",
-        &serde_json::to_string_pretty(&experiments::vig_report::summary(&outcome)).expect("json"),
-    )?;
-    w(
-        "tokens.html",
-        &experiments::vig_report::tokens_html(
-            &outcome,
-            &outcome.tokenizer,
-            config.common.eval.html_samples,
-        ),
-    )?;
-    experiments::vig_report::bar_chart(&out.join("vig_by_kind.png"), &outcome)?;
-    experiments::plot::loss_curves(&out.join("loss.png"), "vig_select", &outcome.curves)?;
-    println!(
-        "\n{:>5} {:<8} {:>9} {:>9} {:>10} {:>8} {:>8}",
-        "p", "objective", "samples%", "tokens%", "slot acc%", "POPE F1", "CHAIR_s"
-    );
-    for r in &outcome.runs {
-        let h = r.result.hallucination.as_ref();
-        let pope = h
-            .filter(|h| !h.pope_f1.is_empty())
-            .map(|h| h.pope_f1.values().sum::<f64>() / h.pope_f1.len() as f64);
-        println!(
-            "{:>5} {:<8} {:>9.1} {:>9.1} {:>10} {:>8} {:>8}",
-            r.p,
-            r.objective,
-            r.kept_samples_pct,
-            r.kept_tokens_pct,
-            r.result
-                .slot_accuracy
-                .map_or("–".into(), |a| format!("{:.1}", 100.0 * a)),
-            pope.map_or("–".into(), |a| format!("{:.1}", 100.0 * a)),
-            h.map_or("–".into(), |h| format!("{:.1}", 100.0 * h.chair_s)),
-        );
-    }
+    vig_report::write_all(&out, &config, &outcome, &command, &device_name)?;
+    vig_report::print_table(&outcome);
     println!(
         "VIG token AUROC {}; scoring {:.1} samples/s\nwrote {} ({:.0} s)",
         outcome

@@ -7,10 +7,10 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 use vlalign_data::{Encoder, ImageProcessor, Record, Role, Turn};
-use vlalign_eval::chair::{ObjectVocab, chair};
-use vlalign_eval::generation::{GenerationRun, generate_split, write_predictions};
-use vlalign_eval::pope::{pope, read_questions};
-use vlalign_eval::score_captions;
+use vlalign_eval::chair::{ChairScores, ObjectVocab, chair};
+use vlalign_eval::generation::{GenerationRun, Prediction, generate_split, write_predictions};
+use vlalign_eval::pope::{PopeScores, pope, read_questions};
+use vlalign_eval::{CaptionScores, score_captions};
 use vlalign_models::{GenerationConfig, Llava};
 
 /// The scores of one model.
@@ -63,7 +63,59 @@ fn generation(encoder: &Encoder, max_new_tokens: usize) -> GenerationConfig {
 
 /// Score `model`; see the module docs.
 pub fn evaluate(model: &Llava, run: &HallucinationRun<'_>) -> Result<HallucinationScores, String> {
-    let images = run.world.join("images");
+    let (captions, chair_scores) = caption_scores(model, run)?;
+    let mut out = HallucinationScores {
+        cider: captions.cider,
+        bleu4: captions.bleu[3],
+        chair_i: chair_scores.chair_i,
+        chair_s: chair_scores.chair_s,
+        ..HallucinationScores::default()
+    };
+    for split in ["random", "popular", "adversarial"] {
+        let scores = pope_split(model, run, split)?;
+        out.pope_f1.insert(split.into(), scores.f1);
+        out.pope_yes_ratio.insert(split.into(), scores.yes_ratio);
+    }
+    Ok(out)
+}
+
+/// Greedy `records` with `encoder` (bounded by `max_new_tokens`), written to `file` in the run's
+/// directory when it has one; `what` names the set in an error.
+fn generate(
+    model: &Llava,
+    run: &HallucinationRun<'_>,
+    records: &[Record],
+    encoder: &Encoder,
+    max_new_tokens: usize,
+    (what, file): (&str, &str),
+) -> Result<Vec<Prediction>, String> {
+    let config = generation(encoder, max_new_tokens);
+    let (predictions, errors) = generate_split(
+        model,
+        records,
+        &GenerationRun {
+            encoder,
+            processor: run.processor,
+            image_folder: &run.world.join("images"),
+            batch_size: run.batch_size,
+            config: &config,
+            show_progress: run.verbose,
+        },
+    );
+    if let Some(e) = errors.first() {
+        return Err(format!("{what}: {e}"));
+    }
+    if let Some(dir) = run.write_to {
+        write_predictions(&dir.join(file), &predictions).map_err(|e| e.to_string())?;
+    }
+    Ok(predictions)
+}
+
+/// CIDEr-D / BLEU and CHAIR of greedy held-out captions.
+fn caption_scores(
+    model: &Llava,
+    run: &HallucinationRun<'_>,
+) -> Result<(CaptionScores, ChairScores), String> {
     let records: Vec<Record> =
         vlalign_data::read_records(&run.world.join(format!("{}_captions.json", run.split)))
             .map_err(|e| e.to_string())?
@@ -71,25 +123,14 @@ pub fn evaluate(model: &Llava, run: &HallucinationRun<'_>) -> Result<Hallucinati
             .filter_map(Result::ok)
             .take(run.captions)
             .collect();
-    let config = generation(run.plain, 48);
-    let (predictions, errors) = generate_split(
+    let predictions = generate(
         model,
+        run,
         &records,
-        &GenerationRun {
-            encoder: run.plain,
-            processor: run.processor,
-            image_folder: &images,
-            batch_size: run.batch_size,
-            config: &config,
-            show_progress: run.verbose,
-        },
-    );
-    if let Some(e) = errors.first() {
-        return Err(format!("captions: {e}"));
-    }
-    if let Some(dir) = run.write_to {
-        write_predictions(&dir.join("captions.jsonl"), &predictions).map_err(|e| e.to_string())?;
-    }
+        run.plain,
+        48,
+        ("captions", "captions.jsonl"),
+    )?;
     let candidates: BTreeMap<String, String> = predictions
         .iter()
         .map(|p| (p.id.clone(), p.output.clone()))
@@ -124,67 +165,45 @@ pub fn evaluate(model: &Llava, run: &HallucinationRun<'_>) -> Result<Hallucinati
             )
         }),
     );
+    Ok((captions, chair_scores))
+}
 
-    let mut out = HallucinationScores {
-        cider: captions.cider,
-        bleu4: captions.bleu[3],
-        chair_i: chair_scores.chair_i,
-        chair_s: chair_scores.chair_s,
-        ..HallucinationScores::default()
-    };
-    let config = generation(run.chat, 4);
-    for split in ["random", "popular", "adversarial"] {
-        let path = run.world.join(format!("pope_{split}_{}.jsonl", run.split));
-        let text =
-            std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-        let questions = read_questions(&text).map_err(|e| format!("{}: {e}", path.display()))?;
-        let questions: Vec<_> = questions.into_iter().take(run.pope_questions).collect();
-        let records: Vec<Record> = questions
+/// POPE on one split of the world's existence questions.
+fn pope_split(
+    model: &Llava,
+    run: &HallucinationRun<'_>,
+    split: &str,
+) -> Result<PopeScores, String> {
+    let path = run.world.join(format!("pope_{split}_{}.jsonl", run.split));
+    let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let questions = read_questions(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    let questions: Vec<_> = questions.into_iter().take(run.pope_questions).collect();
+    let records: Vec<Record> = questions
+        .iter()
+        .enumerate()
+        .map(|(i, q)| Record {
+            id: format!("pope-{split}-{i}"),
+            images: vec![q.image.clone()],
+            turns: vec![
+                Turn {
+                    role: Role::Human,
+                    value: format!("<image>\n{}", q.text),
+                },
+                Turn {
+                    role: Role::Gpt,
+                    value: q.label.clone(),
+                },
+            ],
+            truth: Vec::new(),
+        })
+        .collect();
+    let file = format!("pope_{split}.jsonl");
+    let what = format!("POPE {split}");
+    let predictions = generate(model, run, &records, run.chat, 4, (&what, &file))?;
+    Ok(pope(
+        predictions
             .iter()
-            .enumerate()
-            .map(|(i, q)| Record {
-                id: format!("pope-{split}-{i}"),
-                images: vec![q.image.clone()],
-                turns: vec![
-                    Turn {
-                        role: Role::Human,
-                        value: format!("<image>\n{}", q.text),
-                    },
-                    Turn {
-                        role: Role::Gpt,
-                        value: q.label.clone(),
-                    },
-                ],
-                truth: Vec::new(),
-            })
-            .collect();
-        let (predictions, errors) = generate_split(
-            model,
-            &records,
-            &GenerationRun {
-                encoder: run.chat,
-                processor: run.processor,
-                image_folder: &images,
-                batch_size: run.batch_size,
-                config: &config,
-                show_progress: run.verbose,
-            },
-        );
-        if let Some(e) = errors.first() {
-            return Err(format!("POPE {split}: {e}"));
-        }
-        if let Some(dir) = run.write_to {
-            write_predictions(&dir.join(format!("pope_{split}.jsonl")), &predictions)
-                .map_err(|e| e.to_string())?;
-        }
-        let scores = pope(
-            predictions
-                .iter()
-                .zip(&questions)
-                .map(|(p, q)| (p.output.as_str(), q.label == "yes")),
-        );
-        out.pope_f1.insert(split.into(), scores.f1);
-        out.pope_yes_ratio.insert(split.into(), scores.yes_ratio);
-    }
-    Ok(out)
+            .zip(&questions)
+            .map(|(p, q)| (p.output.as_str(), q.label == "yes")),
+    ))
 }
