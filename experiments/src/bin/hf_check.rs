@@ -15,7 +15,7 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use burn::tensor::{Bool, Int, Tensor, TensorData};
+use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
 use clap::Parser;
 use experiments::device::select_device;
 use vlalign_data::record::{Record, Role, Turn};
@@ -116,26 +116,62 @@ fn prompt_ids(
     Ok(ids.into_iter().map(i64::from).collect())
 }
 
-fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
+type Error = Box<dyn std::error::Error>;
+
+fn run(args: Args) -> Result<(), Error> {
     let selected = select_device(args.device.as_deref())?;
     if let Some(w) = &selected.warning {
         eprintln!("warning: {w}");
     }
     let device = selected.device;
     let config = hf::read_config(&args.model)?;
-    let (image_tokens, image_token_id, image_size, vocab) = match &config {
-        HfModelConfig::Llava(c) => (
-            c.image_tokens(),
-            c.image_token_id as u32,
-            c.vision.image_size,
-            c.text.vocab_size,
-        ),
-        HfModelConfig::Decoder(c) => (0, 0, 0, c.vocab_size),
-        HfModelConfig::Vision(_) => (0, 0, 0, 0),
+    let ids = checked_ids(&args, &config)?;
+    let t = ids.len();
+    let id_tensor = Tensor::<2, Int>::from_data(TensorData::new(ids, [1, t]), &device);
+    let logits = match config {
+        HfModelConfig::Llava(c) => llava_logits(&args, c.vision.image_size, id_tensor, &device)?,
+        HfModelConfig::Decoder(_) => {
+            let (model, _, report) = hf::load_decoder(&args.model, &device)?;
+            println!("loaded causal LM from {}: {report}", args.model.display());
+            let pos = position_ids_from_mask(&[vec![true; t]]).concat();
+            let pos = Tensor::<2, Int>::from_data(TensorData::new(pos, [1, t]), &device);
+            model.forward(id_tensor, pos, None, None)
+        }
+        HfModelConfig::Vision(_) => {
+            return Err(
+                "a vision tower has no next-token logits; give a LLaVA or causal LM directory"
+                    .into(),
+            );
+        }
+    };
+    let [_, _, vocab] = logits.dims();
+    let values: Vec<f32> = logits
+        .reshape([t, vocab])
+        .to_data()
+        .convert::<f32>()
+        .try_into_vec()?;
+    print_top5(&args, &values[(t - 1) * vocab..], t);
+    if let Some(out) = &args.out {
+        let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let view =
+            safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![t, vocab], &bytes)?;
+        safetensors::serialize_to_file([("logits", view)], None, out)?;
+        println!("wrote logits [{t}, {vocab}] to {}", out.display());
+    }
+    Ok(())
+}
+
+/// The input ids (`--input-ids`, or `--prompt` tokenized), checked against the model: as many
+/// image slots as the images need, every id inside the vocabulary.
+fn checked_ids(args: &Args, config: &HfModelConfig) -> Result<Vec<i64>, Error> {
+    let (image_tokens, image_token_id, vocab) = match config {
+        HfModelConfig::Llava(c) => (c.image_tokens(), c.image_token_id as u32, c.text.vocab_size),
+        HfModelConfig::Decoder(c) => (0, 0, c.vocab_size),
+        HfModelConfig::Vision(_) => (0, 0, 0),
     };
     let ids: Vec<i64> = match (&args.input_ids, &args.prompt) {
         (Some(ids), _) => ids.clone(),
-        (None, Some(text)) => prompt_ids(&args, text, image_tokens, image_token_id)?,
+        (None, Some(text)) => prompt_ids(args, text, image_tokens, image_token_id)?,
         (None, None) => return Err("give --input-ids or --prompt".into()),
     };
     if ids.is_empty() {
@@ -157,63 +193,54 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     if let Some(bad) = ids.iter().find(|&&t| t < 0 || t as usize >= vocab.max(1)) {
         return Err(format!("token id {bad} is outside the model's vocabulary of {vocab}").into());
     }
-    let t = ids.len();
-    let id_tensor = Tensor::<2, Int>::from_data(TensorData::new(ids.clone(), [1, t]), &device);
-    let logits = match config {
-        HfModelConfig::Llava(_) => {
-            let (model, config, report) = hf::load_llava(&args.model, &device)?;
-            println!("loaded LLaVA from {}: {report}", args.model.display());
-            let images = if args.image.is_empty() {
-                None
-            } else {
-                let mut p = processor(&args.model, image_size);
-                // The tower's learned positions fix the input size.
-                p.size = image_size;
-                let mut pixels = Vec::new();
-                for path in &args.image {
-                    pixels.extend(
-                        p.load(path)
-                            .map_err(|e| format!("{}: {e}", path.display()))?,
-                    );
-                }
-                let s = p.size;
-                Some(Tensor::<4>::from_data(
-                    TensorData::new(pixels, [args.image.len(), 3, s, s]),
-                    &device,
-                ))
-            };
-            if let Some(dir) = &args.save_hf {
-                hf::save_llava(&model, &config, dir)?;
-                println!("saved to {}", dir.display());
-            }
-            let mask =
-                Tensor::<2, Bool>::from_data(TensorData::new(vec![true; t], [1, t]), &device);
-            model
-                .forward(LlavaInput {
-                    input_ids: id_tensor,
-                    attention_mask: mask,
-                    images,
-                })
-                .logits
-        }
-        HfModelConfig::Decoder(_) => {
-            let (model, _, report) = hf::load_decoder(&args.model, &device)?;
-            println!("loaded causal LM from {}: {report}", args.model.display());
-            let pos = position_ids_from_mask(&[vec![true; t]]).concat();
-            let pos = Tensor::<2, Int>::from_data(TensorData::new(pos, [1, t]), &device);
-            model.forward(id_tensor, pos, None, None)
-        }
-        HfModelConfig::Vision(_) => {
-            return Err(
-                "a vision tower has no next-token logits; give a LLaVA or causal LM directory"
-                    .into(),
+    Ok(ids)
+}
+
+/// Load the LLaVA (saving it back with `--save-hf`), preprocess `--image`s and run it.
+fn llava_logits(
+    args: &Args,
+    image_size: usize,
+    input_ids: Tensor<2, Int>,
+    device: &Device,
+) -> Result<Tensor<3>, Error> {
+    let (model, config, report) = hf::load_llava(&args.model, device)?;
+    println!("loaded LLaVA from {}: {report}", args.model.display());
+    let images = if args.image.is_empty() {
+        None
+    } else {
+        let mut p = processor(&args.model, image_size);
+        // The tower's learned positions fix the input size.
+        p.size = image_size;
+        let mut pixels = Vec::new();
+        for path in &args.image {
+            pixels.extend(
+                p.load(path)
+                    .map_err(|e| format!("{}: {e}", path.display()))?,
             );
         }
+        let s = p.size;
+        Some(Tensor::<4>::from_data(
+            TensorData::new(pixels, [args.image.len(), 3, s, s]),
+            device,
+        ))
     };
-    let [_, _, vocab] = logits.dims();
-    let logits = logits.reshape([t, vocab]);
-    let values: Vec<f32> = logits.to_data().convert::<f32>().try_into_vec()?;
-    let last = &values[(t - 1) * vocab..];
+    if let Some(dir) = &args.save_hf {
+        hf::save_llava(&model, &config, dir)?;
+        println!("saved to {}", dir.display());
+    }
+    let [_, t] = input_ids.dims();
+    let mask = Tensor::<2, Bool>::from_data(TensorData::new(vec![true; t], [1, t]), device);
+    Ok(model
+        .forward(LlavaInput {
+            input_ids,
+            attention_mask: mask,
+            images,
+        })
+        .logits)
+}
+
+/// The five largest next-token logits of the last position, with their tokens.
+fn print_top5(args: &Args, last: &[f32], t: usize) {
     let mut top: Vec<(usize, f32)> = last.iter().copied().enumerate().collect();
     top.sort_by(|a, b| b.1.total_cmp(&a.1));
     let tokenizer = TextTokenizer::from_file(&args.model.join("tokenizer.json")).ok();
@@ -225,12 +252,4 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             .unwrap_or_default();
         println!("  {id:>8}  {logit:>10.4}  {text:?}");
     }
-    if let Some(out) = &args.out {
-        let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
-        let view =
-            safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![t, vocab], &bytes)?;
-        safetensors::serialize_to_file([("logits", view)], None, out)?;
-        println!("wrote logits [{t}, {vocab}] to {}", out.display());
-    }
-    Ok(())
 }
