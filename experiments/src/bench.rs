@@ -330,12 +330,42 @@ pub fn run_preset(
     mut progress: impl FnMut(&str),
 ) -> Result<PresetResult, String> {
     preset.check()?;
-    let train_device = device.clone().autodiff();
-    let model = preset.llava().init(&train_device);
+    let model = preset.llava().init(&device.clone().autodiff());
     let params = param_counts(&model);
-    let tokens = (preset.batch * preset.seq) as f64;
-    let mut rows = Vec::new();
+    let mut rows = train_rows(preset, &model, device, wanted, &mut progress)?;
+    let step_ms = |rows: &[Row], name: &str| {
+        rows.iter()
+            .find(|r| r.name == name)
+            .map_or(f64::NAN, |r| r.median_ms)
+    };
+    let cal_over_mle = step_ms(&rows, "train_cal") / step_ms(&rows, "train_mle");
+    let inner = model.valid();
+    rows.extend(no_grad_rows(preset, &inner, device, wanted, &mut progress));
+    rows.extend(generation_rows(
+        preset,
+        &inner,
+        device,
+        wanted,
+        &mut progress,
+    ));
+    Ok(PresetResult {
+        preset: preset.clone(),
+        params,
+        rows,
+        cal_over_mle,
+    })
+}
 
+/// Training steps with MLE and with CAL, from the same initial weights, interleaved.
+fn train_rows(
+    preset: &Preset,
+    model: &Llava,
+    device: &Device,
+    wanted: &dyn Fn(&str) -> bool,
+    progress: &mut impl FnMut(&str),
+) -> Result<Vec<Row>, String> {
+    let train_device = device.clone().autodiff();
+    let tokens = (preset.batch * preset.seq) as f64;
     let optim = OptimConfig {
         lr: 1e-4,
         warmup_steps: 0,
@@ -346,7 +376,6 @@ pub fn run_preset(
         ("train_mle", Arc::new(MleObjective)),
         ("train_cal", Arc::new(CalObjective::default())),
     ];
-    // Both objectives from the same initial weights, their steps interleaved.
     let mut learners = Vec::new();
     for (name, objective) in objectives {
         if !wanted(name) {
@@ -372,15 +401,18 @@ pub fn run_preset(
             })
         })
         .collect();
-    rows.extend(measure_interleaved(preset, device, jobs));
-    let step_ms = |rows: &[Row], name: &str| {
-        rows.iter()
-            .find(|r| r.name == name)
-            .map_or(f64::NAN, |r| r.median_ms)
-    };
-    let cal_over_mle = step_ms(&rows, "train_cal") / step_ms(&rows, "train_mle");
+    Ok(measure_interleaved(preset, device, jobs))
+}
 
-    let inner = model.valid();
+/// The no-grad passes: forward, CAL's two contrasts, VIG scoring.
+fn no_grad_rows(
+    preset: &Preset,
+    inner: &Llava,
+    device: &Device,
+    wanted: &dyn Fn(&str) -> bool,
+    progress: &mut impl FnMut(&str),
+) -> Vec<Row> {
+    let tokens = (preset.batch * preset.seq) as f64;
     let batch = training_batch(preset, 0, device);
     let input = || LlavaInput {
         input_ids: batch.input_ids.clone(),
@@ -388,7 +420,7 @@ pub fn run_preset(
         images: batch.images.clone(),
     };
     let text_tokens = (preset.batch * (preset.seq - preset.image_tokens())) as f64;
-    let no_grad = [
+    let jobs = [
         Job::new("forward", tokens, "tok/s", || {
             drop(inner.forward(input()).logits)
         }),
@@ -399,18 +431,30 @@ pub fn run_preset(
             drop(inner.forward_image_keys_masked(input()).logits)
         }),
         Job::new("vig_score", preset.batch as f64, "samples/s", || {
-            drop(vig_scores(&inner, &batch, preset.vig_sigma))
+            drop(vig_scores(inner, &batch, preset.vig_sigma))
         }),
     ];
-    for j in no_grad {
+    let mut rows = Vec::new();
+    for j in jobs {
         if wanted(&j.name) {
             progress(&j.name);
             rows.extend(measure_interleaved(preset, device, vec![j]));
         }
     }
+    rows
+}
 
+/// Batched greedy generation with the KV cache, at each of the preset's batch sizes.
+fn generation_rows(
+    preset: &Preset,
+    inner: &Llava,
+    device: &Device,
+    wanted: &dyn Fn(&str) -> bool,
+    progress: &mut impl FnMut(&str),
+) -> Vec<Row> {
     let mut rng = StdRng::seed_from_u64(1);
     let image_token = (preset.vocab - 1) as u32;
+    let mut rows = Vec::new();
     for &gb in &preset.gen_batches {
         let name = format!("gen_b{gb}");
         if !wanted(&name) {
@@ -437,12 +481,7 @@ pub fn run_preset(
         });
         rows.extend(measure_interleaved(preset, device, vec![generate]));
     }
-    Ok(PresetResult {
-        preset: preset.clone(),
-        params,
-        rows,
-        cal_over_mle,
-    })
+    rows
 }
 
 /// The table the binary prints (and `tools/bench_torch.py` prints in the same layout).

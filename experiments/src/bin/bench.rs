@@ -12,8 +12,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use experiments::bench::{PresetResult, presets, run_preset, table};
-use experiments::device::{compiled_backends, select_device};
+use experiments::bench::{Preset, PresetResult, presets, run_preset, table};
+use experiments::device::{SelectedDevice, compiled_backends, select_device};
 use serde::Serialize;
 
 #[derive(Parser, Debug)]
@@ -67,24 +67,64 @@ fn cpu_model() -> Option<String> {
 
 fn main() -> ExitCode {
     experiments::alloc::keep_freed_memory();
-    let args = Args::parse();
-    if let Some(n) = args.threads
-        && let Err(e) = rayon::ThreadPoolBuilder::new()
+    match main_inner(&Args::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn main_inner(args: &Args) -> Result<(), String> {
+    if let Some(n) = args.threads {
+        rayon::ThreadPoolBuilder::new()
             .num_threads(n)
             .build_global()
-    {
-        eprintln!("error: --threads {n}: {e}");
-        return ExitCode::FAILURE;
+            .map_err(|e| format!("--threads {n}: {e}"))?;
     }
+    let chosen = chosen_presets(args)?;
+    let explicit = args.device.is_some();
+    let devices: Vec<String> = args.device.clone().unwrap_or_else(|| {
+        compiled_backends()
+            .iter()
+            .map(|b| b.name().to_string())
+            .collect()
+    });
+    let mut report = Report {
+        side: "vlalign",
+        burn: "0.22",
+        threads: rayon::current_num_threads(),
+        cpu: cpu_model(),
+        results: Vec::new(),
+    };
+    for name in devices {
+        let selected = select_device(Some(&name)).map_err(|e| e.to_string())?;
+        if let Some(w) = &selected.warning {
+            eprintln!("warning: {w}");
+            if !explicit {
+                eprintln!("skipping {name} (ask for it with --device {name})");
+                continue;
+            }
+        }
+        report.results.push(run_backend(args, &chosen, &selected)?);
+    }
+    let json = serde_json::to_string_pretty(&report).expect("serialisable");
+    std::fs::write(&args.out, json).map_err(|e| format!("writing {}: {e}", args.out.display()))?;
+    eprintln!("wrote {}", args.out.display());
+    Ok(())
+}
+
+/// The presets `--preset` names (all by default), with `--iters` / `--warmup` applied.
+fn chosen_presets(args: &Args) -> Result<Vec<Preset>, String> {
     let mut chosen = presets();
     if let Some(names) = &args.preset {
         if let Some(bad) = names.iter().find(|n| !chosen.iter().any(|p| &p.name == *n)) {
             let known: Vec<&str> = chosen.iter().map(|p| p.name.as_str()).collect();
-            eprintln!(
-                "error: unknown preset '{bad}' (known: {})",
+            return Err(format!(
+                "unknown preset '{bad}' (known: {})",
                 known.join(", ")
-            );
-            return ExitCode::FAILURE;
+            ));
         }
         chosen.retain(|p| names.contains(&p.name));
     }
@@ -96,73 +136,39 @@ fn main() -> ExitCode {
             p.warmup = w;
         }
     }
-    let explicit = args.device.is_some();
-    let devices: Vec<String> = args.device.clone().unwrap_or_else(|| {
-        compiled_backends()
-            .iter()
-            .map(|b| b.name().to_string())
-            .collect()
-    });
-    let threads = rayon::current_num_threads();
-    let mut report = Report {
-        side: "vlalign",
-        burn: "0.22",
-        threads,
-        cpu: cpu_model(),
-        results: Vec::new(),
-    };
-    for name in devices {
-        let selected = match select_device(Some(&name)) {
-            Ok(s) => s,
-            Err(e) => {
-                eprintln!("error: {e}");
-                return ExitCode::FAILURE;
-            }
+    Ok(chosen)
+}
+
+/// Every chosen preset on one backend, each table printed as it is done.
+fn run_backend(
+    args: &Args,
+    chosen: &[Preset],
+    selected: &SelectedDevice,
+) -> Result<BackendResult, String> {
+    let backend = selected.spec.to_string();
+    let mut presets_done = Vec::new();
+    for preset in chosen {
+        eprintln!(
+            "{} on {backend} ({} threads): {} warm-up + {} timed iterations per row",
+            preset.name,
+            rayon::current_num_threads(),
+            preset.warmup,
+            preset.iters
+        );
+        let wanted = |row: &str| {
+            args.rows
+                .as_ref()
+                .is_none_or(|r| r.iter().any(|x| x == row))
         };
-        if let Some(w) = &selected.warning {
-            eprintln!("warning: {w}");
-            if !explicit {
-                eprintln!("skipping {name} (ask for it with --device {name})");
-                continue;
-            }
-        }
-        let backend = selected.spec.to_string();
-        let mut presets_done = Vec::new();
-        for preset in &chosen {
-            eprintln!(
-                "{} on {backend} ({} threads): {} warm-up + {} timed iterations per row",
-                preset.name, threads, preset.warmup, preset.iters
-            );
-            let wanted = |row: &str| {
-                args.rows
-                    .as_ref()
-                    .is_none_or(|r| r.iter().any(|x| x == row))
-            };
-            let result = run_preset(preset, &selected.device, &wanted, |row| {
-                eprintln!("  {row} …")
-            });
-            match result {
-                Ok(r) => {
-                    println!("{}", table(&backend, &r));
-                    presets_done.push(r);
-                }
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    return ExitCode::FAILURE;
-                }
-            }
-        }
-        report.results.push(BackendResult {
-            backend,
-            adapter: selected.adapter.clone(),
-            presets: presets_done,
-        });
+        let r = run_preset(preset, &selected.device, &wanted, |row| {
+            eprintln!("  {row} …")
+        })?;
+        println!("{}", table(&backend, &r));
+        presets_done.push(r);
     }
-    let json = serde_json::to_string_pretty(&report).expect("serialisable");
-    if let Err(e) = std::fs::write(&args.out, json) {
-        eprintln!("error: writing {}: {e}", args.out.display());
-        return ExitCode::FAILURE;
-    }
-    eprintln!("wrote {}", args.out.display());
-    ExitCode::SUCCESS
+    Ok(BackendResult {
+        backend,
+        adapter: selected.adapter.clone(),
+        presets: presets_done,
+    })
 }

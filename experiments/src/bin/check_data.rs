@@ -16,8 +16,8 @@ use burn::data::dataset::Dataset;
 use clap::Parser;
 use vlalign_data::dataset::prepare;
 use vlalign_data::{
-    BadRecordPolicy, Encoder, ImageCheck, ImageProcessor, Template, TextTokenizer, VlmDataset,
-    read_records,
+    BadRecordPolicy, Encoder, ImageCheck, ImageProcessor, Sample, Template, TextTokenizer,
+    VlmDataset, read_records,
 };
 
 #[derive(Parser, Debug)]
@@ -70,6 +70,20 @@ fn main() -> ExitCode {
     }
 }
 
+/// Samples per second through the full image pipeline (decode, pad, resize, normalise) at
+/// `size` pixels, one thread.
+fn preprocess_rate(samples: Vec<Sample>, size: usize) -> f64 {
+    let dataset = VlmDataset::new(samples, ImageProcessor::clip(size));
+    let start = Instant::now();
+    let mut failed = 0;
+    for i in 0..dataset.len() {
+        failed += usize::from(dataset.get(i).is_err());
+    }
+    let rate = dataset.len() as f64 / start.elapsed().as_secs_f64().max(1e-9);
+    println!("  preprocessing      {rate:.0} samples/s ({size} px, one thread, {failed} failed)");
+    rate
+}
+
 fn run(args: &Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
     let tokenizer = TextTokenizer::from_file(&args.tokenizer)?;
     let encoder = Encoder::new(
@@ -88,22 +102,7 @@ fn run(args: &Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
     };
     let (samples, report) = prepare(parsed, &encoder, &args.image_folder, check);
     let secs = start.elapsed().as_secs_f64().max(1e-9);
-    let preprocess_speed = match args.preprocess {
-        Some(size) => {
-            let dataset = VlmDataset::new(samples, ImageProcessor::clip(size));
-            let start = Instant::now();
-            let mut failed = 0;
-            for i in 0..dataset.len() {
-                failed += usize::from(dataset.get(i).is_err());
-            }
-            let rate = dataset.len() as f64 / start.elapsed().as_secs_f64().max(1e-9);
-            println!(
-                "  preprocessing      {rate:.0} samples/s ({size} px, one thread, {failed} failed)"
-            );
-            Some(rate)
-        }
-        None => None,
-    };
+    let preprocess_speed = args.preprocess.map(|size| preprocess_rate(samples, size));
     println!("{}", args.data.display());
     println!("  records            {}", report.records);
     println!("  loaded             {}", report.loaded);
