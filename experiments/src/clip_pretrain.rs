@@ -20,7 +20,7 @@ use vlalign_data::contrastive::caption_tokens;
 use vlalign_data::world::scene::{Color, POSITIONS, Shape, Size};
 use vlalign_data::{ImageProcessor, PairBatcher, PairDataset, TextTokenizer, read_records};
 use vlalign_models::{Clip, ClipConfig, ClipTextConfig, VisionActivation, hf};
-use vlalign_train::{ClipTrainee, Stage, TrainConfig, TrainReport, default_renderer, fit};
+use vlalign_train::{ClipTrainee, TrainConfig, TrainReport};
 
 use crate::eval::captions::{parse_caption, render_caption};
 use crate::inputs::ensure_world;
@@ -232,28 +232,14 @@ pub fn run(config: &ClipPretrainConfig, opts: &RunOptions) -> Result<ClipOutcome
         train.len(),
         held.len()
     );
-    let tc = &config.train;
-    let (trained, report) = fit(
+    let (trained, report) = opts.fit_stage(
         ClipTrainee::new(init),
-        Arc::new(train),
-        Arc::new(held.clone()),
+        (Arc::new(train), Arc::new(held.clone())),
         batcher.clone(),
-        &opts.device,
-        tc,
-        Stage {
-            dir: &opts.out.join("clip"),
-            label: "clip",
-            resume: opts.resume,
-            stop_after: None,
-            show: &[("i2t_accuracy", "batch i2t accuracy")],
-            renderer: if opts.verbose {
-                default_renderer((tc.steps / 20).max(1))
-            } else {
-                Some(vlalign_train::quiet_renderer())
-            },
-        },
-    )
-    .map_err(|e| format!("clip: {e}"))?;
+        &config.train,
+        "clip",
+        &[("i2t_accuracy", "batch i2t accuracy")],
+    )?;
     let model = trained.model.valid();
     let device = opts.device.clone();
     let bs = config.eval.batch_size.max(1);

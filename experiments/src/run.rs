@@ -7,14 +7,16 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use burn::data::dataloader::batcher::Batcher;
 use burn::data::dataset::Dataset;
 use burn::tensor::Device;
+use burn::train::TrainStep;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use vlalign_align::Objective;
 use vlalign_data::{Item, VlmBatcher};
 use vlalign_models::Llava;
-use vlalign_train::{Stage, TrainConfig, TrainReport, Trainee, default_renderer, fit};
+use vlalign_train::{Stage, TrainConfig, TrainReport, Trainable, Trainee, default_renderer, fit};
 
 /// Where the world comes from.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -115,48 +117,64 @@ const CAL_SHOWN: &[(&str, &str)] = &[
 ];
 
 impl RunOptions {
-    /// Train one stage of an experiment in `out/<name>` (resumable with `resume`, rendered as
-    /// `verbose` says; a CAL objective's diagnostics are shown live) on `(train, valid)`.
+    /// Train one LLaVA stage in `out/<name>` with `objective` (a CAL objective's diagnostics
+    /// are shown live); see [`fit_stage`](Self::fit_stage).
     pub fn train_stage(
         &self,
         batcher: &VlmBatcher,
         model: Llava,
         objective: Arc<dyn Objective<Llava>>,
-        (train, valid): (Arc<dyn Dataset<Item>>, Arc<dyn Dataset<Item>>),
+        data: (Arc<dyn Dataset<Item>>, Arc<dyn Dataset<Item>>),
         tc: &TrainConfig,
         name: &str,
     ) -> Result<(Llava, TrainReport), String> {
-        let dir = self.out.join(name);
         let show = if objective.name() == "cal" {
             CAL_SHOWN
         } else {
             &[]
         };
-        let (trained, report) = fit(
-            Trainee::new(model, objective),
-            train,
-            valid,
-            batcher.clone(),
-            &self.device,
-            tc,
-            Stage {
-                dir: &dir,
-                label: name,
-                resume: self.resume,
-                stop_after: None,
-                show,
-                renderer: if self.verbose {
-                    default_renderer((tc.steps / 20).max(1))
-                } else {
-                    Some(vlalign_train::quiet_renderer())
-                },
+        let trainee = Trainee::new(model, objective);
+        let (trained, report) = self.fit_stage(trainee, data, batcher.clone(), tc, name, show)?;
+        Ok((trained.model, report))
+    }
+
+    /// Train anything [`Trainable`] as one stage of an experiment, in `out/<name>` (resumable
+    /// with `resume`; a finished stage returns its final checkpoint), on `(train, valid)`,
+    /// rendered as `verbose` says with the diagnostics `show` live.
+    pub fn fit_stage<T, I, Bt>(
+        &self,
+        trainee: T,
+        (train, valid): (Arc<dyn Dataset<I>>, Arc<dyn Dataset<I>>),
+        batcher: Bt,
+        tc: &TrainConfig,
+        name: &str,
+        show: &[(&'static str, &'static str)],
+    ) -> Result<(T, TrainReport), String>
+    where
+        T: Trainable,
+        <T as TrainStep>::Input: Clone + std::fmt::Debug + Send + 'static,
+        I: Clone + std::fmt::Debug + Send + Sync + 'static,
+        Bt: Batcher<I, <T as TrainStep>::Input> + Clone + 'static,
+    {
+        let dir = self.out.join(name);
+        let stage = Stage {
+            dir: &dir,
+            label: name,
+            resume: self.resume,
+            stop_after: None,
+            show,
+            renderer: if self.verbose {
+                default_renderer((tc.steps / 20).max(1))
+            } else {
+                Some(vlalign_train::quiet_renderer())
             },
-        )
-        .map_err(|e| format!("{name}: {e}"))?;
+        };
+        let (trained, report) = fit(trainee, train, valid, batcher, &self.device, tc, stage)
+            .map_err(|e| format!("{name}: {e}"))?;
         for w in &report.warnings {
             eprintln!("{name}: {w}");
         }
-        Ok((trained.model, report))
+        Ok((trained, report))
     }
 }
 
