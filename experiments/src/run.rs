@@ -18,6 +18,8 @@ use vlalign_data::{Item, VlmBatcher};
 use vlalign_models::Llava;
 use vlalign_train::{Stage, TrainConfig, TrainReport, Trainable, Trainee, default_renderer, fit};
 
+use crate::device::{SelectedDevice, select_device};
+
 /// Where the world comes from.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -255,6 +257,15 @@ pub struct RunArgs {
 }
 
 impl RunArgs {
+    /// The device `--device` names (else the default), its warning printed.
+    pub fn select_device(&self) -> Result<SelectedDevice, String> {
+        let selected = select_device(self.device.as_deref()).map_err(|e| e.to_string())?;
+        if let Some(w) = &selected.warning {
+            eprintln!("warning: {w}");
+        }
+        Ok(selected)
+    }
+
     /// The configuration: `--config`, else the quick profile with `--quick`, else the default.
     pub fn config<C: DeserializeOwned>(
         &self,
@@ -265,6 +276,17 @@ impl RunArgs {
             Some(path) => read_config(path),
             None if self.quick => Ok(quick()),
             None => Ok(default()),
+        }
+    }
+}
+
+/// What an experiment binary's `main` returns: success, or the error on stderr and failure.
+pub fn exit_code(result: Result<(), String>) -> std::process::ExitCode {
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::ExitCode::FAILURE
         }
     }
 }

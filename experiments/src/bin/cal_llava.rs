@@ -16,9 +16,8 @@ use std::time::Instant;
 use clap::Parser;
 use experiments::cal_eval::Outcome;
 use experiments::cal_llava::{CalLlavaConfig, run};
-use experiments::device::select_device;
 use experiments::inputs::RealData;
-use experiments::run::{RunArgs, prepare_run_dir, run_dir};
+use experiments::run::{RunArgs, exit_code, prepare_run_dir, run_dir};
 use experiments::run::{RunOptions, StageKind};
 use experiments::{cal_report, seeds};
 use vlalign_align::{Contrast, Pooling};
@@ -196,22 +195,12 @@ fn run_seeds(
 
 fn main() -> ExitCode {
     experiments::alloc::keep_freed_memory();
-    let args = Args::parse();
-    match main_inner(&args) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    exit_code(main_inner(&Args::parse()))
 }
 
 fn main_inner(args: &Args) -> Result<(), String> {
     let config = resolve(args)?;
-    let selected = select_device(args.run.device.as_deref()).map_err(|e| e.to_string())?;
-    if let Some(w) = &selected.warning {
-        eprintln!("warning: {w}");
-    }
+    let selected = args.run.select_device()?;
     let device_name = format!(
         "{} ({})",
         selected.spec,

@@ -15,9 +15,8 @@ use std::time::Instant;
 
 use clap::Parser;
 use experiments::clip_pretrain::{ClipPretrainConfig, run, write_all};
-use experiments::device::select_device;
 use experiments::run::RunOptions;
-use experiments::run::{RunArgs, prepare_run_dir, run_dir};
+use experiments::run::{RunArgs, exit_code, prepare_run_dir, run_dir};
 
 #[derive(Parser, Debug)]
 #[command(about = "Pre-train a CLIP pair of towers on the world's captions and evaluate it")]
@@ -44,21 +43,12 @@ fn resolve(args: &Args) -> Result<ClipPretrainConfig, String> {
 
 fn main() -> ExitCode {
     experiments::alloc::keep_freed_memory();
-    match main_inner(&Args::parse()) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    exit_code(main_inner(&Args::parse()))
 }
 
 fn main_inner(args: &Args) -> Result<(), String> {
     let config = resolve(args)?;
-    let selected = select_device(args.run.device.as_deref()).map_err(|e| e.to_string())?;
-    if let Some(w) = &selected.warning {
-        eprintln!("warning: {w}");
-    }
+    let selected = args.run.select_device()?;
     let out = run_dir(args.run.out.as_deref(), "clip_pretrain");
     prepare_run_dir(&out, &config, args.run.resume, |_, _| {})?;
     eprintln!(

@@ -17,9 +17,8 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use clap::Parser;
-use experiments::device::select_device;
 use experiments::inputs::RealData;
-use experiments::run::{RunArgs, prepare_run_dir, run_dir};
+use experiments::run::{RunArgs, exit_code, prepare_run_dir, run_dir};
 use experiments::run::{RunOptions, StageKind};
 use experiments::vig_report;
 use experiments::vig_select::{VigSelectConfig, run};
@@ -63,13 +62,7 @@ struct Args {
 
 fn main() -> ExitCode {
     experiments::alloc::keep_freed_memory();
-    match main_inner(&Args::parse()) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    exit_code(main_inner(&Args::parse()))
 }
 
 /// The configuration with the command line's overrides.
@@ -98,7 +91,7 @@ fn resolve(args: &Args) -> Result<VigSelectConfig, String> {
 
 fn main_inner(args: &Args) -> Result<(), String> {
     let config = resolve(args)?;
-    let selected = select_device(args.run.device.as_deref()).map_err(|e| e.to_string())?;
+    let selected = args.run.select_device()?;
     let device_name = format!(
         "{} ({})",
         selected.spec,
