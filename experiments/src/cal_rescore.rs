@@ -8,7 +8,7 @@ use burn::data::dataset::Dataset;
 use burn::module::Module;
 use burn::tensor::Device;
 use vlalign_align::MleObjective;
-use vlalign_data::{Item, Record};
+use vlalign_data::{Item, Record, VlmDataset};
 use vlalign_models::Llava;
 use vlalign_train::Trainee;
 
@@ -38,13 +38,8 @@ pub fn rescore(
         verbose,
     };
     let inputs = world_inputs(config.spec(), &opts)?;
-    let path = config.world.dir.join(format!("{split}_qa.json"));
-    let val_records: Vec<Record> = read_valid(&path)?
-        .into_iter()
-        .take(config.eval.records)
-        .collect();
-    let val: Arc<dyn Dataset<Item>> =
-        Arc::new(inputs.dataset(vec![(val_records.clone(), &inputs.enc.chat)]));
+    let (val_records, val) = held_out_qa(&config, &inputs)?;
+    let val: Arc<dyn Dataset<Item>> = Arc::new(val);
     let mut runs = Vec::new();
     let mut tokens = Vec::new();
     let mut curves = Vec::new();
@@ -104,6 +99,23 @@ pub fn rescore(
             tokenizer: inputs.tokenizer,
         },
     ))
+}
+
+/// The first `eval.records` QA records of the configured split, and the same as a dataset.
+fn held_out_qa(
+    config: &CalLlavaConfig,
+    inputs: &Inputs,
+) -> Result<(Vec<Record>, VlmDataset), String> {
+    let path = config
+        .world
+        .dir
+        .join(format!("{}_qa.json", config.eval.split));
+    let records: Vec<Record> = read_valid(&path)?
+        .into_iter()
+        .take(config.eval.records)
+        .collect();
+    let val = inputs.dataset(vec![(records.clone(), &inputs.enc.chat)]);
+    Ok((records, val))
 }
 
 /// The stage directories of a run (those with `checkpoints/`), sorted.
