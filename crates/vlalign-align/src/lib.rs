@@ -8,6 +8,7 @@
 
 pub mod cal;
 pub mod clip;
+pub mod dpo;
 pub mod mle;
 pub mod model;
 pub mod token;
@@ -15,6 +16,10 @@ pub mod vig;
 
 pub use cal::{CalConfig, CalObjective, Contrast, Pooling};
 pub use clip::{DualEncoder, InfoNceOutput, contrastive_loss, info_nce};
+pub use dpo::{
+    DpoConfig, DpoLoss, DpoOutput, PairLogps, PreferenceLogps, SequenceLogps, preference_loss,
+    sequence_logps,
+};
 pub use mle::MleObjective;
 pub use model::{AlignModel, TextOnlyLogits};
 
