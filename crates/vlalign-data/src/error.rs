@@ -61,6 +61,15 @@ pub enum Problem {
         /// The limit.
         max_len: usize,
     },
+    /// Truncation to `max_len` cut into a preference pair's answer: the pair's two answers
+    /// would not be scored whole.
+    #[error(
+        "truncation to max_len {max_len} cuts the answer (a preference pair compares whole answers)"
+    )]
+    PairTruncated {
+        /// The limit.
+        max_len: usize,
+    },
     /// Truncation to `max_len` removed every supervised token.
     #[error("truncation to max_len {max_len} cut away every answer token ({tokens} tokens)")]
     AnswerTruncated {
@@ -87,6 +96,7 @@ impl Problem {
             Problem::ImageCorrupt { .. } => "corrupt_image",
             Problem::TooLong { .. } => "too_long",
             Problem::AnswerTruncated { .. } => "answer_truncated",
+            Problem::PairTruncated { .. } => "pair_truncated",
         }
     }
 }

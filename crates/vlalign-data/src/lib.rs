@@ -8,6 +8,7 @@ pub mod contrastive;
 pub mod dataset;
 pub mod error;
 pub mod image;
+pub mod preference;
 pub mod record;
 pub mod template;
 pub mod tokenizer;
@@ -21,6 +22,10 @@ pub use dataset::{
 };
 pub use error::{DatasetError, Problem, RecordError};
 pub use image::{AspectMode, ImageProcessor};
+pub use preference::{
+    PreferenceBatch, PreferenceBatcher, PreferenceDataset, PreferenceItem, PreferencePair,
+    read_pairs, write_pairs,
+};
 pub use record::{Record, Role, Turn, read_records};
 pub use template::{Encoded, Encoder, IGNORE, Template};
 pub use tokenizer::TextTokenizer;
