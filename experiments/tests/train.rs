@@ -22,6 +22,8 @@ struct Setup {
     size: ModelSize,
     vocab: usize,
     image_id: usize,
+    chat: vlalign_data::Encoder,
+    pad: u32,
 }
 
 fn setup(dir: &Path) -> Setup {
@@ -46,6 +48,8 @@ fn setup(dir: &Path) -> Setup {
         batcher: VlmBatcher::new(tk.token_id("<pad>").unwrap(), size.image_size),
         vocab: tk.vocab_size(),
         image_id: enc.chat.image_token_id() as usize,
+        pad: tk.token_id("<pad>").unwrap(),
+        chat: enc.chat.clone(),
         size,
     }
 }
@@ -303,6 +307,137 @@ fn a_clip_pair_trains_and_resumes_exactly_through_the_same_trainer() {
     let cut = tmp.path().join("cut");
     run(&cut, false, Some(6)).unwrap();
     let resumed = run(&cut, true, None).unwrap();
+    assert_eq!(resumed.resumed_from, Some(4));
+    assert_eq!(csv_losses(&full), csv_losses(&cut), "resumed losses differ");
+}
+
+/// Preference training through the same trainer: pairs from the world's QA records (chosen =
+/// the record's answer, rejected = another record's with a constant tail, a preference the
+/// model can learn within a few steps), the reference's log-probs precomputed
+/// with the starting weights, DPO from those weights. At step 1 policy = reference, so the
+/// loss is exactly ln 2; it falls, and a stopped run resumes to the same losses.
+#[test]
+fn dpo_trains_from_precomputed_reference_log_probs_and_resumes_exactly() {
+    use burn::data::dataloader::batcher::Batcher;
+    use burn::module::Module;
+    use vlalign_align::{DpoConfig, pair_logps};
+    use vlalign_data::{PreferenceBatcher, PreferenceDataset, PreferencePair, Role, read_records};
+    use vlalign_train::DpoTrainee;
+
+    let tmp = tempfile::tempdir().unwrap();
+    let world = tmp.path().join("world");
+    let s = setup(&world);
+    let records: Vec<_> = read_records(&world.join("train_qa.json"))
+        .unwrap()
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    let first_answer = |r: &vlalign_data::Record| {
+        r.turns
+            .iter()
+            .find(|t| t.role == Role::Gpt)
+            .unwrap()
+            .value
+            .clone()
+    };
+    let mut pairs: Vec<PreferencePair> = records
+        .iter()
+        .enumerate()
+        .map(|(i, r)| PreferencePair {
+            id: r.id.clone(),
+            image: r.images[0].clone(),
+            question: r.turns[0].value.replace("<image>\n", ""),
+            chosen: first_answer(r),
+            rejected: format!(
+                "{} {}",
+                first_answer(&records[(i + 1) % records.len()]),
+                "It is blue."
+            ),
+            augmentation: "other_record".into(),
+            ref_logp_chosen: None,
+            ref_logp_rejected: None,
+        })
+        .filter(|p| p.chosen != p.rejected)
+        .collect();
+    let images = world.join("images");
+    let processor = ImageProcessor::clip(s.size.image_size);
+    let batcher = PreferenceBatcher(VlmBatcher::new(s.pad, s.size.image_size));
+    // The reference pass: the starting weights, no gradient.
+    let reference = model(&s).valid();
+    let scoring =
+        PreferenceDataset::new(pairs.clone(), &s.chat, &images, processor.clone()).unwrap();
+    for (i, pair) in pairs.iter_mut().enumerate() {
+        let batch = batcher.batch(vec![scoring.get(i).unwrap()], &Device::flex());
+        let lp = pair_logps(&reference, &batch, true);
+        let host = |t: burn::tensor::Tensor<1>| {
+            t.into_data()
+                .convert::<f64>()
+                .try_into_vec::<f64>()
+                .unwrap()[0]
+        };
+        pair.ref_logp_chosen = Some(host(lp.chosen.sum));
+        pair.ref_logp_rejected = Some(host(lp.rejected.sum));
+    }
+    let (train_pairs, valid_pairs) = pairs.split_at(pairs.len() - 4);
+    let data = |p: &[PreferencePair]| -> Arc<dyn Dataset<vlalign_data::PreferenceItem>> {
+        Arc::new(PreferenceDataset::new(p.to_vec(), &s.chat, &images, processor.clone()).unwrap())
+    };
+    let (train, valid) = (data(train_pairs), data(valid_pairs));
+    let mut cfg = config(8);
+    cfg.accumulation = 1;
+    let dpo = DpoConfig {
+        beta: 0.5,
+        ..DpoConfig::default()
+    };
+    let run = |dir: &Path, resume: bool, stop_after: Option<usize>| {
+        let trainee = DpoTrainee::new(model(&s), dpo.clone());
+        fit(
+            trainee,
+            train.clone(),
+            valid.clone(),
+            batcher.clone(),
+            &Device::flex(),
+            &cfg,
+            Stage {
+                dir,
+                label: "dpo",
+                resume,
+                stop_after,
+                show: &[],
+                renderer: Some(quiet_renderer()),
+            },
+        )
+    };
+    let full = tmp.path().join("full");
+    let (trained, report) = run(&full, false, None).unwrap();
+    let first = report.steps[0].loss;
+    assert!(
+        (first - 2f64.ln()).abs() < 1e-4,
+        "step 1: {first} (policy = reference: ln 2)"
+    );
+    // On the pairs it trained on, the trained policy prefers the chosen answers.
+    let items: Vec<_> = (0..train.len()).map(|i| train.get(i).unwrap()).collect();
+    let all = batcher.batch(items, &Device::flex());
+    let out = vlalign_align::dpo_loss(&dpo, &trained.model.valid(), &all);
+    let loss = out
+        .loss
+        .into_data()
+        .convert::<f64>()
+        .try_into_vec::<f64>()
+        .unwrap()[0];
+    let get = |k: &str| out.diagnostics.iter().find(|(n, _)| *n == k).unwrap().1;
+    assert!(
+        loss < 2f64.ln() - 0.01,
+        "DPO loss on the training pairs: {loss}"
+    );
+    assert!(
+        get("reward_accuracy") > 0.5 && get("reward_margin") > 0.0,
+        "{:?}",
+        out.diagnostics
+    );
+    let cut = tmp.path().join("cut");
+    run(&cut, false, Some(6)).unwrap();
+    let (_, resumed) = run(&cut, true, None).unwrap();
     assert_eq!(resumed.resumed_from, Some(4));
     assert_eq!(csv_losses(&full), csv_losses(&cut), "resumed losses differ");
 }

@@ -18,7 +18,10 @@ use burn::tensor::Tensor;
 use burn::tensor::activation::{log_sigmoid, relu};
 use serde::{Deserialize, Serialize};
 
-use crate::token::TokenCe;
+use vlalign_data::PreferenceBatch;
+
+use crate::token::{Targets, TokenCe, token_ce_at};
+use crate::{AlignModel, ObjectiveOutput};
 
 /// The preference loss.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -174,6 +177,71 @@ pub fn preference_loss(config: &DpoConfig, logps: PreferenceLogps) -> DpoOutput 
             ("logp_chosen", mean_host(policy.chosen.sum)),
             ("logp_rejected", mean_host(policy.rejected.sum)),
         ],
+    }
+}
+
+/// The summed log-probs of a preference batch's chosen rows (`0..B`) and rejected rows
+/// (`B..2B`) under `model`, with graph unless `no_grad`.
+pub fn pair_logps<M: AlignModel>(model: &M, batch: &PreferenceBatch, no_grad: bool) -> PairLogps {
+    let seqs = &batch.sequences;
+    let targets = Targets::new(&seqs.labels);
+    let rows = targets.rows();
+    let logits = if no_grad {
+        model.logits_at_no_grad(seqs, &rows)
+    } else {
+        model.logits_at(seqs, &rows)
+    };
+    let all = sequence_logps(&token_ce_at(logits, &targets), None);
+    let b = batch.ids.len();
+    let half = |x: &Tensor<1>, start: usize| x.clone().narrow(0, start, b);
+    PairLogps {
+        chosen: SequenceLogps {
+            sum: half(&all.sum, 0),
+            tokens: half(&all.tokens, 0),
+        },
+        rejected: SequenceLogps {
+            sum: half(&all.sum, b),
+            tokens: half(&all.tokens, b),
+        },
+    }
+}
+
+/// DPO on a batch whose pairs carry precomputed reference log-probs (the reference set-up that
+/// holds one model: DESIGN §5).
+///
+/// # Panics
+/// When the batch has no reference log-probs: the pipeline scores the pairs file before
+/// training, so a batch without them is a bug, not data.
+pub fn dpo_loss<M: AlignModel>(
+    config: &DpoConfig,
+    model: &M,
+    batch: &PreferenceBatch,
+) -> ObjectiveOutput {
+    let reference = batch.reference.clone().expect(
+        "pairs without reference log-probs: score the pairs file with the reference model first",
+    );
+    let b = batch.ids.len();
+    let policy = pair_logps(model, batch, false);
+    let column = |k: usize, tokens: &SequenceLogps| SequenceLogps {
+        sum: reference.clone().narrow(1, k, 1).reshape([b]),
+        tokens: tokens.tokens.clone(),
+    };
+    let reference = PairLogps {
+        chosen: column(0, &policy.chosen),
+        rejected: column(1, &policy.rejected),
+    };
+    let out = preference_loss(
+        config,
+        PreferenceLogps {
+            policy,
+            reference,
+            image_negative: None,
+        },
+    );
+    ObjectiveOutput {
+        loss: out.loss,
+        diagnostics: out.diagnostics,
+        weights: None,
     }
 }
 
