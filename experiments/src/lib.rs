@@ -21,6 +21,7 @@ pub mod plot;
 pub mod run;
 pub mod seeds;
 pub mod setup;
+pub mod seva_pairs;
 pub mod table;
 pub mod vig_report;
 pub mod vig_select;

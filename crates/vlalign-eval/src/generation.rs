@@ -49,6 +49,17 @@ pub fn generate_split(
     records: &[Record],
     run: &GenerationRun<'_>,
 ) -> (Vec<Prediction>, Vec<RecordError>) {
+    generate_split_with(model, records, run, &|_, pixels| pixels)
+}
+
+/// [`generate_split`] with each image's normalized pixels passed through `transform` (record
+/// id, pixels) first: answers on augmented images (SeVa's rejected answers).
+pub fn generate_split_with(
+    model: &Llava,
+    records: &[Record],
+    run: &GenerationRun<'_>,
+    transform: &dyn Fn(&str, Vec<f32>) -> Vec<f32>,
+) -> (Vec<Prediction>, Vec<RecordError>) {
     let GenerationRun {
         encoder,
         processor,
@@ -77,24 +88,24 @@ pub fn generate_split(
         let mut n_images = 0;
         let mut meta = Vec::new();
         for record in chunk {
-            let prepared =
-                encoder
-                    .encode_prompt(record)
-                    .map_err(|p| RecordError::new(&record.id, "conversations", p))
-                    .and_then(|(ids, images, reference)| {
-                        let mut px = Vec::new();
-                        for (i, path) in record
-                            .image_paths(image_folder)
-                            .iter()
-                            .take(images)
-                            .enumerate()
-                        {
-                            px.extend(processor.load(path).map_err(|p| {
-                                RecordError::new(&record.id, format!("image[{i}]"), p)
-                            })?);
-                        }
-                        Ok((ids, images, reference, px))
-                    });
+            let prepared = encoder
+                .encode_prompt(record)
+                .map_err(|p| RecordError::new(&record.id, "conversations", p))
+                .and_then(|(ids, images, reference)| {
+                    let mut px = Vec::new();
+                    for (i, path) in record
+                        .image_paths(image_folder)
+                        .iter()
+                        .take(images)
+                        .enumerate()
+                    {
+                        let loaded = processor
+                            .load(path)
+                            .map_err(|p| RecordError::new(&record.id, format!("image[{i}]"), p))?;
+                        px.extend(transform(&record.id, loaded));
+                    }
+                    Ok((ids, images, reference, px))
+                });
             match prepared {
                 Ok((ids, images, reference, px)) => {
                     prompts.push(ids);
