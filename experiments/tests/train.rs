@@ -317,7 +317,7 @@ fn a_clip_pair_trains_and_resumes_exactly_through_the_same_trainer() {
 /// with the starting weights, DPO from those weights. At step 1 policy = reference, so the
 /// loss is exactly ln 2; it falls, and a stopped run resumes to the same losses.
 #[test]
-fn dpo_trains_from_precomputed_reference_log_probs_and_resumes_exactly() {
+fn dpo_trains_from_a_precomputed_or_a_live_reference_alike_and_resumes_exactly() {
     use burn::data::dataloader::batcher::Batcher;
     use burn::module::Module;
     use vlalign_align::{DpoConfig, pair_logps};
@@ -435,6 +435,47 @@ fn dpo_trains_from_precomputed_reference_log_probs_and_resumes_exactly() {
         "{:?}",
         out.diagnostics
     );
+    // The precomputed reference and a live one (the frozen starting weights, no autodiff) give
+    // the same loss on the same batch, and the same training run.
+    let live = vlalign_align::dpo_loss_with(&dpo, &trained.model, Some(&reference), &all);
+    let precomputed = vlalign_align::dpo_loss(&dpo, &trained.model, &all);
+    let value = |t: burn::tensor::Tensor<1>| {
+        t.into_data()
+            .convert::<f64>()
+            .try_into_vec::<f64>()
+            .unwrap()[0]
+    };
+    let (live, precomputed) = (value(live.loss), value(precomputed.loss));
+    assert!((live - precomputed).abs() < 1e-4, "{live} vs {precomputed}");
+    let live_run = tmp.path().join("live");
+    let trainee = DpoTrainee::with_live_reference(model(&s), model(&s).valid(), dpo.clone());
+    let stage = Stage {
+        dir: &live_run,
+        label: "dpo-live",
+        resume: false,
+        stop_after: None,
+        show: &[],
+        renderer: Some(quiet_renderer()),
+    };
+    let (_, live_report) = fit(
+        trainee,
+        train.clone(),
+        valid.clone(),
+        batcher.clone(),
+        &Device::flex(),
+        &cfg,
+        stage,
+    )
+    .unwrap();
+    for (a, b) in report.steps.iter().zip(&live_report.steps) {
+        assert!(
+            (a.loss - b.loss).abs() < 1e-4,
+            "step {}: {} vs {}",
+            a.step,
+            a.loss,
+            b.loss
+        );
+    }
     let cut = tmp.path().join("cut");
     run(&cut, false, Some(6)).unwrap();
     let (_, resumed) = run(&cut, true, None).unwrap();

@@ -217,18 +217,35 @@ pub fn dpo_loss<M: AlignModel>(
     model: &M,
     batch: &PreferenceBatch,
 ) -> ObjectiveOutput {
-    let reference = batch.reference.clone().expect(
-        "pairs without reference log-probs: score the pairs file with the reference model first",
-    );
-    let b = batch.ids.len();
+    dpo_loss_with(config, model, None, batch)
+}
+
+/// DPO with the reference given live (`Some`: the frozen starting weights, scored without
+/// autodiff) or precomputed in the batch (`None`; see [`dpo_loss`]).
+pub fn dpo_loss_with<M: AlignModel>(
+    config: &DpoConfig,
+    model: &M,
+    live: Option<&M>,
+    batch: &PreferenceBatch,
+) -> ObjectiveOutput {
     let policy = pair_logps(model, batch, false);
-    let column = |k: usize, tokens: &SequenceLogps| SequenceLogps {
-        sum: reference.clone().narrow(1, k, 1).reshape([b]),
-        tokens: tokens.tokens.clone(),
-    };
-    let reference = PairLogps {
-        chosen: column(0, &policy.chosen),
-        rejected: column(1, &policy.rejected),
+    let reference = match live {
+        Some(r) => pair_logps(r, batch, true),
+        None => {
+            let reference = batch.reference.clone().expect(
+                "pairs without reference log-probs: score the pairs file with the reference \
+                 model first, or train with a live reference",
+            );
+            let b = batch.ids.len();
+            let column = |k: usize, tokens: &SequenceLogps| SequenceLogps {
+                sum: reference.clone().narrow(1, k, 1).reshape([b]),
+                tokens: tokens.tokens.clone(),
+            };
+            PairLogps {
+                chosen: column(0, &policy.chosen),
+                rejected: column(1, &policy.rejected),
+            }
+        }
     };
     let out = preference_loss(
         config,

@@ -1,9 +1,10 @@
-//! Preference training through the same trainer: a LLaVA with DPO on preference batches whose
-//! pairs carry the reference's precomputed log-probs (training holds one model).
+//! Preference training through the same trainer: a LLaVA with DPO on preference batches, the
+//! reference's log-probs precomputed in the pairs (training holds one model) or from a live
+//! frozen copy of the starting weights on the device without autodiff.
 
 use burn::module::Module;
 use burn::train::{InferenceStep, TrainOutput, TrainStep};
-use vlalign_align::{DpoConfig, dpo_loss};
+use vlalign_align::{DpoConfig, dpo_loss_with};
 use vlalign_data::PreferenceBatch;
 use vlalign_models::Llava;
 
@@ -14,6 +15,10 @@ use crate::step::{StepOutput, Trainable, backward};
 pub struct DpoTrainee {
     /// The policy.
     pub model: Llava,
+    /// A live reference: the frozen starting weights on the device without autodiff (`None`:
+    /// the batches carry precomputed reference log-probs).
+    #[module(skip)]
+    pub reference: Option<Llava>,
     /// The loss settings.
     #[module(skip)]
     pub config: DpoConfig,
@@ -27,13 +32,24 @@ impl DpoTrainee {
     pub fn new(model: Llava, config: DpoConfig) -> Self {
         Self {
             model,
+            reference: None,
             config,
             loss_scale: 1.0,
         }
     }
 
+    /// Train `model` against a live reference: a frozen copy of the starting weights, scored
+    /// without autodiff (`reference` must live on the device without autodiff).
+    pub fn with_live_reference(model: Llava, reference: Llava, config: DpoConfig) -> Self {
+        Self {
+            reference: Some(reference),
+            ..Self::new(model, config)
+        }
+    }
+
     fn run(&self, batch: &PreferenceBatch) -> (burn::tensor::Tensor<1>, StepOutput) {
-        StepOutput::of(dpo_loss(&self.config, &self.model, batch), &batch.ids)
+        let out = dpo_loss_with(&self.config, &self.model, self.reference.as_ref(), batch);
+        StepOutput::of(out, &batch.ids)
     }
 }
 
