@@ -11,6 +11,7 @@
 pub mod checkpoint;
 pub mod clip;
 pub mod dpo;
+pub mod lora;
 pub mod metrics;
 pub mod optim;
 pub mod render;
@@ -33,6 +34,7 @@ use serde::{Deserialize, Serialize};
 pub use checkpoint::{Manifest, latest_valid};
 pub use clip::ClipTrainee;
 pub use dpo::DpoTrainee;
+pub use lora::LoraConfig;
 pub use metrics::DiagnosticMetric;
 pub use optim::OptimConfig;
 pub use step::{StepOutput, Trainable, Trainee};
