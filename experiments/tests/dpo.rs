@@ -1,0 +1,305 @@
+//! Preference training (DPO) through the trainer: the three reference set-ups (precomputed,
+//! live, LoRA's base weights) agree, training starts at ln 2 and learns the preference, and a
+//! stopped run resumes exactly.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use burn::data::dataset::Dataset;
+use burn::tensor::Device;
+use vlalign_data::{ImageProcessor, VlmBatcher};
+use vlalign_models::Llava;
+use vlalign_train::{Stage, fit, quiet_renderer};
+
+mod common;
+
+use common::{Setup, config, csv_losses, model, setup};
+
+/// Preference training through the same trainer: pairs from the world's QA records (chosen =
+/// the record's answer, rejected = another record's with a constant tail, a preference the
+/// model can learn within a few steps), the reference's log-probs precomputed
+/// with the starting weights, DPO from those weights. At step 1 policy = reference, so the
+/// loss is exactly ln 2; it falls, and a stopped run resumes to the same losses.
+#[test]
+fn dpo_trains_from_a_precomputed_or_a_live_reference_alike_and_resumes_exactly() {
+    use burn::data::dataloader::batcher::Batcher;
+    use burn::module::Module;
+    use vlalign_align::DpoConfig;
+    use vlalign_train::DpoTrainee;
+
+    let tmp = tempfile::tempdir().unwrap();
+    let world = tmp.path().join("world");
+    let s = setup(&world);
+    let Prefs {
+        train,
+        valid,
+        batcher,
+        reference,
+    } = preference_setup(&s, &world);
+    let mut cfg = config(8);
+    cfg.accumulation = 1;
+    let dpo = DpoConfig {
+        beta: 0.5,
+        ..DpoConfig::default()
+    };
+    let run = |dir: &Path, resume: bool, stop_after: Option<usize>| {
+        let trainee = DpoTrainee::new(model(&s), dpo.clone());
+        fit(
+            trainee,
+            train.clone(),
+            valid.clone(),
+            batcher.clone(),
+            &Device::flex(),
+            &cfg,
+            Stage {
+                dir,
+                label: "dpo",
+                resume,
+                stop_after,
+                show: &[],
+                renderer: Some(quiet_renderer()),
+            },
+        )
+    };
+    let full = tmp.path().join("full");
+    let (trained, report) = run(&full, false, None).unwrap();
+    let first = report.steps[0].loss;
+    assert!(
+        (first - 2f64.ln()).abs() < 1e-4,
+        "step 1: {first} (policy = reference: ln 2)"
+    );
+    // On the pairs it trained on, the trained policy prefers the chosen answers.
+    let items: Vec<_> = (0..train.len()).map(|i| train.get(i).unwrap()).collect();
+    let all = batcher.batch(items, &Device::flex());
+    let out = vlalign_align::dpo_loss(&dpo, &trained.model.valid(), &all);
+    let loss = out
+        .loss
+        .into_data()
+        .convert::<f64>()
+        .try_into_vec::<f64>()
+        .unwrap()[0];
+    let get = |k: &str| out.diagnostics.iter().find(|(n, _)| *n == k).unwrap().1;
+    assert!(
+        loss < 2f64.ln() - 0.01,
+        "DPO loss on the training pairs: {loss}"
+    );
+    assert!(
+        get("reward_accuracy") > 0.5 && get("reward_margin") > 0.0,
+        "{:?}",
+        out.diagnostics
+    );
+    // The precomputed reference and a live one (the frozen starting weights, no autodiff) give
+    // the same loss on the same batch, and the same training run.
+    let live = vlalign_align::dpo_loss_with(&dpo, &trained.model, Some(&reference), &all);
+    let precomputed = vlalign_align::dpo_loss(&dpo, &trained.model, &all);
+    let value = |t: burn::tensor::Tensor<1>| {
+        t.into_data()
+            .convert::<f64>()
+            .try_into_vec::<f64>()
+            .unwrap()[0]
+    };
+    let (live, precomputed) = (value(live.loss), value(precomputed.loss));
+    assert!((live - precomputed).abs() < 1e-4, "{live} vs {precomputed}");
+    let live_run = tmp.path().join("live");
+    let trainee = DpoTrainee::with_live_reference(model(&s), model(&s).valid(), dpo.clone());
+    let stage = Stage {
+        dir: &live_run,
+        label: "dpo-live",
+        resume: false,
+        stop_after: None,
+        show: &[],
+        renderer: Some(quiet_renderer()),
+    };
+    let (_, live_report) = fit(
+        trainee,
+        train.clone(),
+        valid.clone(),
+        batcher.clone(),
+        &Device::flex(),
+        &cfg,
+        stage,
+    )
+    .unwrap();
+    for (a, b) in report.steps.iter().zip(&live_report.steps) {
+        assert!(
+            (a.loss - b.loss).abs() < 1e-4,
+            "step {}: {} vs {}",
+            a.step,
+            a.loss,
+            b.loss
+        );
+    }
+    let cut = tmp.path().join("cut");
+    run(&cut, false, Some(6)).unwrap();
+    let (_, resumed) = run(&cut, true, None).unwrap();
+    assert_eq!(resumed.resumed_from, Some(4));
+    assert_eq!(csv_losses(&full), csv_losses(&cut), "resumed losses differ");
+}
+
+/// Preference pairs for DPO tests and what trains on them.
+struct Prefs {
+    train: Arc<dyn Dataset<vlalign_data::PreferenceItem>>,
+    valid: Arc<dyn Dataset<vlalign_data::PreferenceItem>>,
+    batcher: vlalign_data::PreferenceBatcher,
+    /// The starting weights, without autodiff (the reference).
+    reference: Llava,
+}
+
+/// Pairs from the world's QA records (chosen = the record's answer, rejected = another
+/// record's with a constant tail, a preference the model can learn within a few steps), the
+/// reference's log-probs precomputed with the starting weights; the last 4 pairs held out.
+fn preference_setup(s: &Setup, world: &Path) -> Prefs {
+    use burn::data::dataloader::batcher::Batcher;
+    use burn::module::Module;
+    use vlalign_align::pair_logps;
+    use vlalign_data::{PreferenceBatcher, PreferenceDataset, PreferencePair, Role, read_records};
+    let records: Vec<_> = read_records(&world.join("train_qa.json"))
+        .unwrap()
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    let first_answer = |r: &vlalign_data::Record| {
+        r.turns
+            .iter()
+            .find(|t| t.role == Role::Gpt)
+            .unwrap()
+            .value
+            .clone()
+    };
+    let mut pairs: Vec<PreferencePair> = records
+        .iter()
+        .enumerate()
+        .map(|(i, r)| PreferencePair {
+            id: r.id.clone(),
+            image: r.images[0].clone(),
+            question: r.turns[0].value.replace("<image>\n", ""),
+            chosen: first_answer(r),
+            rejected: format!(
+                "{} {}",
+                first_answer(&records[(i + 1) % records.len()]),
+                "It is blue."
+            ),
+            augmentation: "other_record".into(),
+            ref_logp_chosen: None,
+            ref_logp_rejected: None,
+        })
+        .filter(|p| p.chosen != p.rejected)
+        .collect();
+    let images = world.join("images");
+    let processor = ImageProcessor::clip(s.size.image_size);
+    let batcher = PreferenceBatcher(VlmBatcher::new(s.pad, s.size.image_size));
+    // The reference pass: the starting weights, no gradient.
+    let reference = model(s).valid();
+    let scoring =
+        PreferenceDataset::new(pairs.clone(), &s.chat, &images, processor.clone()).unwrap();
+    for (i, pair) in pairs.iter_mut().enumerate() {
+        let batch = batcher.batch(vec![scoring.get(i).unwrap()], &Device::flex());
+        let lp = pair_logps(&reference, &batch, true);
+        let host = |t: burn::tensor::Tensor<1>| {
+            t.into_data()
+                .convert::<f64>()
+                .try_into_vec::<f64>()
+                .unwrap()[0]
+        };
+        pair.ref_logp_chosen = Some(host(lp.chosen.sum));
+        pair.ref_logp_rejected = Some(host(lp.rejected.sum));
+    }
+    let (train_pairs, valid_pairs) = pairs.split_at(pairs.len() - 4);
+    let data = |p: &[PreferencePair]| -> Arc<dyn Dataset<vlalign_data::PreferenceItem>> {
+        Arc::new(PreferenceDataset::new(p.to_vec(), &s.chat, &images, processor.clone()).unwrap())
+    };
+    let (train, valid) = (data(train_pairs), data(valid_pairs));
+    Prefs {
+        train,
+        valid,
+        batcher,
+        reference,
+    }
+}
+
+/// LoRA on the LLM's attention projections (burn's `apply_lora`): the adapters start at zero, so
+/// step 1 is at the reference (loss ln 2); they train the preference in, everything else (here:
+/// the vision tower) stays as it was, and the reference set-ups agree.
+#[test]
+fn dpo_with_lora_adapters_starts_at_the_reference_and_trains_only_the_adapters() {
+    use burn::data::dataloader::batcher::Batcher;
+    use burn::module::Module;
+    use vlalign_align::DpoConfig;
+    use vlalign_train::{DpoTrainee, LoraConfig};
+
+    let tmp = tempfile::tempdir().unwrap();
+    let world = tmp.path().join("world");
+    let s = setup(&world);
+    let p = preference_setup(&s, &world);
+    let lora = LoraConfig {
+        rank: 4,
+        alpha: 8.0,
+        ..LoraConfig::default()
+    };
+    let policy = lora.apply(model(&s)).unwrap();
+    let host = |t: burn::tensor::Tensor<4>| {
+        t.into_data()
+            .convert::<f32>()
+            .try_into_vec::<f32>()
+            .unwrap()
+    };
+    let tower_before = host(policy.vision_tower.patch_embedding.weight.val());
+    let dpo = DpoConfig {
+        beta: 0.5,
+        ..DpoConfig::default()
+    };
+    let mut cfg = config(8);
+    cfg.accumulation = 1;
+    cfg.optim.lr = 1e-2;
+    let dir = tmp.path().join("lora");
+    let stage = Stage {
+        dir: &dir,
+        label: "dpo-lora",
+        resume: false,
+        stop_after: None,
+        show: &[],
+        renderer: Some(quiet_renderer()),
+    };
+    let trainee = DpoTrainee::new(policy, dpo.clone());
+    let (trained, report) = fit(
+        trainee,
+        p.train.clone(),
+        p.valid.clone(),
+        p.batcher.clone(),
+        &Device::flex(),
+        &cfg,
+        stage,
+    )
+    .unwrap();
+    let first = report.steps[0].loss;
+    assert!((first - 2f64.ln()).abs() < 1e-4, "step 1: {first}");
+    let items: Vec<_> = (0..p.train.len())
+        .map(|i| p.train.get(i).unwrap())
+        .collect();
+    let all = p.batcher.batch(items, &Device::flex());
+    let out = vlalign_align::dpo_loss(&dpo, &trained.model.valid(), &all);
+    let loss = out
+        .loss
+        .into_data()
+        .convert::<f64>()
+        .try_into_vec::<f64>()
+        .unwrap()[0];
+    assert!(
+        loss < 2f64.ln() - 0.01,
+        "DPO loss on the training pairs: {loss}"
+    );
+    let tower_after = host(trained.model.vision_tower.patch_embedding.weight.val());
+    assert_eq!(tower_before, tower_after, "a frozen weight moved");
+    // LoRA's reference is the base weights, i.e. the starting weights: the precomputed and the
+    // live reference give the same loss with the trained LoRA policy.
+    let value = |t: burn::tensor::Tensor<1>| {
+        t.into_data()
+            .convert::<f64>()
+            .try_into_vec::<f64>()
+            .unwrap()[0]
+    };
+    let live = vlalign_align::dpo_loss_with(&dpo, &trained.model, Some(&p.reference), &all);
+    let precomputed = vlalign_align::dpo_loss(&dpo, &trained.model, &all);
+    let (live, precomputed) = (value(live.loss), value(precomputed.loss));
+    assert!((live - precomputed).abs() < 1e-4, "{live} vs {precomputed}");
+}
