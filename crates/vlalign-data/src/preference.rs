@@ -20,7 +20,7 @@ use crate::batch::{VlmBatch, VlmBatcher};
 use crate::dataset::Item;
 use crate::error::{DatasetError, Problem, RecordError};
 use crate::image::ImageProcessor;
-use crate::record::{Record, Role, Turn};
+use crate::record::Record;
 use crate::template::{Encoded, Encoder};
 
 /// One preference pair as the pairs file holds it.
@@ -50,20 +50,9 @@ pub struct PreferencePair {
 impl PreferencePair {
     /// The pair as two single-turn records (`<id>/chosen`, `<id>/rejected`) sharing the prompt.
     pub fn records(&self) -> [Record; 2] {
-        let record = |side: &str, answer: &str| Record {
-            id: format!("{}/{side}", self.id),
-            images: vec![self.image.clone()],
-            turns: vec![
-                Turn {
-                    role: Role::Human,
-                    value: format!("<image>\n{}", self.question),
-                },
-                Turn {
-                    role: Role::Gpt,
-                    value: answer.to_string(),
-                },
-            ],
-            truth: Vec::new(),
+        let record = |side: &str, answer: &str| {
+            let id = format!("{}/{side}", self.id);
+            Record::question_answer(id, &self.image, &self.question, answer)
         };
         [
             record("chosen", &self.chosen),

@@ -62,6 +62,25 @@ pub struct Record {
 }
 
 impl Record {
+    /// A single-turn record about one image: `<image>\n` + `question`, then `answer`.
+    pub fn question_answer(id: String, image: &str, question: &str, answer: &str) -> Self {
+        Self {
+            id,
+            images: vec![image.to_string()],
+            turns: vec![
+                Turn {
+                    role: Role::Human,
+                    value: format!("<image>\n{question}"),
+                },
+                Turn {
+                    role: Role::Gpt,
+                    value: answer.to_string(),
+                },
+            ],
+            truth: Vec::new(),
+        }
+    }
+
     /// Resolve image paths against `folder`.
     pub fn image_paths(&self, folder: &Path) -> Vec<PathBuf> {
         self.images.iter().map(|p| folder.join(p)).collect()

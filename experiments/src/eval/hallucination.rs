@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
-use vlalign_data::{Encoder, ImageProcessor, Record, Role, Turn};
+use vlalign_data::{Encoder, ImageProcessor, Record};
 use vlalign_eval::chair::{ChairScores, ObjectVocab, chair};
 use vlalign_eval::generation::{GenerationRun, Prediction, generate_split, write_predictions};
 use vlalign_eval::pope::{PopeScores, pope, read_questions};
@@ -181,20 +181,8 @@ fn pope_split(
     let records: Vec<Record> = questions
         .iter()
         .enumerate()
-        .map(|(i, q)| Record {
-            id: format!("pope-{split}-{i}"),
-            images: vec![q.image.clone()],
-            turns: vec![
-                Turn {
-                    role: Role::Human,
-                    value: format!("<image>\n{}", q.text),
-                },
-                Turn {
-                    role: Role::Gpt,
-                    value: q.label.clone(),
-                },
-            ],
-            truth: Vec::new(),
+        .map(|(i, q)| {
+            Record::question_answer(format!("pope-{split}-{i}"), &q.image, &q.text, &q.label)
         })
         .collect();
     let file = format!("pope_{split}.jsonl");
