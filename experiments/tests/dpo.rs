@@ -13,7 +13,7 @@ use vlalign_train::{Stage, fit, quiet_renderer};
 
 mod common;
 
-use common::{Setup, config, csv_losses, model, setup};
+use common::{Setup, config, csv_losses, model, scalar, setup};
 
 /// Preference training through the same trainer: pairs from the world's QA records (chosen =
 /// the record's answer, rejected = another record's with a constant tail, a preference the
@@ -72,12 +72,7 @@ fn dpo_trains_from_a_precomputed_or_a_live_reference_alike_and_resumes_exactly()
     let items: Vec<_> = (0..train.len()).map(|i| train.get(i).unwrap()).collect();
     let all = batcher.batch(items, &Device::flex());
     let out = vlalign_align::dpo_loss(&dpo, &trained.model.valid(), &all);
-    let loss = out
-        .loss
-        .into_data()
-        .convert::<f64>()
-        .try_into_vec::<f64>()
-        .unwrap()[0];
+    let loss = scalar(out.loss);
     let get = |k: &str| out.diagnostics.iter().find(|(n, _)| *n == k).unwrap().1;
     assert!(
         loss < 2f64.ln() - 0.01,
@@ -92,13 +87,7 @@ fn dpo_trains_from_a_precomputed_or_a_live_reference_alike_and_resumes_exactly()
     // the same loss on the same batch, and the same training run.
     let live = vlalign_align::dpo_loss_with(&dpo, &trained.model, Some(&reference), &all);
     let precomputed = vlalign_align::dpo_loss(&dpo, &trained.model, &all);
-    let value = |t: burn::tensor::Tensor<1>| {
-        t.into_data()
-            .convert::<f64>()
-            .try_into_vec::<f64>()
-            .unwrap()[0]
-    };
-    let (live, precomputed) = (value(live.loss), value(precomputed.loss));
+    let (live, precomputed) = (scalar(live.loss), scalar(precomputed.loss));
     assert!((live - precomputed).abs() < 1e-4, "{live} vs {precomputed}");
     let live_run = tmp.path().join("live");
     let trainee = DpoTrainee::with_live_reference(model(&s), model(&s).valid(), dpo.clone());
@@ -195,14 +184,8 @@ fn preference_setup(s: &Setup, world: &Path) -> Prefs {
     for (i, pair) in pairs.iter_mut().enumerate() {
         let batch = batcher.batch(vec![scoring.get(i).unwrap()], &Device::flex());
         let lp = pair_logps(&reference, &batch, true);
-        let host = |t: burn::tensor::Tensor<1>| {
-            t.into_data()
-                .convert::<f64>()
-                .try_into_vec::<f64>()
-                .unwrap()[0]
-        };
-        pair.ref_logp_chosen = Some(host(lp.chosen.sum));
-        pair.ref_logp_rejected = Some(host(lp.rejected.sum));
+        pair.ref_logp_chosen = Some(scalar(lp.chosen.sum));
+        pair.ref_logp_rejected = Some(scalar(lp.rejected.sum));
     }
     let (train_pairs, valid_pairs) = pairs.split_at(pairs.len() - 4);
     let data = |p: &[PreferencePair]| -> Arc<dyn Dataset<vlalign_data::PreferenceItem>> {
@@ -278,12 +261,7 @@ fn dpo_with_lora_adapters_starts_at_the_reference_and_trains_only_the_adapters()
         .collect();
     let all = p.batcher.batch(items, &Device::flex());
     let out = vlalign_align::dpo_loss(&dpo, &trained.model.valid(), &all);
-    let loss = out
-        .loss
-        .into_data()
-        .convert::<f64>()
-        .try_into_vec::<f64>()
-        .unwrap()[0];
+    let loss = scalar(out.loss);
     assert!(
         loss < 2f64.ln() - 0.01,
         "DPO loss on the training pairs: {loss}"
@@ -292,14 +270,8 @@ fn dpo_with_lora_adapters_starts_at_the_reference_and_trains_only_the_adapters()
     assert_eq!(tower_before, tower_after, "a frozen weight moved");
     // LoRA's reference is the base weights, i.e. the starting weights: the precomputed and the
     // live reference give the same loss with the trained LoRA policy.
-    let value = |t: burn::tensor::Tensor<1>| {
-        t.into_data()
-            .convert::<f64>()
-            .try_into_vec::<f64>()
-            .unwrap()[0]
-    };
     let live = vlalign_align::dpo_loss_with(&dpo, &trained.model, Some(&p.reference), &all);
     let precomputed = vlalign_align::dpo_loss(&dpo, &trained.model, &all);
-    let (live, precomputed) = (value(live.loss), value(precomputed.loss));
+    let (live, precomputed) = (scalar(live.loss), scalar(precomputed.loss));
     assert!((live - precomputed).abs() < 1e-4, "{live} vs {precomputed}");
 }

@@ -88,3 +88,11 @@ pub fn csv_losses(dir: &Path) -> Vec<String> {
         .map(|l| l.split(',').take(2).collect::<Vec<_>>().join(","))
         .collect()
 }
+
+/// The first value of a float tensor, on the host.
+pub fn scalar<const D: usize>(t: burn::tensor::Tensor<D>) -> f64 {
+    t.into_data()
+        .convert::<f64>()
+        .try_into_vec::<f64>()
+        .unwrap()[0]
+}
