@@ -52,6 +52,7 @@ fn setup() -> (Fixed, VlmBatch) {
         &d,
     );
     let batch = VlmBatch {
+        image_index: None,
         ids: vec!["a".into(), "b".into()],
         images: None,
         image_sample: vec![],
@@ -171,6 +172,7 @@ fn cal_on_llava_trains_through_the_image_pass_only() {
     labels[t - 2] = 7;
     labels[t - 1] = 8;
     let batch = VlmBatch {
+        image_index: None,
         ids: vec!["x".into()],
         images: Some(Tensor::random(
             [1, 3, 32, 32],
@@ -194,11 +196,13 @@ fn cal_on_llava_trains_through_the_image_pass_only() {
     let logits = llava
         .valid()
         .forward_image_keys_masked(vlalign::models::LlavaInput {
+            image_index: None,
             input_ids: batch.input_ids.clone().inner(),
             attention_mask: batch.attention_mask.clone().inner(),
             images: batch.images.clone().map(Tensor::inner),
         });
     let img = llava.valid().forward(vlalign::models::LlavaInput {
+        image_index: None,
         input_ids: batch.input_ids.clone().inner(),
         attention_mask: batch.attention_mask.clone().inner(),
         images: batch.images.clone().map(Tensor::inner),
@@ -265,6 +269,7 @@ fn head_at_supervised_positions_only_gives_the_full_loss_and_gradient() {
         *m = false;
     }
     let batch = VlmBatch {
+        image_index: None,
         ids: vec!["a".into(), "b".into()],
         images: Some(Tensor::random(
             [2, 3, 32, 32],

@@ -159,6 +159,7 @@ fn llava_input(io: &Io) -> LlavaInput {
     let ids = io.int("input_ids");
     let [b, t] = ids.dims();
     LlavaInput {
+        image_index: None,
         input_ids: ids,
         attention_mask: Tensor::from_data(TensorData::new(vec![true; b * t], [b, t]), &device()),
         images: Some(io.float::<4>("pixel_values")),

@@ -58,6 +58,7 @@ fn batch(device: &Device) -> VlmBatch {
     let (pshape, pixels) = io("pixel_values");
     let pixels: Vec<f32> = pixels.into_iter().map(|x| x as f32).collect();
     VlmBatch {
+        image_index: None,
         ids: (0..b).map(|i| i.to_string()).collect(),
         images: Some(Tensor::from_data(TensorData::new(pixels, pshape), device)),
         image_sample: (0..b).collect(),

@@ -22,7 +22,10 @@ For each model this saves the checkpoint with `save_pretrained` (config.json + s
                  of every parameter (grads/, a checkpoint whose weights are the gradients) and the
                  weights after 3 AdamW steps with per-tensor gradient clipping (after3/)
 
-    python tools/make_fixtures.py --only llava_train   # just that one (or --only clip)
+  seva_score/    a tiny LLaVA (model/, byte-level BPE tokenizer.json), two 32-px PNGs and preference
+                 pairs: each answer's summed log-prob under vicuna_v1 (expected.jsonl)
+
+    python tools/make_fixtures.py --only llava_train   # just that one (or --only clip|seva_score)
 
 The package versions used are written to tests/fixtures/VERSIONS.
 """
@@ -329,6 +332,85 @@ def clip():
     print("wrote", os.path.abspath(path))
 
 
+VICUNA_SYSTEM = ("A chat between a curious human and an artificial intelligence assistant. "
+                 "The assistant gives helpful, detailed, and polite answers to the human's questions.")
+
+
+def seva_score():
+    """A tiny LLaVA with a byte-level BPE tokenizer, two 32-px images and preference pairs; the
+    summed log-probs of each answer's supervised tokens (answer + </s>) under vicuna_v1, as
+    `seva_dpo score` computes them. The prompt is assembled piece by piece as LLaVA's
+    conversation template does: SYSTEM USER: <image>\nq ASSISTANT: a</s>."""
+    import numpy as np
+    from PIL import Image
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    torch.manual_seed(7)
+    path = fresh("seva_score")
+    model_dir = os.path.join(path, "model")
+    os.makedirs(model_dir)
+    os.makedirs(os.path.join(path, "images"))
+    pairs = [
+        ("p1", "a.png", "What color is the square?", "The square is red.", "The square is blue."),
+        ("p2", "b.png", "How many objects are there?", "There are 3 objects.", "There are two."),
+        ("p3", "a.png", "Is there a circle?", "No.", "Yes, there is a small circle."),
+    ]
+    corpus = [VICUNA_SYSTEM, " USER: ", " ASSISTANT:"] + [f"\n{q} {c} {r}" for _, _, q, c, r in pairs]
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    specials = ["<pad>", "<s>", "</s>", "<unk>", "<image>"]
+    tok.train_from_iterator(corpus, trainers.BpeTrainer(
+        vocab_size=300, special_tokens=specials,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tok.save(os.path.join(model_dir, "tokenizer.json"))
+    vocab = tok.get_vocab_size()
+    ids_of = lambda t: tok.encode(t, add_special_tokens=False).ids
+    image_token = tok.token_to_id("<image>")
+    lcfg = LlavaConfig(
+        vision_config=clip_config(), text_config=llama_config(vocab=vocab),
+        image_token_index=image_token, projector_hidden_act="gelu",
+        vision_feature_layer=-2, vision_feature_select_strategy="default",
+    )
+    llava = LlavaForConditionalGeneration(lcfg).eval()
+    with torch.no_grad():  # make the image matter: larger projector weights
+        for p in llava.model.multi_modal_projector.parameters():
+            p.mul_(4.0)
+    llava.save_pretrained(model_dir)
+    mean = np.array([0.48145466, 0.4578275, 0.40821073], dtype=np.float32)
+    std = np.array([0.26862954, 0.26130258, 0.27577711], dtype=np.float32)
+    rng = np.random.default_rng(3)
+    pixels = {}
+    for name in ("a.png", "b.png"):
+        img = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
+        Image.fromarray(img).save(os.path.join(path, "images", name))
+        x = (img.astype(np.float32) / 255.0 - mean) / std
+        pixels[name] = torch.from_numpy(x.transpose(2, 0, 1).copy())[None]
+    slots = (32 // 8) ** 2
+
+    def logp(image, question, answer):
+        prompt = ([tok.token_to_id("<s>")] + ids_of(VICUNA_SYSTEM + " USER: ") + [image_token] * slots
+                  + ids_of("\n" + question + " ASSISTANT:"))
+        target = ids_of(" " + answer) + [tok.token_to_id("</s>")]
+        ids = torch.tensor([prompt + target])
+        with torch.no_grad():
+            logits = llava(input_ids=ids, pixel_values=pixels[image]).logits[0].double()
+        lp = torch.log_softmax(logits[:-1], -1).gather(-1, ids[0, 1:, None])[:, 0]
+        return lp[len(prompt) - 1:].sum().item()
+
+    with open(os.path.join(path, "pairs.jsonl"), "w") as f, \
+            open(os.path.join(path, "expected.jsonl"), "w") as g:
+        for pid, image, q, c, r in pairs:
+            f.write(json.dumps({"id": pid, "image": image, "question": q, "chosen": c,
+                                "rejected": r, "augmentation": "fixture"}) + "\n")
+            g.write(json.dumps({"id": pid, "logp_chosen": logp(image, q, c),
+                                "logp_rejected": logp(image, q, r)}) + "\n")
+    other = "b.png" if pairs[0][1] == "a.png" else "a.png"
+    moved = abs(logp(other, pairs[0][2], pairs[0][3]) - logp(pairs[0][1], pairs[0][2], pairs[0][3]))
+    assert moved > 1e-2, f"the image barely changes the log-prob ({moved})"
+    print("wrote", os.path.abspath(path), f"(swapping the image moves a log-prob by {moved:.3f})")
+
+
 def write_versions(path):
     with open(path, "w") as f:
         f.write(f"python {sys.version.split()[0]}\ntorch {torch.__version__}\n"
@@ -336,12 +418,13 @@ def write_versions(path):
 
 
 if __name__ == "__main__":
-    only = {"llava_train": llava_train, "clip": clip}
+    only = {"llava_train": llava_train, "clip": clip, "seva_score": seva_score}
     if len(sys.argv) == 3 and sys.argv[1] == "--only" and sys.argv[2] in only:
         only[sys.argv[2]]()
     elif sys.argv[1:]:
-        sys.exit("usage: make_fixtures.py [--only llava_train|clip]")
+        sys.exit("usage: make_fixtures.py [--only llava_train|clip|seva_score]")
     else:
         main()
         llava_train()
         clip()
+        seva_score()

@@ -292,6 +292,7 @@ pub fn training_batch(preset: &Preset, seed: u64, device: &Device) -> VlmBatch {
         device,
     );
     VlmBatch {
+        image_index: None,
         ids: (0..b).map(|i| format!("bench-{i}")).collect(),
         images: Some(images),
         image_sample: (0..b).collect(),
@@ -415,6 +416,7 @@ fn no_grad_rows(
     let tokens = (preset.batch * preset.seq) as f64;
     let batch = training_batch(preset, 0, device);
     let input = || LlavaInput {
+        image_index: None,
         input_ids: batch.input_ids.clone(),
         attention_mask: batch.attention_mask.clone(),
         images: batch.images.clone(),

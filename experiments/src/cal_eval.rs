@@ -162,7 +162,9 @@ pub fn evaluate_model(
     Ok((result, te))
 }
 
-fn slot_accuracy(
+/// Grounded-slot accuracy of `model` on the held-out records' single-turn questions, with the
+/// predictions (`None` when no record has grounding truth).
+pub fn slot_accuracy(
     model: &Llava,
     ctx: &EvalContext<'_>,
 ) -> Result<Option<(SlotScores, Vec<Prediction>)>, String> {

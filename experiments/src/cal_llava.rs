@@ -136,7 +136,11 @@ pub fn run(
     opts: &RunOptions,
 ) -> Result<Outcome, String> {
     let inputs = match real {
-        Some(r) => real_inputs(config.spec(), r, opts)?,
+        Some(r) => {
+            let inputs = real_inputs(config.spec(), r, opts)?;
+            inputs.keep_tokenizer(&opts.out)?;
+            inputs
+        }
         None => world_inputs(config.spec(), opts)?,
     };
     let objectives = Objectives {
@@ -169,6 +173,57 @@ pub fn run(
         pretrain_step_ms: plan.pretrain_step_ms,
         tokens,
         tokenizer: inputs.tokenizer,
+    })
+}
+
+/// The stage-2 MLE model of the world at noise 0 — stage 1 as [`run`] trains it, then stage 2
+/// with MLE, in the same stage directories (`pretrain`, `finetune-mle-noise0`), so a finished
+/// stage is reused on resume — and the stage-1 model's held-out caption accuracy (the check
+/// that it reads the image). What experiments that start from a trained model build on.
+pub struct MleBase {
+    /// The stage-2 model.
+    pub model: Llava,
+    /// Stage 1's caption accuracy (own images and swapped).
+    pub stage1: Vec<(String, CaptionAccuracy)>,
+    /// Both stages' losses.
+    pub curves: Vec<(String, Vec<(usize, f64)>)>,
+}
+
+/// Train [`MleBase`] on the world of `config` (CAL settings are ignored).
+pub fn mle_base(
+    config: &CalLlavaConfig,
+    inputs: &Inputs,
+    opts: &RunOptions,
+) -> Result<MleBase, String> {
+    let mut c = config.clone();
+    c.cal_stages.clear();
+    let objectives = Objectives {
+        mle: Arc::new(MleObjective),
+        cal: Arc::new(MleObjective),
+    };
+    let mut log = StageLog::default();
+    let plan = world_stage1(&c, inputs, &objectives, opts, &mut log)?;
+    let data = mixed(inputs, vec![(plan.train.clone(), plan.encoder)]);
+    let val = mixed(inputs, vec![(plan.val.clone(), plan.encoder)]);
+    let mut model = plan.starts[0].clone();
+    if !config.finetune_vision {
+        model.vision_tower = model.vision_tower.no_grad();
+    }
+    let name = "finetune-mle-noise0";
+    eprintln!("{name}: {} steps", plan.config.steps);
+    let (model, report) = opts.train_stage(
+        &inputs.batcher,
+        model,
+        objectives.mle.clone(),
+        (data, val),
+        plan.config,
+        name,
+    )?;
+    log.curves.push((name.into(), loss_curve(&report)));
+    Ok(MleBase {
+        model,
+        stage1: log.stage1,
+        curves: log.curves,
     })
 }
 

@@ -132,7 +132,11 @@ fn stage_dirs(run_dir: &Path) -> Result<Vec<PathBuf>, String> {
 
 /// The model of a stage directory at its newest intact checkpoint (`None` when it has none;
 /// damaged checkpoints are named on stderr).
-fn load_stage(dir: &Path, name: &str, inputs: &Inputs) -> Result<Option<(Llava, usize)>, String> {
+pub fn load_stage(
+    dir: &Path,
+    name: &str,
+    inputs: &Inputs,
+) -> Result<Option<(Llava, usize)>, String> {
     use burn::train::checkpoint::Checkpointer;
     let checkpoints = dir.join("checkpoints");
     let (found, problems) = vlalign_train::latest_valid(&checkpoints).map_err(|e| e.to_string())?;

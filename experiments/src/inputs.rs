@@ -83,6 +83,15 @@ pub fn read_valid(path: &Path) -> Result<Vec<Record>, String> {
 }
 
 impl Inputs {
+    /// Save the tokenizer into the run directory `out`: a run on the user's model keeps the
+    /// tokenizer it trained with (the tokens added to a bare LLM included).
+    pub fn keep_tokenizer(&self, out: &Path) -> Result<(), String> {
+        std::fs::create_dir_all(out).map_err(|e| format!("{}: {e}", out.display()))?;
+        self.tokenizer
+            .save(&out.join("tokenizer.json"))
+            .map_err(|e| e.to_string())
+    }
+
     /// One dataset from record sets, each encoded with its template (bad records are
     /// reported on stderr and left out).
     pub fn dataset(&self, parts: Vec<(Vec<Record>, &Encoder)>) -> VlmDataset {
@@ -246,11 +255,6 @@ pub fn real_inputs(
             tokenizer_path.display()
         )
     })?;
-    // The run keeps the tokenizer it trained with (the added tokens included).
-    std::fs::create_dir_all(&opts.out).map_err(|e| err(&e))?;
-    tokenizer
-        .save(&opts.out.join("tokenizer.json"))
-        .map_err(|e| err(&e))?;
     let (init, vision_dir, image_tokens, image_size) = match (&real.model, &real.vision, &real.llm)
     {
         (Some(dir), None, None) => {

@@ -3,15 +3,29 @@
 //! identical answers are dropped and counted. Augmentations: diffusion noise on the normalized
 //! tensor at a step of SeVa's 1000-step schedule, a horizontal flip, a centre crop.
 
+use std::collections::HashMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
+use std::time::Instant;
 
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use serde::{Deserialize, Serialize};
+use std::path::Path;
 use vlalign_data::augment::diffusion_noise;
-use vlalign_data::{PreferencePair, Record, Role};
+
+use burn::data::dataloader::batcher::Batcher;
+use burn::data::dataset::Dataset;
+use burn::module::Module;
+use indicatif::{ProgressBar, ProgressStyle};
+use vlalign_align::pair_logps;
+use vlalign_data::{
+    PreferenceBatcher, PreferenceDataset, PreferencePair, Record, Role, write_pairs,
+};
 use vlalign_eval::generation::{GenerationRun, generate_split, generate_split_with};
 use vlalign_models::Llava;
+
+use crate::inputs::Inputs;
+use crate::run::RunOptions;
 
 /// How the rejected answer's image is corrupted.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
@@ -65,64 +79,163 @@ impl Augmentation {
     }
 }
 
-/// Pairs and what was dropped.
-#[derive(Clone, Debug, Default)]
+/// The pairs of one augmentation and what was dropped.
+#[derive(Clone, Debug)]
 pub struct Pairs {
+    /// The augmentation of the rejected answers.
+    pub augmentation: Augmentation,
     /// The pairs (chosen ≠ rejected).
     pub pairs: Vec<PreferencePair>,
     /// (image, question)s whose two answers were identical.
     pub dropped_identical: usize,
     /// Records that could not be answered (named on stderr).
     pub failed: usize,
+    /// Seconds spent generating the rejected answers (the clean ones are shared).
+    pub seconds: f64,
 }
 
-/// Answer each single-turn record on its clean image and on the augmented one; keep the
-/// records whose answers differ as pairs (chosen = clean).
+/// Answer each single-turn record on its clean image once, then on the image under each of
+/// `augmentations`; keep the records whose two answers differ as pairs (chosen = clean), one
+/// set per augmentation. Logs pairs and questions per second.
 pub fn make_pairs(
     model: &Llava,
     records: &[Record],
     run: &GenerationRun<'_>,
-    augmentation: Augmentation,
+    augmentations: &[Augmentation],
     seed: u64,
-) -> Pairs {
+) -> Vec<Pairs> {
     let size = run.processor.size;
+    let started = Instant::now();
     let (clean, e1) = generate_split(model, records, run);
-    let corrupt = |id: &str, px: Vec<f32>| augmentation.apply(px, size, seed, id);
-    let (noisy, e2) = generate_split_with(model, records, run, &corrupt);
-    for e in e1.iter().chain(&e2) {
+    let clean_s = started.elapsed().as_secs_f64();
+    for e in &e1 {
         eprintln!("pairs: {e}");
     }
-    let by_id: std::collections::HashMap<&str, &Record> =
-        records.iter().map(|r| (r.id.as_str(), r)).collect();
-    let mut out = Pairs {
-        failed: e1.len(),
-        ..Pairs::default()
-    };
-    for (c, r) in clean.iter().zip(&noisy) {
-        debug_assert_eq!(c.id, r.id);
-        if c.output == r.output {
-            out.dropped_identical += 1;
-            continue;
+    let by_id: HashMap<&str, &Record> = records.iter().map(|r| (r.id.as_str(), r)).collect();
+    let mut out = Vec::new();
+    for &augmentation in augmentations {
+        let started = Instant::now();
+        let corrupt = |id: &str, px: Vec<f32>| augmentation.apply(px, size, seed, id);
+        let (noisy, _) = generate_split_with(model, records, run, &corrupt);
+        let mut set = Pairs {
+            augmentation,
+            pairs: Vec::new(),
+            dropped_identical: 0,
+            failed: e1.len(),
+            seconds: started.elapsed().as_secs_f64(),
+        };
+        for (c, r) in clean.iter().zip(&noisy) {
+            debug_assert_eq!(c.id, r.id);
+            if c.output == r.output {
+                set.dropped_identical += 1;
+            } else {
+                set.pairs.push(pair(
+                    by_id[c.id.as_str()],
+                    &c.output,
+                    &r.output,
+                    augmentation,
+                ));
+            }
         }
-        let record = by_id[c.id.as_str()];
-        let question = record
-            .turns
-            .iter()
-            .find(|t| t.role == Role::Human)
-            .map(|t| t.value.replace("<image>\n", "").replace("<image>", ""))
-            .unwrap_or_default();
-        out.pairs.push(PreferencePair {
-            id: format!("{}-{}", c.id, augmentation.name()),
-            image: record.images.first().cloned().unwrap_or_default(),
-            question: question.trim().to_string(),
-            chosen: c.output.clone(),
-            rejected: r.output.clone(),
-            augmentation: augmentation.name(),
-            ref_logp_chosen: None,
-            ref_logp_rejected: None,
-        });
+        let total = clean_s + set.seconds;
+        eprintln!(
+            "pairs {}: {} of {} questions differ ({} identical dropped), {:.1} s, {:.1} pairs/s, \
+             {:.1} questions/s",
+            augmentation.name(),
+            set.pairs.len(),
+            clean.len(),
+            set.dropped_identical,
+            total,
+            set.pairs.len() as f64 / total.max(1e-9),
+            clean.len() as f64 / total.max(1e-9)
+        );
+        out.push(set);
     }
     out
+}
+
+/// The pair of `record`'s question: `chosen` on the clean image, `rejected` on the augmented.
+fn pair(
+    record: &Record,
+    chosen: &str,
+    rejected: &str,
+    augmentation: Augmentation,
+) -> PreferencePair {
+    let question = record
+        .turns
+        .iter()
+        .find(|t| t.role == Role::Human)
+        .map(|t| t.value.replace("<image>\n", "").replace("<image>", ""))
+        .unwrap_or_default();
+    PreferencePair {
+        id: format!("{}-{}", record.id, augmentation.name()),
+        image: record.images.first().cloned().unwrap_or_default(),
+        question: question.trim().to_string(),
+        chosen: chosen.to_string(),
+        rejected: rejected.to_string(),
+        augmentation: augmentation.name(),
+        ref_logp_chosen: None,
+        ref_logp_rejected: None,
+    }
+}
+
+/// Write `pairs` (the reference's log-probs included once scored) as JSON Lines.
+pub fn write_pairs_file(path: &Path, pairs: &[PreferencePair]) -> Result<(), String> {
+    write_pairs(path, pairs).map_err(|e| e.to_string())
+}
+
+/// Score each pair's chosen and rejected answer with `model` (no gradient): the summed
+/// log-probs of the answer's supervised tokens, written into `ref_logp_chosen` /
+/// `ref_logp_rejected` (the precomputed reference of DPO). A pair that cannot be encoded (its
+/// image missing, its answer cut by the length limit) is an error naming it.
+pub fn score_pairs(
+    model: &Llava,
+    pairs: &mut [PreferencePair],
+    inputs: &Inputs,
+    batch_size: usize,
+    opts: &RunOptions,
+) -> Result<(), String> {
+    let data = PreferenceDataset::new(
+        pairs.to_vec(),
+        &inputs.enc.chat,
+        &inputs.images,
+        inputs.processor.clone(),
+    )
+    .map_err(|e| e.to_string())?;
+    let model = model.valid();
+    let batcher = PreferenceBatcher(inputs.batcher.clone());
+    let bar = if opts.verbose {
+        ProgressBar::new(pairs.len() as u64)
+    } else {
+        ProgressBar::hidden()
+    };
+    bar.set_style(
+        ProgressStyle::with_template("scoring pairs {bar:40} {pos}/{len} ({per_sec}, eta {eta})")
+            .expect("valid template"),
+    );
+    let size = batch_size.max(1);
+    for start in (0..pairs.len()).step_by(size) {
+        let end = (start + size).min(pairs.len());
+        let items = (start..end)
+            .map(|i| data.get(i).map_err(|e| e.to_string()))
+            .collect::<Result<Vec<_>, _>>()?;
+        let batch = batcher.batch(items, &opts.device);
+        let lp = pair_logps(&model, &batch, true);
+        let host = |t: burn::tensor::Tensor<1>| {
+            t.into_data()
+                .convert::<f64>()
+                .try_into_vec::<f64>()
+                .expect("floats")
+        };
+        let (c, r) = (host(lp.chosen.sum), host(lp.rejected.sum));
+        for (k, pair) in pairs[start..end].iter_mut().enumerate() {
+            pair.ref_logp_chosen = Some(c[k]);
+            pair.ref_logp_rejected = Some(r[k]);
+        }
+        bar.inc((end - start) as u64);
+    }
+    bar.finish_and_clear();
+    Ok(())
 }
 
 #[cfg(test)]

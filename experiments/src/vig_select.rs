@@ -253,7 +253,11 @@ pub fn run(
 ) -> Result<VigOutcome, String> {
     let common = &config.common;
     let inputs = match real {
-        Some(r) => real_inputs(common.spec(), r, opts)?,
+        Some(r) => {
+            let inputs = real_inputs(common.spec(), r, opts)?;
+            inputs.keep_tokenizer(&opts.out)?;
+            inputs
+        }
         None => world_inputs(common.spec(), opts)?,
     };
     let mut curves = Vec::new();

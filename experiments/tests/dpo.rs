@@ -275,3 +275,52 @@ fn dpo_with_lora_adapters_starts_at_the_reference_and_trains_only_the_adapters()
     let (live, precomputed) = (scalar(live.loss), scalar(precomputed.loss));
     assert!((live - precomputed).abs() < 1e-4, "{live} vs {precomputed}");
 }
+
+/// A preference batch encodes each pair's image once for its chosen and rejected rows: the
+/// log-probs equal those of the same batch with the image given twice (one per row), with and
+/// without autodiff.
+#[test]
+fn a_pair_encodes_its_image_once_and_scores_as_with_two_copies() {
+    use burn::data::dataloader::batcher::Batcher;
+    use burn::module::Module;
+    use burn::tensor::Tensor;
+    use vlalign_align::pair_logps;
+
+    let tmp = tempfile::tempdir().unwrap();
+    let world = tmp.path().join("world");
+    let s = setup(&world);
+    let p = preference_setup(&s, &world);
+    let items: Vec<_> = (0..5).map(|i| p.train.get(i).unwrap()).collect();
+    let device = Device::flex().autodiff();
+    let shared = p.batcher.batch(items, &device);
+    let n = shared.ids.len();
+    assert_eq!(shared.sequences.images.as_ref().unwrap().dims()[0], n);
+    let index: Vec<usize> = (0..n).chain(0..n).collect();
+    assert_eq!(shared.sequences.image_index.as_ref(), Some(&index));
+    let mut copies = shared.clone();
+    let images = shared.sequences.images.clone().unwrap();
+    copies.sequences.images = Some(Tensor::cat(vec![images.clone(), images], 0));
+    copies.sequences.image_index = None;
+    let host = |t: Tensor<1>| t.into_data().convert::<f32>().to_vec::<f32>().unwrap();
+    let policy = model(&s);
+    for no_grad in [false, true] {
+        let (a, b) = (
+            pair_logps(&policy, &shared, no_grad),
+            pair_logps(&policy, &copies, no_grad),
+        );
+        for (x, y) in [
+            (a.chosen.sum, b.chosen.sum),
+            (a.rejected.sum, b.rejected.sum),
+        ] {
+            for (x, y) in host(x).iter().zip(host(y)) {
+                assert!((x - y).abs() < 1e-4, "{x} vs {y} (no_grad {no_grad})");
+            }
+        }
+    }
+    // The pair's image changes its log-probs (the index is not ignored).
+    let mut rolled = shared.clone();
+    rolled.sequences.image_index = Some((1..=n).map(|i| i % n).chain(0..n).collect());
+    let moved = host(pair_logps(&policy.valid(), &rolled, true).chosen.sum);
+    let base = host(pair_logps(&policy.valid(), &shared, true).chosen.sum);
+    assert!(moved.iter().zip(&base).any(|(a, b)| (a - b).abs() > 1e-4));
+}

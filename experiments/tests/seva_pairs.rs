@@ -34,7 +34,16 @@ fn every_record_is_a_pair_or_counted_and_pairs_are_reproducible() {
         config: &config,
         show_progress: false,
     };
-    let out = make_pairs(&model, &questions, &run, Augmentation::Noise(800), 1);
+    let sets = make_pairs(
+        &model,
+        &questions,
+        &run,
+        &[Augmentation::Noise(800), Augmentation::Flip],
+        1,
+    );
+    assert_eq!(sets.len(), 2);
+    assert_eq!(sets[1].augmentation, Augmentation::Flip);
+    let out = &sets[0];
     assert_eq!(
         out.pairs.len() + out.dropped_identical + out.failed,
         questions.len()
@@ -45,6 +54,6 @@ fn every_record_is_a_pair_or_counted_and_pairs_are_reproducible() {
         assert_eq!(p.augmentation, "noise800");
         assert!(p.id.ends_with("-noise800") && !p.question.contains("<image>"));
     }
-    let again = make_pairs(&model, &questions, &run, Augmentation::Noise(800), 1);
-    assert_eq!(again.pairs, out.pairs);
+    let again = make_pairs(&model, &questions, &run, &[Augmentation::Noise(800)], 1);
+    assert_eq!(again[0].pairs, out.pairs);
 }

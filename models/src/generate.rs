@@ -79,7 +79,7 @@ impl Llava {
             .collect();
         let layout = Layout::new(ids.clone(), valid.clone(), self.image_token_id);
         let padded = layout.has_padding();
-        let embeds = self.splice(int_tensor(&ids, &device), images, &layout);
+        let embeds = self.splice(int_tensor(&ids, &device), images, None, &layout);
 
         let mut cache = KvCache::new();
         let mut logits = self.step(

@@ -96,6 +96,10 @@ pub struct LlavaInput {
     pub attention_mask: Tensor<2, Bool>,
     /// Pixel values `[images, 3, H, W]`, in the order their slots appear (row by row).
     pub images: Option<Tensor<4>>,
+    /// Shared images: for each image in slot order, its index in `images`, so that one image
+    /// used by several rows (DPO's chosen and rejected answers) is encoded once. `None`: one
+    /// entry of `images` per image, in slot order.
+    pub image_index: Option<Vec<usize>>,
 }
 
 /// Logits `[batch, seq, vocab]` of a forward pass.
@@ -225,6 +229,7 @@ impl Llava {
         &self,
         input_ids: Tensor<2, Int>,
         images: Option<Tensor<4>>,
+        image_index: Option<&[usize]>,
         layout: &Layout,
     ) -> Tensor<3> {
         let text = self.language_model.embed(input_ids);
@@ -236,7 +241,13 @@ impl Llava {
             );
             return text;
         };
-        let visual = self.encode_images(images);
+        let mut visual = self.encode_images(images);
+        if let Some(index) = image_index {
+            let index: Vec<i64> = index.iter().map(|&i| i as i64).collect();
+            let n = index.len();
+            let index = Tensor::<1, Int>::from_data(TensorData::new(index, [n]), &visual.device());
+            visual = visual.select(0, index);
+        }
         let [n_images, per_image, d] = visual.dims();
         assert_eq!(
             slots,
@@ -277,7 +288,12 @@ impl Llava {
     pub fn forward_hidden(&self, input: LlavaInput) -> Tensor<3> {
         let layout = Layout::read(&input, self.image_token_id);
         let device = input.input_ids.device();
-        let embeds = self.splice(input.input_ids, input.images, &layout);
+        let embeds = self.splice(
+            input.input_ids,
+            input.images,
+            input.image_index.as_deref(),
+            &layout,
+        );
         let key_valid = layout
             .has_padding()
             .then(|| bool_tensor(&layout.valid, &device));
@@ -353,7 +369,12 @@ impl Llava {
     pub fn forward_image_keys_masked(&self, input: LlavaInput) -> ModelOutput {
         let layout = Layout::read(&input, self.image_token_id);
         let device = input.input_ids.device();
-        let embeds = self.splice(input.input_ids, input.images, &layout);
+        let embeds = self.splice(
+            input.input_ids,
+            input.images,
+            input.image_index.as_deref(),
+            &layout,
+        );
         let key_valid: Vec<Vec<bool>> = layout
             .valid
             .iter()

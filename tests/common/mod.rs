@@ -72,6 +72,7 @@ pub fn input(
         valid.extend(v);
     }
     LlavaInput {
+        image_index: None,
         input_ids: Tensor::<2, Int>::from_data(TensorData::new(ids, [rows.len(), width]), device),
         attention_mask: Tensor::<2, Bool>::from_data(
             TensorData::new(valid, [rows.len(), width]),

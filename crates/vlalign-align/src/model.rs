@@ -55,6 +55,7 @@ fn input(batch: &VlmBatch, inner: bool) -> LlavaInput {
         input_ids: batch.input_ids.clone(),
         attention_mask: batch.attention_mask.clone(),
         images: batch.images.clone(),
+        image_index: batch.image_index.clone(),
     };
     if !inner {
         return x;
@@ -63,6 +64,7 @@ fn input(batch: &VlmBatch, inner: bool) -> LlavaInput {
         input_ids: x.input_ids.inner(),
         attention_mask: x.attention_mask.inner(),
         images: x.images.map(Tensor::inner),
+        image_index: x.image_index,
     }
 }
 

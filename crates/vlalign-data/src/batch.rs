@@ -24,7 +24,10 @@ pub struct VlmBatch {
     pub ids: Vec<String>,
     /// Pixels `[images, 3, H, W]` in slot order (row by row), or `None` for a text-only batch.
     pub images: Option<Tensor<4>>,
-    /// For each image, the row it belongs to.
+    /// Shared images: for each image in slot order, its index in `images` (DPO's chosen and
+    /// rejected rows share one encoded image); `None`: one entry of `images` per image.
+    pub image_index: Option<Vec<usize>>,
+    /// For each image in slot order, the row it belongs to.
     pub image_sample: Vec<usize>,
     /// Token ids `[batch, seq]` (image slots expanded).
     pub input_ids: Tensor<2, Int>,
@@ -128,6 +131,7 @@ impl Batcher<Item, VlmBatch> for VlmBatcher {
         VlmBatch {
             ids: items.iter().map(|i| i.id.clone()).collect(),
             images,
+            image_index: None,
             image_sample,
             input_ids: Tensor::from_data(TensorData::new(ids, shape), device),
             labels: Tensor::from_data(TensorData::new(labels, shape), device),

@@ -198,7 +198,8 @@ impl Dataset<PreferenceItem> for PreferenceDataset {
 /// A batch of `B` pairs.
 #[derive(Clone, Debug)]
 pub struct PreferenceBatch {
-    /// `2B` rows: the chosen sequences, then the rejected ones (pair `i` is rows `i`, `B + i`).
+    /// `2B` rows: the chosen sequences, then the rejected ones (pair `i` is rows `i`, `B + i`);
+    /// `B` images, each encoded once for both rows of its pair (`image_index`).
     pub sequences: VlmBatch,
     /// The reference's log-probs `[B, 2]` (chosen, rejected), when every pair has them.
     pub reference: Option<Tensor<2>>,
@@ -213,10 +214,15 @@ pub struct PreferenceBatcher(pub VlmBatcher);
 impl Batcher<PreferenceItem, PreferenceBatch> for PreferenceBatcher {
     fn batch(&self, items: Vec<PreferenceItem>, device: &Device) -> PreferenceBatch {
         let n = items.len();
+        // The rejected rows carry no pixels: both sides of a pair point at one encoded image.
         let row = |i: &PreferenceItem, side: &str, encoded: &Encoded| Item {
             id: format!("{}/{side}", i.id),
             encoded: encoded.clone(),
-            pixels: vec![i.pixels.clone()],
+            pixels: if side == "chosen" {
+                vec![i.pixels.clone()]
+            } else {
+                Vec::new()
+            },
             weights: None,
         };
         let rows: Vec<Item> = items
@@ -232,8 +238,14 @@ impl Batcher<PreferenceItem, PreferenceBatch> for PreferenceBatcher {
                 let flat: Vec<f32> = v.into_iter().flatten().collect();
                 Tensor::from_data(TensorData::new(flat, [n, 2]), device)
             });
+        let mut sequences = self.0.batch(rows, device);
+        if sequences.images.is_some() {
+            // Pair i's image serves rows i (chosen) and n + i (rejected).
+            sequences.image_index = Some((0..n).chain(0..n).collect());
+            sequences.image_sample = (0..2 * n).collect();
+        }
         PreferenceBatch {
-            sequences: self.0.batch(rows, device),
+            sequences,
             reference,
             ids: items.into_iter().map(|i| i.id).collect(),
         }

@@ -100,6 +100,7 @@ impl Probe {
     fn input(&self, device: &Device) -> LlavaInput {
         let (b, s, side) = (self.batch, self.seq, self.config.vision.image_size);
         LlavaInput {
+            image_index: None,
             input_ids: Tensor::<2, Int>::from_data(
                 TensorData::new(self.ids.clone(), [b, s]),
                 device,

@@ -232,6 +232,7 @@ fn llava_logits(
     let mask = Tensor::<2, Bool>::from_data(TensorData::new(vec![true; t], [1, t]), device);
     Ok(model
         .forward(LlavaInput {
+            image_index: None,
             input_ids,
             attention_mask: mask,
             images,

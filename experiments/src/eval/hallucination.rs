@@ -26,6 +26,9 @@ pub struct HallucinationScores {
     pub chair_s: f64,
     /// POPE F1 per split (`random`, `popular`, `adversarial`).
     pub pope_f1: BTreeMap<String, f64>,
+    /// POPE accuracy per split.
+    #[serde(default)]
+    pub pope_accuracy: BTreeMap<String, f64>,
     /// POPE yes-ratio per split.
     pub pope_yes_ratio: BTreeMap<String, f64>,
 }
@@ -74,6 +77,7 @@ pub fn evaluate(model: &Llava, run: &HallucinationRun<'_>) -> Result<Hallucinati
     for split in ["random", "popular", "adversarial"] {
         let scores = pope_split(model, run, split)?;
         out.pope_f1.insert(split.into(), scores.f1);
+        out.pope_accuracy.insert(split.into(), scores.accuracy);
         out.pope_yes_ratio.insert(split.into(), scores.yes_ratio);
     }
     Ok(out)

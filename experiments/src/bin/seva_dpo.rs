@@ -1,0 +1,142 @@
+//! SeVa-style DPO on a LLaVA-style model, end to end.
+//!
+//! ```text
+//! cargo run --release -p experiments --bin seva_dpo                   # the default run (CPU)
+//! cargo run --release -p experiments --bin seva_dpo -- --quick        # CI smoke run
+//! cargo run --release -p experiments --bin seva_dpo -- --base-run runs/cal_llava/default
+//! cargo run --release -p experiments --bin seva_dpo -- score --model DIR --pairs F \
+//!     --image-folder DIR --out scores.jsonl
+//! ```
+//! Trains (or loads) the stage-2 MLE model of the world, makes SeVa pairs from its answers on
+//! clean and noised images, scores them with it, trains DPO (full and LoRA) over seeds and
+//! evaluates before and after into `runs/seva_dpo/<time>/` (see `seva_report`).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use clap::{Parser, Subcommand};
+use experiments::run::{RunArgs, RunOptions, exit_code, prepare_run_dir, read_config, run_dir};
+use experiments::seva_dpo::{SevaDpoConfig, Variant, run};
+use experiments::seva_report;
+
+#[derive(Parser, Debug)]
+#[command(about = "SeVa-style DPO: self-generated preference pairs and preference training")]
+struct Args {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    run: RunArgs,
+    /// Diffusion steps of the rejected images, comma separated (default 500,800).
+    #[arg(long, value_delimiter = ',')]
+    noise_steps: Option<Vec<usize>>,
+    /// What DPO trains: full, lora (comma separated).
+    #[arg(long, value_delimiter = ',')]
+    variants: Option<Vec<String>>,
+    /// DPO steps.
+    #[arg(long)]
+    steps: Option<usize>,
+    /// DPO runs per (variant, noise step).
+    #[arg(long)]
+    seeds: Option<usize>,
+    /// Start from the stage-2 MLE model of this finished `cal_llava` run directory (its
+    /// `finetune-mle-noise0/`) instead of training one.
+    #[arg(long)]
+    base_run: Option<PathBuf>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Score a pairs file with a model: one line per pair `{"id", "logp_chosen",
+    /// "logp_rejected"}` (log-probs summed over each answer's supervised tokens).
+    Score(experiments::seva_score::ScoreArgs),
+}
+
+fn resolve(args: &Args) -> Result<SevaDpoConfig, String> {
+    let mut c = args
+        .run
+        .config(SevaDpoConfig::quick, SevaDpoConfig::default)?;
+    if let Some(dir) = &args.base_run {
+        c.base = base_config(dir)?;
+        c.base_run = Some(dir.clone());
+    }
+    if let Some(w) = &args.run.world {
+        c.base.world.dir = w.clone();
+    }
+    if let Some(n) = &args.noise_steps {
+        if n.iter().any(|&t| t == 0 || t >= 1000) {
+            return Err(format!("--noise-steps: each in 1..999, got {n:?}"));
+        }
+        c.pairs.noise_steps = n.clone();
+    }
+    if let Some(v) = &args.variants {
+        c.variants = v
+            .iter()
+            .map(|s| match s.as_str() {
+                "full" => Ok(Variant::Full),
+                "lora" => Ok(Variant::Lora),
+                other => Err(format!("--variants: expected full|lora, got {other}")),
+            })
+            .collect::<Result<_, _>>()?;
+    }
+    if let Some(s) = args.steps {
+        c.train.steps = s;
+    }
+    if let Some(n) = args.seeds {
+        if n == 0 {
+            return Err("--seeds: at least 1".into());
+        }
+        c.seeds = n;
+    }
+    Ok(c)
+}
+
+/// The recipe of the model in `dir`: a `cal_llava` run's configuration, or a `seva_dpo` run's
+/// `base` (both keep the stage-2 MLE model in `finetune-mle-noise0/`).
+fn base_config(dir: &std::path::Path) -> Result<experiments::cal_llava::CalLlavaConfig, String> {
+    let path = dir.join("config.toml");
+    read_config(&path).or_else(|cal_err| {
+        read_config::<SevaDpoConfig>(&path)
+            .map(|c| c.base)
+            .map_err(|_| format!("--base-run: not a cal_llava or seva_dpo run ({cal_err})"))
+    })
+}
+
+fn main() -> ExitCode {
+    experiments::alloc::keep_freed_memory();
+    let args = Args::parse();
+    exit_code(match &args.command {
+        Some(Command::Score(s)) => experiments::seva_score::score(s, &args.run),
+        None => main_inner(&args),
+    })
+}
+
+fn main_inner(args: &Args) -> Result<(), String> {
+    let config = resolve(args)?;
+    let selected = args.run.select_device()?;
+    let device_name = format!(
+        "{} ({})",
+        selected.spec,
+        selected.adapter.clone().unwrap_or_default()
+    );
+    let out = run_dir(args.run.out.as_deref(), "seva_dpo");
+    prepare_run_dir(&out, &config, args.run.resume, |_, _| {})?;
+    eprintln!("seva_dpo on {device_name}, writing {}", out.display());
+    let started = Instant::now();
+    let opts = RunOptions {
+        device: selected.device.clone(),
+        out: out.clone(),
+        resume: args.run.resume,
+        verbose: !args.run.quiet,
+    };
+    let outcome = run(&config, &opts)?;
+    let command = std::env::args().collect::<Vec<_>>().join(" ");
+    seva_report::write_all(&out, &config, &outcome, &command, &device_name)?;
+    seva_report::print_table(&outcome);
+    println!(
+        "\nwrote {} ({:.0} s)",
+        out.join("report.md").display(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}

@@ -1,0 +1,467 @@
+//! SeVa-style DPO on the world (DESIGN §5): the stage-2 MLE model of `cal_llava`'s recipe
+//! answers training questions on the clean image (chosen) and on the image under diffusion
+//! noise (rejected); the pairs are scored once with that model (the reference, precomputed:
+//! training holds one model); DPO — full (projector + LLM) or LoRA — trains from it at each
+//! noise step and seed; before and after, on held-out data: POPE, CHAIR, grounded-slot
+//! accuracy, and the reward accuracy on held-out pairs.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use burn::data::dataset::Dataset;
+use burn::module::Module;
+use serde::{Deserialize, Serialize};
+use vlalign_align::DpoConfig;
+use vlalign_data::{PreferenceBatcher, PreferenceDataset, PreferenceItem, PreferencePair, Record};
+use vlalign_models::{GenerationConfig, Llava};
+use vlalign_train::{DpoTrainee, LoraConfig, TrainConfig, TrainReport};
+
+use crate::cal_llava::{CalLlavaConfig, mle_base};
+use crate::eval::slots::single_turn;
+use crate::inputs::{Inputs, read_valid, world_inputs};
+use crate::run::{EvalSection, RunOptions};
+use crate::seva_eval::{Evaluator, ModelScores};
+use crate::seva_pairs::{Augmentation, make_pairs, score_pairs, write_pairs_file};
+
+/// How the pairs are made.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PairsSection {
+    /// Training questions answered twice (single-turn questions of the world's training QA).
+    pub questions: usize,
+    /// Held-out questions for the reward accuracy: the training questions after `questions`
+    /// (no DPO step sees their pairs; the world's held-out split stays for POPE, CHAIR, slots).
+    pub held_out: usize,
+    /// Diffusion steps of the rejected images (SeVa: 500 and 800 of 1000).
+    pub noise_steps: Vec<usize>,
+    /// Generation budget per answer.
+    pub max_new_tokens: usize,
+}
+
+impl Default for PairsSection {
+    fn default() -> Self {
+        Self {
+            questions: 1500,
+            held_out: 200,
+            noise_steps: vec![500, 800],
+            max_new_tokens: 16,
+        }
+    }
+}
+
+/// What DPO trains.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Variant {
+    /// The projector and the LLM (the vision tower stays frozen, as in stage 2).
+    Full,
+    /// LoRA adapters on the LLM's projections; the reference is the base weights.
+    Lora,
+}
+
+impl Variant {
+    /// `full` / `lora`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Variant::Full => "full",
+            Variant::Lora => "lora",
+        }
+    }
+}
+
+/// Everything the experiment does; written to the run directory as `config.toml`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SevaDpoConfig {
+    /// The starting model: `cal_llava`'s recipe (its world, sizes and both stages; MLE at
+    /// noise 0). Its `seed` seeds the pairs' noise.
+    pub base: CalLlavaConfig,
+    /// Start from the `finetune-mle-noise0` model of this finished `cal_llava` run instead of
+    /// training one (its `config.toml` becomes `base`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub base_run: Option<PathBuf>,
+    /// Pair generation.
+    pub pairs: PairsSection,
+    /// The preference loss.
+    pub dpo: DpoConfig,
+    /// The DPO stage (full variant; LoRA takes `lora_lr`).
+    pub train: TrainConfig,
+    /// What DPO trains: `full`, `lora`.
+    pub variants: Vec<Variant>,
+    /// LoRA's rank, scale and target projections.
+    pub lora: LoraConfig,
+    /// LoRA's learning rate.
+    pub lora_lr: f64,
+    /// Evaluation (held-out split, POPE, captions).
+    pub eval: EvalSection,
+    /// DPO runs per (noise step, variant): data order and LoRA init `train.seed + k`.
+    pub seeds: usize,
+}
+
+impl Default for SevaDpoConfig {
+    fn default() -> Self {
+        let mut train = TrainConfig {
+            steps: 120,
+            batch_size: 16,
+            checkpoint_every: 40,
+            ..TrainConfig::default()
+        };
+        train.optim.lr = 1e-4;
+        train.optim.warmup_steps = 6;
+        Self {
+            base: CalLlavaConfig::default(),
+            base_run: None,
+            pairs: PairsSection::default(),
+            dpo: DpoConfig::default(),
+            train,
+            variants: vec![Variant::Full, Variant::Lora],
+            lora: LoraConfig::default(),
+            lora_lr: 1e-3,
+            eval: EvalSection::default(),
+            seeds: 3,
+        }
+    }
+}
+
+impl SevaDpoConfig {
+    /// The CI smoke profile: `cal_llava --quick`'s world and model, a few DPO steps.
+    pub fn quick() -> Self {
+        let mut c = Self {
+            base: CalLlavaConfig::quick(),
+            ..Self::default()
+        };
+        // A barely trained base: its answers still depend on the image (a quick base trained
+        // longer answers from the language prior alone, so noise changes no answer).
+        c.base.pretrain.steps = 3;
+        c.base.finetune.steps = 2;
+        c.base.pretrain.optim.warmup_steps = 1;
+        c.base.finetune.optim.warmup_steps = 1;
+        c.pairs.questions = 240;
+        c.pairs.held_out = 120;
+        c.pairs.max_new_tokens = 8;
+        c.train.steps = 6;
+        c.train.batch_size = 4;
+        c.train.checkpoint_every = 3;
+        c.train.optim.warmup_steps = 1;
+        c.eval = c.base.eval.clone();
+        c.seeds = 2;
+        c
+    }
+}
+
+/// The pairs of one noise step.
+#[derive(Clone, Debug, Serialize)]
+pub struct PairStats {
+    /// Diffusion step of the rejected images.
+    pub noise_step: usize,
+    /// Training pairs kept.
+    pub generated: usize,
+    /// Training questions whose two answers were identical.
+    pub dropped_identical: usize,
+    /// Held-out pairs (reward accuracy).
+    pub held_out: usize,
+    /// Seconds of generation (rejected answers, training and held-out).
+    pub seconds: f64,
+}
+
+/// One DPO run.
+#[derive(Clone, Debug, Serialize)]
+pub struct DpoRun {
+    /// What trained.
+    pub variant: Variant,
+    /// The pairs' noise step.
+    pub noise_step: usize,
+    /// Data-order seed.
+    pub seed: u64,
+    /// Scores after DPO.
+    pub scores: ModelScores,
+    /// Median step time, ms.
+    pub step_ms: f64,
+    /// (step, reward margin, reward accuracy) of the training batches.
+    pub rewards: Vec<(usize, f64, f64)>,
+    /// Trainable parameters.
+    pub trainable: usize,
+}
+
+/// What the experiment produced.
+pub struct SevaOutcome {
+    /// The starting model's scores (reward accuracy: none, it is the reference).
+    pub base: ModelScores,
+    /// The starting model's stage-1 caption accuracy, own images and swapped (when trained
+    /// here).
+    pub stage1: Vec<(String, crate::eval::captions::CaptionAccuracy)>,
+    /// Pairs per noise step.
+    pub pairs: Vec<PairStats>,
+    /// The DPO runs.
+    pub runs: Vec<DpoRun>,
+}
+
+/// Pairs of one noise step, scored by the reference, as datasets.
+struct PairSet {
+    stats: PairStats,
+    train: Arc<dyn Dataset<PreferenceItem>>,
+    held: Arc<PreferenceDataset>,
+}
+
+/// Run the experiment (module docs).
+pub fn run(config: &SevaDpoConfig, opts: &RunOptions) -> Result<SevaOutcome, String> {
+    let inputs = world_inputs(config.base.spec(), opts)?;
+    let (base, stage1) = start_model(config, &inputs, opts)?;
+    save_hf(&base, config, &inputs, &opts.out.join("start-model"))?;
+    let evaluator = Evaluator::new(&config.eval, &config.base.world.dir, &inputs, opts)?;
+    eprintln!("evaluating the starting model");
+    let before = evaluator.scores(&base, &opts.out.join("base-eval"), None, &config.dpo)?;
+    let sets = pair_sets(config, &base, &inputs, opts)?;
+    let batcher = PreferenceBatcher(inputs.batcher.clone());
+    let mut runs = Vec::new();
+    for set in &sets {
+        for &variant in &config.variants {
+            for k in 0..config.seeds {
+                let noise_step = set.stats.noise_step;
+                let seed = config.train.seed + k as u64;
+                let name = format!("dpo-{}-noise{noise_step}-seed{seed}", variant.name());
+                let data = (set.train.clone(), set.held.clone() as Arc<dyn Dataset<_>>);
+                let (model, report, trainable) =
+                    train_dpo(config, variant, k, &base, data, &batcher, opts, &name)?;
+                if variant == Variant::Lora {
+                    save_hf(
+                        &model,
+                        config,
+                        &inputs,
+                        &opts.out.join(&name).join("merged"),
+                    )?;
+                }
+                let dir = opts.out.join(&name);
+                let scores = evaluator.scores(&model, &dir, Some(&set.held), &config.dpo)?;
+                runs.push(DpoRun {
+                    variant,
+                    noise_step,
+                    seed,
+                    scores,
+                    step_ms: report.median_step_ms().unwrap_or(0.0),
+                    rewards: rewards(&report),
+                    trainable,
+                });
+            }
+        }
+    }
+    Ok(SevaOutcome {
+        base: before,
+        stage1,
+        pairs: sets.into_iter().map(|s| s.stats).collect(),
+        runs,
+    })
+}
+
+type Stage1 = Vec<(String, crate::eval::captions::CaptionAccuracy)>;
+
+/// The starting model: `base_run`'s stage-2 MLE model, or trained here (`pretrain`,
+/// `finetune-mle-noise0`).
+fn start_model(
+    config: &SevaDpoConfig,
+    inputs: &Inputs,
+    opts: &RunOptions,
+) -> Result<(Llava, Stage1), String> {
+    match &config.base_run {
+        Some(dir) => {
+            let stage = dir.join("finetune-mle-noise0");
+            let (model, step) = crate::cal_rescore::load_stage(&stage, "base", inputs)?
+                .ok_or_else(|| format!("{}: no intact checkpoint", stage.display()))?;
+            eprintln!("starting model: {} at step {step}", stage.display());
+            Ok((model, Vec::new()))
+        }
+        None => {
+            let base = mle_base(&config.base, inputs, opts)?;
+            Ok((base.model, base.stage1))
+        }
+    }
+}
+
+/// For each noise step: pairs from the training questions and held-out pairs, both scored by
+/// the starting model (the reference) and written to `pairs-noise<t>.jsonl` /
+/// `held-out-noise<t>.jsonl`.
+fn pair_sets(
+    config: &SevaDpoConfig,
+    base: &Llava,
+    inputs: &Inputs,
+    opts: &RunOptions,
+) -> Result<Vec<PairSet>, String> {
+    let world = &config.base.world.dir;
+    let questions = |records: Vec<Record>, n: usize| -> Vec<Record> {
+        single_turn(&records).into_iter().take(n).collect()
+    };
+    let mut train_q = questions(
+        read_valid(&world.join("train_qa.json"))?,
+        config.pairs.questions + config.pairs.held_out,
+    );
+    let held_q = train_q.split_off(config.pairs.questions.min(train_q.len()));
+    let generation = GenerationConfig::new()
+        .with_max_new_tokens(config.pairs.max_new_tokens)
+        .with_stop_tokens(vec![inputs.enc.chat.end_of_turn()])
+        .with_pad_token_id(inputs.tokenizer.token_id("<pad>").unwrap_or(0));
+    let run = vlalign_eval::generation::GenerationRun {
+        encoder: &inputs.enc.chat,
+        processor: &inputs.processor,
+        image_folder: &inputs.images,
+        batch_size: config.eval.batch_size,
+        config: &generation,
+        show_progress: opts.verbose,
+    };
+    let augmentations: Vec<Augmentation> = config
+        .pairs
+        .noise_steps
+        .iter()
+        .map(|&t| Augmentation::Noise(t))
+        .collect();
+    eprintln!(
+        "pairs: {} training and {} held-out questions, noise steps {:?}",
+        train_q.len(),
+        held_q.len(),
+        config.pairs.noise_steps
+    );
+    let seed = config.base.seed;
+    let train_sets = make_pairs(base, &train_q, &run, &augmentations, seed);
+    let held_sets = make_pairs(base, &held_q, &run, &augmentations, seed);
+    let mut out = Vec::new();
+    for (t, h) in train_sets.into_iter().zip(held_sets) {
+        let step = config.pairs.noise_steps[out.len()];
+        let mut scored = Vec::new();
+        for (mut pairs, file) in [(t.pairs, "pairs"), (h.pairs, "held-out")] {
+            score_pairs(base, &mut pairs, inputs, config.eval.batch_size, opts)?;
+            write_pairs_file(&opts.out.join(format!("{file}-noise{step}.jsonl")), &pairs)?;
+            scored.push(dataset(pairs, inputs)?);
+        }
+        let held = Arc::new(scored.pop().expect("two sets"));
+        let train = Arc::new(scored.pop().expect("two sets"));
+        if train.is_empty() {
+            return Err(format!(
+                "noise step {step}: the starting model answered all {} training questions the \
+                 same on the clean and the noised image, so there is no pair: it does not read \
+                 the image (train it longer) or the noise is too weak",
+                train_q.len()
+            ));
+        }
+        out.push(PairSet {
+            stats: PairStats {
+                noise_step: step,
+                generated: train.len(),
+                dropped_identical: t.dropped_identical,
+                held_out: held.len(),
+                seconds: t.seconds + h.seconds,
+            },
+            train,
+            held,
+        });
+    }
+    Ok(out)
+}
+
+/// Pairs as a dataset of the chat template.
+fn dataset(pairs: Vec<PreferencePair>, inputs: &Inputs) -> Result<PreferenceDataset, String> {
+    PreferenceDataset::new(
+        pairs,
+        &inputs.enc.chat,
+        &inputs.images,
+        inputs.processor.clone(),
+    )
+    .map_err(|e| e.to_string())
+}
+
+/// DPO's diagnostics, shown live.
+const DPO_SHOWN: &[(&str, &str)] = &[
+    ("reward_margin", "reward margin"),
+    ("reward_accuracy", "reward accuracy"),
+];
+
+/// Train one DPO run from `base`: the `k`-th seed's data order (and LoRA init).
+#[allow(clippy::too_many_arguments)]
+fn train_dpo(
+    config: &SevaDpoConfig,
+    variant: Variant,
+    k: usize,
+    base: &Llava,
+    data: (
+        Arc<dyn Dataset<PreferenceItem>>,
+        Arc<dyn Dataset<PreferenceItem>>,
+    ),
+    batcher: &PreferenceBatcher,
+    opts: &RunOptions,
+    name: &str,
+) -> Result<(Llava, TrainReport, usize), String> {
+    let mut tc: TrainConfig = config.train.clone();
+    tc.seed += k as u64;
+    let policy = match variant {
+        Variant::Full => {
+            let mut m = base.clone();
+            m.vision_tower = m.vision_tower.no_grad();
+            m
+        }
+        Variant::Lora => {
+            tc.optim.lr = config.lora_lr;
+            opts.device.seed(tc.seed);
+            config.lora.apply(base.clone()).map_err(|e| e.to_string())?
+        }
+    };
+    let trainable = trainable_params(&policy);
+    eprintln!(
+        "{name}: {} steps on {} pairs, {trainable} trainable parameters",
+        tc.steps,
+        data.0.len()
+    );
+    let trainee = DpoTrainee::new(policy, config.dpo.clone());
+    let (trained, report) = opts.fit_stage(trainee, data, batcher.clone(), &tc, name, DPO_SHOWN)?;
+    Ok((trained.model, report, trainable))
+}
+
+/// Parameters that receive gradients.
+fn trainable_params(model: &Llava) -> usize {
+    use burn::module::{ModuleVisitor, Param};
+    use burn::tensor::Tensor;
+    struct Count(usize);
+    impl ModuleVisitor for Count {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            if param.is_require_grad() {
+                self.0 += param.shape().num_elements();
+            }
+        }
+    }
+    let mut c = Count(0);
+    model.visit(&mut c);
+    c.0
+}
+
+/// `model` (a LoRA model with its adapters merged into the weights) saved as a transformers
+/// LLaVA directory with the tokenizer, which `--model`, `hf_check` and `score` open.
+fn save_hf(
+    model: &Llava,
+    config: &SevaDpoConfig,
+    inputs: &Inputs,
+    dir: &std::path::Path,
+) -> Result<(), String> {
+    let merged = model.valid().materialize();
+    let llava = config.base.model.llava(
+        inputs.tokenizer.vocab_size(),
+        inputs.enc.chat.image_token_id() as usize,
+    );
+    vlalign_models::hf::save_llava(&merged, &llava, dir).map_err(|e| e.to_string())?;
+    inputs
+        .tokenizer
+        .save(&dir.join("tokenizer.json"))
+        .map_err(|e| e.to_string())
+}
+
+/// (step, reward margin, reward accuracy) of each logged step.
+fn rewards(report: &TrainReport) -> Vec<(usize, f64, f64)> {
+    let get = |d: &[(String, f64)], k: &str| d.iter().find(|(n, _)| n == k).map(|x| x.1);
+    report
+        .steps
+        .iter()
+        .filter_map(|s| {
+            Some((
+                s.step,
+                get(&s.diagnostics, "reward_margin")?,
+                get(&s.diagnostics, "reward_accuracy")?,
+            ))
+        })
+        .collect()
+}
