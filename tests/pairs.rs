@@ -59,6 +59,7 @@ fn pair(id: &str, rejected: &str, reference: Option<(f64, f64)>) -> vlalign::dat
         augmentation: "noise500".into(),
         ref_logp_chosen: reference.map(|r| r.0),
         ref_logp_rejected: reference.map(|r| r.1),
+        ref_logp_image_negative: None,
     }
 }
 

@@ -6,7 +6,8 @@
 //! clipping, exactly the step `vlalign-train` runs) with MLE and with CAL; a no-grad forward;
 //! the two contrast passes CAL can use (our text-only pass and the reference's full pass with
 //! the image keys masked); VIG scoring (real and blurred images in one batched forward); and
-//! KV-cache greedy generation at each batch size of the preset. Each row is the median of the
+//! KV-cache greedy generation at each batch size of the preset; and a DPO step with each of
+//! the three reference set-ups (`bench_dpo`). Each row is the median of the
 //! timed iterations after warm-up, with tokens (or samples) per second and the peak resident
 //! memory of the process during that row.
 
@@ -200,7 +201,7 @@ fn peak_rss_mib() -> Option<f64> {
 }
 
 /// One thing to time: its name, work units per iteration and their unit, and the work.
-struct Job<'a> {
+pub(crate) struct Job<'a> {
     name: String,
     work: f64,
     unit: &'static str,
@@ -208,7 +209,7 @@ struct Job<'a> {
 }
 
 impl<'a> Job<'a> {
-    fn new(name: &str, work: f64, unit: &'static str, run: impl FnMut() + 'a) -> Self {
+    pub(crate) fn new(name: &str, work: f64, unit: &'static str, run: impl FnMut() + 'a) -> Self {
         Self {
             name: name.to_string(),
             work,
@@ -221,7 +222,11 @@ impl<'a> Job<'a> {
 /// Time the jobs `warmup + iters` times each, interleaved (one iteration of each per round), so
 /// that a machine whose speed drifts during the measurement affects them alike and their ratio
 /// stays meaningful. The peak memory is the group's.
-fn measure_interleaved(preset: &Preset, device: &Device, mut jobs: Vec<Job<'_>>) -> Vec<Row> {
+pub(crate) fn measure_interleaved(
+    preset: &Preset,
+    device: &Device,
+    mut jobs: Vec<Job<'_>>,
+) -> Vec<Row> {
     let can_reset = reset_peak_rss();
     for _ in 0..preset.warmup {
         for job in &mut jobs {
@@ -340,6 +345,13 @@ pub fn run_preset(
             .map_or(f64::NAN, |r| r.median_ms)
     };
     let cal_over_mle = step_ms(&rows, "train_cal") / step_ms(&rows, "train_mle");
+    rows.extend(crate::bench_dpo::dpo_rows(
+        preset,
+        &model,
+        device,
+        wanted,
+        &mut progress,
+    )?);
     let inner = model.valid();
     rows.extend(no_grad_rows(preset, &inner, device, wanted, &mut progress));
     rows.extend(generation_rows(

@@ -9,6 +9,7 @@
 
 pub mod alloc;
 pub mod bench;
+pub mod bench_dpo;
 pub mod cal_eval;
 pub mod cal_llava;
 pub mod cal_report;

@@ -57,6 +57,10 @@ pub enum Variant {
     Full,
     /// LoRA adapters on the LLM's projections; the reference is the base weights.
     Lora,
+    /// `full` plus the image-side negative (mDPO): the chosen answer on the image under the
+    /// pair's noise (a fresh sample) as a further rejected answer, weighted
+    /// `image_negative_weight`.
+    ImageNegative,
 }
 
 impl Variant {
@@ -65,6 +69,7 @@ impl Variant {
         match self {
             Variant::Full => "full",
             Variant::Lora => "lora",
+            Variant::ImageNegative => "image_negative",
         }
     }
 }
@@ -92,6 +97,8 @@ pub struct SevaDpoConfig {
     pub lora: LoraConfig,
     /// LoRA's learning rate.
     pub lora_lr: f64,
+    /// Weight of the image-side negative in the `image_negative` variant.
+    pub image_negative_weight: f64,
     /// Evaluation (held-out split, POPE, captions).
     pub eval: EvalSection,
     /// DPO runs per (noise step, variant): data order and LoRA init `train.seed + k`.
@@ -117,6 +124,7 @@ impl Default for SevaDpoConfig {
             variants: vec![Variant::Full, Variant::Lora],
             lora: LoraConfig::default(),
             lora_lr: 1e-3,
+            image_negative_weight: 1.0,
             eval: EvalSection::default(),
             seeds: 3,
         }
@@ -200,6 +208,8 @@ pub struct SevaOutcome {
 struct PairSet {
     stats: PairStats,
     train: Arc<dyn Dataset<PreferenceItem>>,
+    /// The same pairs with image-side negatives (the `image_negative` variant).
+    train_negative: Option<Arc<dyn Dataset<PreferenceItem>>>,
     held: Arc<PreferenceDataset>,
 }
 
@@ -220,7 +230,11 @@ pub fn run(config: &SevaDpoConfig, opts: &RunOptions) -> Result<SevaOutcome, Str
                 let noise_step = set.stats.noise_step;
                 let seed = config.train.seed + k as u64;
                 let name = format!("dpo-{}-noise{noise_step}-seed{seed}", variant.name());
-                let data = (set.train.clone(), set.held.clone() as Arc<dyn Dataset<_>>);
+                let train = match (variant, &set.train_negative) {
+                    (Variant::ImageNegative, Some(t)) => t.clone(),
+                    _ => set.train.clone(),
+                };
+                let data = (train, set.held.clone() as Arc<dyn Dataset<_>>);
                 let (model, report, trainable) =
                     train_dpo(config, variant, k, &base, data, &batcher, opts, &name)?;
                 if variant == Variant::Lora {
@@ -322,17 +336,25 @@ fn pair_sets(
     let seed = config.base.seed;
     let train_sets = make_pairs(base, &train_q, &run, &augmentations, seed);
     let held_sets = make_pairs(base, &held_q, &run, &augmentations, seed);
+    let with_negatives = config.variants.contains(&Variant::ImageNegative);
     let mut out = Vec::new();
     for (t, h) in train_sets.into_iter().zip(held_sets) {
         let step = config.pairs.noise_steps[out.len()];
+        let negatives = with_negatives.then_some((step, seed));
         let mut scored = Vec::new();
         for (mut pairs, file) in [(t.pairs, "pairs"), (h.pairs, "held-out")] {
-            score_pairs(base, &mut pairs, inputs, config.eval.batch_size, opts)?;
+            let b = config.eval.batch_size;
+            score_pairs(base, &mut pairs, inputs, b, negatives, opts)?;
             write_pairs_file(&opts.out.join(format!("{file}-noise{step}.jsonl")), &pairs)?;
             scored.push(dataset(pairs, inputs)?);
         }
         let held = Arc::new(scored.pop().expect("two sets"));
-        let train = Arc::new(scored.pop().expect("two sets"));
+        let train_plain = scored.pop().expect("two sets");
+        let train_negative = negatives.map(|(step, seed)| {
+            Arc::new(train_plain.clone().with_image_negatives(step, seed))
+                as Arc<dyn Dataset<PreferenceItem>>
+        });
+        let train = Arc::new(train_plain);
         if train.is_empty() {
             return Err(format!(
                 "noise step {step}: the starting model answered all {} training questions the \
@@ -350,6 +372,7 @@ fn pair_sets(
                 seconds: t.seconds + h.seconds,
             },
             train,
+            train_negative,
             held,
         });
     }
@@ -391,7 +414,7 @@ fn train_dpo(
     let mut tc: TrainConfig = config.train.clone();
     tc.seed += k as u64;
     let policy = match variant {
-        Variant::Full => {
+        Variant::Full | Variant::ImageNegative => {
             let mut m = base.clone();
             m.vision_tower = m.vision_tower.no_grad();
             m
@@ -408,7 +431,11 @@ fn train_dpo(
         tc.steps,
         data.0.len()
     );
-    let trainee = DpoTrainee::new(policy, config.dpo.clone());
+    let mut dpo = config.dpo.clone();
+    if variant == Variant::ImageNegative {
+        dpo.image_negative_weight = config.image_negative_weight;
+    }
+    let trainee = DpoTrainee::new(policy, dpo);
     let (trained, report) = opts.fit_stage(trainee, data, batcher.clone(), &tc, name, DPO_SHOWN)?;
     Ok((trained.model, report, trainable))
 }

@@ -176,6 +176,7 @@ fn pair(
         augmentation: augmentation.name(),
         ref_logp_chosen: None,
         ref_logp_rejected: None,
+        ref_logp_image_negative: None,
     }
 }
 
@@ -186,22 +187,28 @@ pub fn write_pairs_file(path: &Path, pairs: &[PreferencePair]) -> Result<(), Str
 
 /// Score each pair's chosen and rejected answer with `model` (no gradient): the summed
 /// log-probs of the answer's supervised tokens, written into `ref_logp_chosen` /
-/// `ref_logp_rejected` (the precomputed reference of DPO). A pair that cannot be encoded (its
-/// image missing, its answer cut by the length limit) is an error naming it.
+/// `ref_logp_rejected` (the precomputed reference of DPO), and with `image_negatives`
+/// (diffusion step, seed) the chosen answer on the corrupted image into
+/// `ref_logp_image_negative`. A pair that cannot be encoded (its image missing, its answer cut
+/// by the length limit) is an error naming it.
 pub fn score_pairs(
     model: &Llava,
     pairs: &mut [PreferencePair],
     inputs: &Inputs,
     batch_size: usize,
+    image_negatives: Option<(usize, u64)>,
     opts: &RunOptions,
 ) -> Result<(), String> {
-    let data = PreferenceDataset::new(
+    let mut data = PreferenceDataset::new(
         pairs.to_vec(),
         &inputs.enc.chat,
         &inputs.images,
         inputs.processor.clone(),
     )
     .map_err(|e| e.to_string())?;
+    if let Some((step, seed)) = image_negatives {
+        data = data.with_image_negatives(step, seed);
+    }
     let model = model.valid();
     let batcher = PreferenceBatcher(inputs.batcher.clone());
     let bar = if opts.verbose {
@@ -228,9 +235,11 @@ pub fn score_pairs(
                 .expect("floats")
         };
         let (c, r) = (host(lp.chosen.sum), host(lp.rejected.sum));
+        let negative = lp.image_negative.map(|n| host(n.sum));
         for (k, pair) in pairs[start..end].iter_mut().enumerate() {
             pair.ref_logp_chosen = Some(c[k]);
             pair.ref_logp_rejected = Some(r[k]);
+            pair.ref_logp_image_negative = negative.as_ref().map(|n| n[k]);
         }
         bar.inc((end - start) as u64);
     }

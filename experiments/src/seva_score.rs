@@ -73,7 +73,14 @@ pub fn score(args: &ScoreArgs, run: &RunArgs) -> Result<(), String> {
         inputs.enc.chat = inputs.enc.chat.clone().with_system(system.clone());
     }
     let mut pairs = read_pairs(&args.pairs).map_err(|e| e.to_string())?;
-    score_pairs(&inputs.init, &mut pairs, &inputs, args.batch_size, &opts)?;
+    score_pairs(
+        &inputs.init,
+        &mut pairs,
+        &inputs,
+        args.batch_size,
+        None,
+        &opts,
+    )?;
     let mut text = Vec::new();
     for p in &pairs {
         let line = json!({

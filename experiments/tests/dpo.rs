@@ -171,6 +171,7 @@ fn preference_setup(s: &Setup, world: &Path) -> Prefs {
             augmentation: "other_record".into(),
             ref_logp_chosen: None,
             ref_logp_rejected: None,
+            ref_logp_image_negative: None,
         })
         .filter(|p| p.chosen != p.rejected)
         .collect();
@@ -301,7 +302,12 @@ fn a_pair_encodes_its_image_once_and_scores_as_with_two_copies() {
     let images = shared.sequences.images.clone().unwrap();
     copies.sequences.images = Some(Tensor::cat(vec![images.clone(), images], 0));
     copies.sequences.image_index = None;
-    let host = |t: Tensor<1>| t.into_data().convert::<f32>().to_vec::<f32>().unwrap();
+    let host = |t: Tensor<1>| {
+        t.into_data()
+            .convert::<f32>()
+            .try_into_vec::<f32>()
+            .unwrap()
+    };
     let policy = model(&s);
     for no_grad in [false, true] {
         let (a, b) = (
@@ -323,4 +329,71 @@ fn a_pair_encodes_its_image_once_and_scores_as_with_two_copies() {
     let moved = host(pair_logps(&policy.valid(), &rolled, true).chosen.sum);
     let base = host(pair_logps(&policy.valid(), &shared, true).chosen.sum);
     assert!(moved.iter().zip(&base).any(|(a, b)| (a - b).abs() > 1e-4));
+}
+
+/// The image-side negative (mDPO): the chosen answer on a corrupted copy of the image is a
+/// third row of each pair; at the reference both margins are 0, so the loss is (1 + w)·ln 2;
+/// a precomputed and a live reference agree; the corrupted image moves the log-probs.
+#[test]
+fn the_image_side_negative_adds_its_margin_and_references_agree() {
+    use burn::data::dataloader::batcher::Batcher;
+    use burn::module::Module;
+    use vlalign_align::{DpoConfig, dpo_loss, dpo_loss_with, pair_logps};
+
+    let tmp = tempfile::tempdir().unwrap();
+    let world = tmp.path().join("world");
+    let s = setup(&world);
+    let p = preference_setup(&s, &world);
+    let plain: Vec<_> = (0..4).map(|i| p.train.get(i).unwrap()).collect();
+    // The same pairs with negatives: corrupt each item's image as the dataset would.
+    let with_neg: Vec<_> = plain
+        .iter()
+        .map(|i| {
+            let mut i = i.clone();
+            let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(3);
+            i.negative_pixels = Some(vlalign_data::augment::diffusion_noise(
+                &i.pixels, 800, &mut rng,
+            ));
+            i
+        })
+        .collect();
+    let reference = model(&s).valid();
+    let batch = p.batcher.batch(with_neg.clone(), &Device::flex());
+    assert!(batch.image_negatives);
+    assert_eq!(batch.sequences.ids.len(), 12);
+    assert_eq!(batch.sequences.images.as_ref().unwrap().dims()[0], 8);
+    let lp = pair_logps(&reference, &batch, true);
+    let neg = lp.image_negative.expect("negative rows");
+    let host = |t: burn::tensor::Tensor<1>| {
+        t.into_data()
+            .convert::<f64>()
+            .try_into_vec::<f64>()
+            .unwrap()
+    };
+    let (c, n) = (host(lp.chosen.sum), host(neg.sum));
+    assert!(
+        c.iter().zip(&n).any(|(a, b)| (a - b).abs() > 1e-4),
+        "{c:?} {n:?}"
+    );
+    let items: Vec<_> = with_neg
+        .into_iter()
+        .zip(&n)
+        .map(|(mut i, &r)| {
+            i.reference_negative = Some(r);
+            i
+        })
+        .collect();
+    let batch = p.batcher.batch(items, &Device::flex().autodiff());
+    let dpo = DpoConfig {
+        image_negative_weight: 0.5,
+        ..DpoConfig::default()
+    };
+    let policy = model(&s);
+    let precomputed = scalar(dpo_loss(&dpo, &policy, &batch).loss);
+    assert!(
+        (precomputed - 1.5 * 2f64.ln()).abs() < 1e-4,
+        "at the reference: {precomputed}"
+    );
+    let live = scalar(dpo_loss_with(&dpo, &policy, Some(&reference), &batch).loss);
+    assert!((live - precomputed).abs() < 1e-4, "{live} vs {precomputed}");
 }

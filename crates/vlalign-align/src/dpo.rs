@@ -95,6 +95,9 @@ pub struct PairLogps {
     pub chosen: SequenceLogps,
     /// Rejected answers.
     pub rejected: SequenceLogps,
+    /// The chosen answers on the corrupted images (the image-side negative), when the batch has
+    /// them.
+    pub image_negative: Option<SequenceLogps>,
 }
 
 /// What the loss needs: policy and reference log-probs of the pairs, and for the image-side
@@ -180,8 +183,9 @@ pub fn preference_loss(config: &DpoConfig, logps: PreferenceLogps) -> DpoOutput 
     }
 }
 
-/// The summed log-probs of a preference batch's chosen rows (`0..B`) and rejected rows
-/// (`B..2B`) under `model`, with graph unless `no_grad`.
+/// The summed log-probs of a preference batch's chosen rows (`0..B`), rejected rows (`B..2B`)
+/// and image-side negatives (`2B..3B`, when present) under `model`, with graph unless
+/// `no_grad`.
 pub fn pair_logps<M: AlignModel>(model: &M, batch: &PreferenceBatch, no_grad: bool) -> PairLogps {
     let seqs = &batch.sequences;
     let targets = Targets::new(&seqs.labels);
@@ -193,16 +197,14 @@ pub fn pair_logps<M: AlignModel>(model: &M, batch: &PreferenceBatch, no_grad: bo
     };
     let all = sequence_logps(&token_ce_at(logits, &targets), None);
     let b = batch.ids.len();
-    let half = |x: &Tensor<1>, start: usize| x.clone().narrow(0, start, b);
+    let part = |k: usize| SequenceLogps {
+        sum: all.sum.clone().narrow(0, k * b, b),
+        tokens: all.tokens.clone().narrow(0, k * b, b),
+    };
     PairLogps {
-        chosen: SequenceLogps {
-            sum: half(&all.sum, 0),
-            tokens: half(&all.tokens, 0),
-        },
-        rejected: SequenceLogps {
-            sum: half(&all.sum, b),
-            tokens: half(&all.tokens, b),
-        },
+        chosen: part(0),
+        rejected: part(1),
+        image_negative: batch.image_negatives.then(|| part(2)),
     }
 }
 
@@ -241,18 +243,30 @@ pub fn dpo_loss_with<M: AlignModel>(
                 sum: reference.clone().narrow(1, k, 1).reshape([b]),
                 tokens: tokens.tokens.clone(),
             };
+            let image_negative = policy.image_negative.as_ref().map(|p| SequenceLogps {
+                sum: batch.reference_negative.clone().expect(
+                    "image-side negatives without reference log-probs: score the pairs with \
+                     image negatives on",
+                ),
+                tokens: p.tokens.clone(),
+            });
             PairLogps {
                 chosen: column(0, &policy.chosen),
                 rejected: column(1, &policy.rejected),
+                image_negative,
             }
         }
     };
+    let image_negative = policy
+        .image_negative
+        .clone()
+        .zip(reference.image_negative.clone());
     let out = preference_loss(
         config,
         PreferenceLogps {
             policy,
             reference,
-            image_negative: None,
+            image_negative,
         },
     );
     ObjectiveOutput {
@@ -296,10 +310,12 @@ mod tests {
             policy: PairLogps {
                 chosen: seq(&[-3.0, -4.0], &[2.0, 4.0], device),
                 rejected: seq(&[-5.0, -2.0], &[3.0, 1.0], device),
+                image_negative: None,
             },
             reference: PairLogps {
                 chosen: seq(&[-3.5, -4.0], &[2.0, 4.0], device),
                 rejected: seq(&[-4.5, -3.0], &[3.0, 1.0], device),
+                image_negative: None,
             },
             image_negative: Some((
                 seq(&[-6.0, -4.5], &[2.0, 4.0], device),

@@ -45,6 +45,10 @@ pub struct PreferencePair {
     /// The reference's summed log-prob of `rejected`, once computed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ref_logp_rejected: Option<f64>,
+    /// The reference's summed log-prob of `chosen` on the corrupted image (the image-side
+    /// negative), once computed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ref_logp_image_negative: Option<f64>,
 }
 
 impl PreferencePair {
@@ -115,6 +119,10 @@ pub struct PreferenceItem {
     pub pixels: Vec<f32>,
     /// The reference's log-probs (chosen, rejected), when precomputed.
     pub reference: Option<(f64, f64)>,
+    /// The image-side negative: the image corrupted (normalized CHW), when asked for.
+    pub negative_pixels: Option<Vec<f32>>,
+    /// The reference's log-prob of the chosen answer on `negative_pixels`, when precomputed.
+    pub reference_negative: Option<f64>,
 }
 
 /// Encoded pairs, images decoded in `get`.
@@ -122,6 +130,8 @@ pub struct PreferenceItem {
 pub struct PreferenceDataset {
     pairs: Vec<(PreferencePair, Encoded, Encoded, PathBuf)>,
     processor: ImageProcessor,
+    /// Image-side negatives: (diffusion step, seed).
+    negatives: Option<(usize, u64)>,
 }
 
 impl PreferenceDataset {
@@ -166,7 +176,20 @@ impl PreferenceDataset {
         Ok(Self {
             pairs: out,
             processor,
+            negatives: None,
         })
+    }
+
+    /// Give every item an image-side negative (mDPO): its image under diffusion noise at `step`
+    /// of SeVa's schedule, a fresh sample per pair seeded by `seed` and the pair id.
+    pub fn with_image_negatives(mut self, step: usize, seed: u64) -> Self {
+        self.negatives = Some((step, seed));
+        self
+    }
+
+    /// Whether items carry image-side negatives.
+    pub fn has_image_negatives(&self) -> bool {
+        self.negatives.is_some()
     }
 
     /// The pairs, in order.
@@ -181,12 +204,22 @@ impl Dataset<PreferenceItem> for PreferenceDataset {
         let pixels = self.processor.load(image).map_err(|problem| {
             burn::data::dataset::DatasetError::new(RecordError::new(&pair.id, "image", problem))
         })?;
+        let negative_pixels = self.negatives.map(|(step, seed)| {
+            use rand::SeedableRng;
+            use std::hash::{DefaultHasher, Hash, Hasher};
+            let mut h = DefaultHasher::new();
+            (seed, &pair.id).hash(&mut h);
+            let mut rng = rand::rngs::StdRng::seed_from_u64(h.finish());
+            crate::augment::diffusion_noise(&pixels, step, &mut rng)
+        });
         Ok(PreferenceItem {
             id: pair.id.clone(),
             chosen: chosen.clone(),
             rejected: rejected.clone(),
             pixels,
             reference: pair.ref_logp_chosen.zip(pair.ref_logp_rejected),
+            negative_pixels,
+            reference_negative: pair.ref_logp_image_negative,
         })
     }
 
@@ -203,6 +236,11 @@ pub struct PreferenceBatch {
     pub sequences: VlmBatch,
     /// The reference's log-probs `[B, 2]` (chosen, rejected), when every pair has them.
     pub reference: Option<Tensor<2>>,
+    /// With image-side negatives: `B` more rows (`2B..3B`), the chosen answers on the corrupted
+    /// images, and the reference's log-probs of them `[B]` when every pair has one.
+    pub image_negatives: bool,
+    /// The reference's log-probs of the image-side negatives `[B]`.
+    pub reference_negative: Option<Tensor<1>>,
     /// Pair ids.
     pub ids: Vec<String>,
 }
@@ -214,22 +252,28 @@ pub struct PreferenceBatcher(pub VlmBatcher);
 impl Batcher<PreferenceItem, PreferenceBatch> for PreferenceBatcher {
     fn batch(&self, items: Vec<PreferenceItem>, device: &Device) -> PreferenceBatch {
         let n = items.len();
-        // The rejected rows carry no pixels: both sides of a pair point at one encoded image.
-        let row = |i: &PreferenceItem, side: &str, encoded: &Encoded| Item {
-            id: format!("{}/{side}", i.id),
-            encoded: encoded.clone(),
-            pixels: if side == "chosen" {
-                vec![i.pixels.clone()]
-            } else {
-                Vec::new()
-            },
-            weights: None,
-        };
-        let rows: Vec<Item> = items
+        let negatives = n > 0 && items.iter().all(|i| i.negative_pixels.is_some());
+        // Only the chosen rows (and the negatives) carry pixels: both sides of a pair point at
+        // one encoded image.
+        let row =
+            |i: &PreferenceItem, side: &str, encoded: &Encoded, pixels: Option<&Vec<f32>>| Item {
+                id: format!("{}/{side}", i.id),
+                encoded: encoded.clone(),
+                pixels: pixels.cloned().into_iter().collect(),
+                weights: None,
+            };
+        let mut rows: Vec<Item> = items
             .iter()
-            .map(|i| row(i, "chosen", &i.chosen))
-            .chain(items.iter().map(|i| row(i, "rejected", &i.rejected)))
+            .map(|i| row(i, "chosen", &i.chosen, Some(&i.pixels)))
+            .chain(items.iter().map(|i| row(i, "rejected", &i.rejected, None)))
             .collect();
+        if negatives {
+            rows.extend(
+                items
+                    .iter()
+                    .map(|i| row(i, "image_negative", &i.chosen, i.negative_pixels.as_ref())),
+            );
+        }
         let reference = items
             .iter()
             .map(|i| i.reference.map(|(c, r)| [c as f32, r as f32]))
@@ -238,15 +282,28 @@ impl Batcher<PreferenceItem, PreferenceBatch> for PreferenceBatcher {
                 let flat: Vec<f32> = v.into_iter().flatten().collect();
                 Tensor::from_data(TensorData::new(flat, [n, 2]), device)
             });
+        let reference_negative = items
+            .iter()
+            .map(|i| i.reference_negative.map(|x| x as f32))
+            .collect::<Option<Vec<f32>>>()
+            .filter(|_| negatives)
+            .map(|v| Tensor::from_data(TensorData::new(v, [n]), device));
         let mut sequences = self.0.batch(rows, device);
         if sequences.images.is_some() {
-            // Pair i's image serves rows i (chosen) and n + i (rejected).
-            sequences.image_index = Some((0..n).chain(0..n).collect());
-            sequences.image_sample = (0..2 * n).collect();
+            // Pair i's image serves rows i (chosen) and n + i (rejected); its corrupted image
+            // (image n + i) serves row 2n + i.
+            let mut index: Vec<usize> = (0..n).chain(0..n).collect();
+            if negatives {
+                index.extend(n..2 * n);
+            }
+            sequences.image_sample = (0..index.len()).collect();
+            sequences.image_index = Some(index);
         }
         PreferenceBatch {
             sequences,
             reference,
+            image_negatives: negatives,
+            reference_negative,
             ids: items.into_iter().map(|i| i.id).collect(),
         }
     }

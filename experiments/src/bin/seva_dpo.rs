@@ -30,7 +30,8 @@ struct Args {
     /// Diffusion steps of the rejected images, comma separated (default 500,800).
     #[arg(long, value_delimiter = ',')]
     noise_steps: Option<Vec<usize>>,
-    /// What DPO trains: full, lora (comma separated).
+    /// What DPO trains: full, lora, image_negative (full + mDPO's image-side negative), comma
+    /// separated.
     #[arg(long, value_delimiter = ',')]
     variants: Option<Vec<String>>,
     /// DPO steps.
@@ -75,7 +76,10 @@ fn resolve(args: &Args) -> Result<SevaDpoConfig, String> {
             .map(|s| match s.as_str() {
                 "full" => Ok(Variant::Full),
                 "lora" => Ok(Variant::Lora),
-                other => Err(format!("--variants: expected full|lora, got {other}")),
+                "image_negative" => Ok(Variant::ImageNegative),
+                other => Err(format!(
+                    "--variants: expected full|lora|image_negative, got {other}"
+                )),
             })
             .collect::<Result<_, _>>()?;
     }
