@@ -13,15 +13,15 @@ use burn::module::Module;
 use serde::{Deserialize, Serialize};
 use vlalign_align::DpoConfig;
 use vlalign_data::{PreferenceBatcher, PreferenceDataset, PreferenceItem, PreferencePair, Record};
-use vlalign_models::{GenerationConfig, Llava};
+use vlalign_models::{GenerationConfig, Llava, LlavaConfig, hf};
 use vlalign_train::{DpoTrainee, LoraConfig, TrainConfig, TrainReport};
 
 use crate::cal_llava::{CalLlavaConfig, mle_base};
 use crate::eval::slots::single_turn;
-use crate::inputs::{Inputs, read_valid, world_inputs};
+use crate::inputs::{Inputs, RealData, read_valid, real_inputs, world_inputs};
 use crate::run::{EvalSection, RunOptions};
-use crate::seva_eval::{Evaluator, ModelScores};
-use crate::seva_pairs::{Augmentation, make_pairs, score_pairs, write_pairs_file};
+use crate::seva_eval::{Evaluator, ModelScores, held_out_rewards, rewards_only};
+use crate::seva_pairs::{Augmentation, make_pairs, qa_questions, score_pairs, write_pairs_file};
 
 /// How the pairs are made.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -213,61 +213,173 @@ struct PairSet {
     held: Arc<PreferenceDataset>,
 }
 
-/// Run the experiment (module docs).
-pub fn run(config: &SevaDpoConfig, opts: &RunOptions) -> Result<SevaOutcome, String> {
-    let inputs = world_inputs(config.base.spec(), opts)?;
-    let (base, stage1) = start_model(config, &inputs, opts)?;
-    save_hf(&base, config, &inputs, &opts.out.join("start-model"))?;
-    let evaluator = Evaluator::new(&config.eval, &config.base.world.dir, &inputs, opts)?;
+/// What the DPO runs start from.
+struct Start {
+    inputs: Inputs,
+    model: Llava,
+    /// Its architecture (to save merged LoRA models).
+    llava: LlavaConfig,
+    stage1: Vec<(String, crate::eval::captions::CaptionAccuracy)>,
+    /// Single-turn questions: training pairs are made from the first `train_questions`,
+    /// held-out pairs from the rest.
+    questions: Vec<Record>,
+    train_questions: usize,
+}
+
+impl Start {
+    /// The world's stage-2 MLE model (trained here or `base_run`'s), or the user's model and
+    /// records.
+    fn new(
+        config: &SevaDpoConfig,
+        real: Option<&RealData>,
+        opts: &RunOptions,
+    ) -> Result<Self, String> {
+        let n = config.pairs.questions + config.pairs.held_out;
+        if let Some(r) = real {
+            let inputs = real_inputs(config.base.spec(), r, opts)?;
+            inputs.keep_tokenizer(&opts.out)?;
+            let dir = r
+                .model
+                .as_ref()
+                .ok_or("--data needs --model (a LLaVA directory)")?;
+            let value = hf::read_config_json(dir).map_err(|e| e.to_string())?;
+            let llava = hf::llava_config(&value).map_err(|e| e.to_string())?;
+            let mut questions = qa_questions(&read_valid(&r.data)?);
+            questions.truncate(n);
+            // Held out: `pairs.held_out` questions, at most a fifth of a small file.
+            let held = config.pairs.held_out.min(questions.len() / 5);
+            return Ok(Self {
+                model: inputs.init.clone(),
+                inputs,
+                llava,
+                stage1: Vec::new(),
+                train_questions: questions.len() - held,
+                questions,
+            });
+        }
+        let inputs = world_inputs(config.base.spec(), opts)?;
+        let (model, stage1) = start_model(config, &inputs, opts)?;
+        let llava = config.base.model.llava(
+            inputs.tokenizer.vocab_size(),
+            inputs.enc.chat.image_token_id() as usize,
+        );
+        save_hf(&model, &llava, &inputs, &opts.out.join("start-model"))?;
+        let train = read_valid(&config.base.world.dir.join("train_qa.json"))?;
+        let questions: Vec<Record> = single_turn(&train).into_iter().take(n).collect();
+        Ok(Self {
+            inputs,
+            model,
+            llava,
+            stage1,
+            train_questions: config.pairs.questions.min(questions.len()),
+            questions,
+        })
+    }
+}
+
+/// Run the experiment (module docs) on the world, or with `real` on the user's model and
+/// records (then only the held-out reward accuracy is measured: POPE, CHAIR and slots need the
+/// world's truth).
+pub fn run(
+    config: &SevaDpoConfig,
+    real: Option<&RealData>,
+    opts: &RunOptions,
+) -> Result<SevaOutcome, String> {
+    let start = Start::new(config, real, opts)?;
+    let (base, inputs) = (&start.model, &start.inputs);
+    let evaluator = match real {
+        None => Some(Evaluator::new(
+            &config.eval,
+            &config.base.world.dir,
+            inputs,
+            opts,
+        )?),
+        Some(_) => None,
+    };
+    let score =
+        |model: &Llava, dir: &std::path::Path, held: Option<&PreferenceDataset>| match &evaluator {
+            Some(e) => e.scores(model, dir, held, &config.dpo),
+            None => {
+                let rewards = match held.filter(|h| !h.is_empty()) {
+                    Some(h) => Some(held_out_rewards(
+                        model,
+                        h,
+                        &config.dpo,
+                        &inputs.batcher,
+                        &opts.device,
+                        config.eval.batch_size,
+                    )?),
+                    None => None,
+                };
+                Ok(rewards_only(rewards))
+            }
+        };
     eprintln!("evaluating the starting model");
-    let before = evaluator.scores(&base, &opts.out.join("base-eval"), None, &config.dpo)?;
-    let sets = pair_sets(config, &base, &inputs, opts)?;
-    let batcher = PreferenceBatcher(inputs.batcher.clone());
+    let before = score(base, &opts.out.join("base-eval"), None)?;
+    let sets = pair_sets(config, &start, opts)?;
     let mut runs = Vec::new();
     for set in &sets {
         for &variant in &config.variants {
             for k in 0..config.seeds {
-                let noise_step = set.stats.noise_step;
-                let seed = config.train.seed + k as u64;
-                let name = format!("dpo-{}-noise{noise_step}-seed{seed}", variant.name());
-                let train = match (variant, &set.train_negative) {
-                    (Variant::ImageNegative, Some(t)) => t.clone(),
-                    _ => set.train.clone(),
-                };
-                let data = (train, set.held.clone() as Arc<dyn Dataset<_>>);
-                let (model, report, trainable) =
-                    train_dpo(config, variant, k, &base, data, &batcher, opts, &name)?;
-                if variant == Variant::Lora {
-                    save_hf(
-                        &model,
-                        config,
-                        &inputs,
-                        &opts.out.join(&name).join("merged"),
-                    )?;
-                }
-                let dir = opts.out.join(&name);
-                let scores = evaluator.scores(&model, &dir, Some(&set.held), &config.dpo)?;
-                runs.push(DpoRun {
-                    variant,
-                    noise_step,
-                    seed,
-                    scores,
-                    step_ms: report.median_step_ms().unwrap_or(0.0),
-                    rewards: rewards(&report),
-                    trainable,
-                });
+                let (model, run) = dpo_run(config, &start, set, variant, k, opts)?;
+                let dir = opts.out.join(&run.1);
+                let scores = score(&model, &dir, Some(&set.held))?;
+                runs.push(DpoRun { scores, ..run.0 });
             }
         }
     }
     Ok(SevaOutcome {
         base: before,
-        stage1,
+        stage1: start.stage1,
         pairs: sets.into_iter().map(|s| s.stats).collect(),
         runs,
     })
 }
 
-type Stage1 = Vec<(String, crate::eval::captions::CaptionAccuracy)>;
+/// One DPO run from the start (its LoRA merged and saved), and its stage name; the scores are
+/// left for the caller.
+fn dpo_run(
+    config: &SevaDpoConfig,
+    start: &Start,
+    set: &PairSet,
+    variant: Variant,
+    k: usize,
+    opts: &RunOptions,
+) -> Result<(Llava, (DpoRun, String)), String> {
+    let noise_step = set.stats.noise_step;
+    let seed = config.train.seed + k as u64;
+    let name = format!("dpo-{}-noise{noise_step}-seed{seed}", variant.name());
+    let train = match (variant, &set.train_negative) {
+        (Variant::ImageNegative, Some(t)) => t.clone(),
+        _ => set.train.clone(),
+    };
+    let data = (train, set.held.clone() as Arc<dyn Dataset<_>>);
+    let batcher = PreferenceBatcher(start.inputs.batcher.clone());
+    let (model, report, trainable) = train_dpo(
+        config,
+        variant,
+        k,
+        &start.model,
+        data,
+        &batcher,
+        opts,
+        &name,
+    )?;
+    if variant == Variant::Lora {
+        let dir = opts.out.join(&name).join("merged");
+        save_hf(&model, &start.llava, &start.inputs, &dir)?;
+    }
+    let run = DpoRun {
+        variant,
+        noise_step,
+        seed,
+        scores: ModelScores::default(),
+        step_ms: report.median_step_ms().unwrap_or(0.0),
+        rewards: rewards(&report),
+        trainable,
+    };
+    Ok((model, (run, name)))
+}
 
 /// The starting model: `base_run`'s stage-2 MLE model, or trained here (`pretrain`,
 /// `finetune-mle-noise0`).
@@ -275,7 +387,7 @@ fn start_model(
     config: &SevaDpoConfig,
     inputs: &Inputs,
     opts: &RunOptions,
-) -> Result<(Llava, Stage1), String> {
+) -> Result<(Llava, Vec<(String, crate::eval::captions::CaptionAccuracy)>), String> {
     match &config.base_run {
         Some(dir) => {
             let stage = dir.join("finetune-mle-noise0");
@@ -296,19 +408,12 @@ fn start_model(
 /// `held-out-noise<t>.jsonl`.
 fn pair_sets(
     config: &SevaDpoConfig,
-    base: &Llava,
-    inputs: &Inputs,
+    start: &Start,
     opts: &RunOptions,
 ) -> Result<Vec<PairSet>, String> {
-    let world = &config.base.world.dir;
-    let questions = |records: Vec<Record>, n: usize| -> Vec<Record> {
-        single_turn(&records).into_iter().take(n).collect()
-    };
-    let mut train_q = questions(
-        read_valid(&world.join("train_qa.json"))?,
-        config.pairs.questions + config.pairs.held_out,
-    );
-    let held_q = train_q.split_off(config.pairs.questions.min(train_q.len()));
+    let (base, inputs) = (&start.model, &start.inputs);
+    let mut train_q = start.questions.clone();
+    let held_q = train_q.split_off(start.train_questions);
     let generation = GenerationConfig::new()
         .with_max_new_tokens(config.pairs.max_new_tokens)
         .with_stop_tokens(vec![inputs.enc.chat.end_of_turn()])
@@ -461,16 +566,12 @@ fn trainable_params(model: &Llava) -> usize {
 /// LLaVA directory with the tokenizer, which `--model`, `hf_check` and `score` open.
 fn save_hf(
     model: &Llava,
-    config: &SevaDpoConfig,
+    llava: &LlavaConfig,
     inputs: &Inputs,
     dir: &std::path::Path,
 ) -> Result<(), String> {
     let merged = model.valid().materialize();
-    let llava = config.base.model.llava(
-        inputs.tokenizer.vocab_size(),
-        inputs.enc.chat.image_token_id() as usize,
-    );
-    vlalign_models::hf::save_llava(&merged, &llava, dir).map_err(|e| e.to_string())?;
+    hf::save_llava(&merged, llava, dir).map_err(|e| e.to_string())?;
     inputs
         .tokenizer
         .save(&dir.join("tokenizer.json"))

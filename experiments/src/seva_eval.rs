@@ -10,9 +10,10 @@ use std::sync::Arc;
 use burn::data::dataloader::batcher::Batcher;
 use burn::data::dataset::Dataset;
 use burn::module::Module;
+use burn::tensor::Device;
 use serde::Serialize;
 use vlalign_align::{CalConfig, DpoConfig, dpo_loss};
-use vlalign_data::{PreferenceBatcher, PreferenceDataset, Record};
+use vlalign_data::{PreferenceBatcher, PreferenceDataset, Record, VlmBatcher};
 use vlalign_eval::generation::write_predictions;
 use vlalign_models::Llava;
 
@@ -121,7 +122,14 @@ impl<'a> Evaluator<'a> {
             },
         )?;
         let rewards = match held {
-            Some(held) if !held.is_empty() => Some(self.rewards(model, held, dpo)?),
+            Some(held) if !held.is_empty() => Some(held_out_rewards(
+                model,
+                held,
+                dpo,
+                &self.inputs.batcher,
+                &self.opts.device,
+                self.eval.batch_size,
+            )?),
             _ => None,
         };
         Ok(ModelScores {
@@ -135,36 +143,48 @@ impl<'a> Evaluator<'a> {
             reward_margin: rewards.map(|r| r.1),
         })
     }
+}
 
-    /// (reward accuracy, mean reward margin) of `model` on `held`.
-    fn rewards(
-        &self,
-        model: &Llava,
-        held: &PreferenceDataset,
-        dpo: &DpoConfig,
-    ) -> Result<(f64, f64), String> {
-        let model = model.valid();
-        let batcher = PreferenceBatcher(self.inputs.batcher.clone());
-        let (mut acc, mut margin, mut n) = (0.0, 0.0, 0usize);
-        let size = self.eval.batch_size.max(1);
-        for start in (0..held.len()).step_by(size) {
-            let items = (start..(start + size).min(held.len()))
-                .map(|i| held.get(i).map_err(|e| e.to_string()))
-                .collect::<Result<Vec<_>, _>>()?;
-            let b = items.len();
-            let batch = batcher.batch(items, &self.opts.device);
-            let out = dpo_loss(dpo, &model, &batch);
-            let get = |k: &str| {
-                out.diagnostics
-                    .iter()
-                    .find(|(name, _)| *name == k)
-                    .map_or(0.0, |x| x.1)
-            };
-            acc += get("reward_accuracy") * b as f64;
-            margin += get("reward_margin") * b as f64;
-            n += b;
-        }
-        let n = n.max(1) as f64;
-        Ok((acc / n, margin / n))
+/// (reward accuracy, mean reward margin) of `model` on `held` pairs (scored by the reference),
+/// in batches of `batch_size` on `device`.
+pub fn held_out_rewards(
+    model: &Llava,
+    held: &PreferenceDataset,
+    dpo: &DpoConfig,
+    batcher: &VlmBatcher,
+    device: &Device,
+    batch_size: usize,
+) -> Result<(f64, f64), String> {
+    let model = model.valid();
+    let batcher = PreferenceBatcher(batcher.clone());
+    let (mut acc, mut margin, mut n) = (0.0, 0.0, 0usize);
+    let size = batch_size.max(1);
+    for start in (0..held.len()).step_by(size) {
+        let items = (start..(start + size).min(held.len()))
+            .map(|i| held.get(i).map_err(|e| e.to_string()))
+            .collect::<Result<Vec<_>, _>>()?;
+        let b = items.len();
+        let batch = batcher.batch(items, device);
+        let out = dpo_loss(dpo, &model, &batch);
+        let get = |k: &str| {
+            out.diagnostics
+                .iter()
+                .find(|(name, _)| *name == k)
+                .map_or(0.0, |x| x.1)
+        };
+        acc += get("reward_accuracy") * b as f64;
+        margin += get("reward_margin") * b as f64;
+        n += b;
+    }
+    let n = n.max(1) as f64;
+    Ok((acc / n, margin / n))
+}
+
+/// The scores a model without the world's truth gets: the held-out reward accuracy alone.
+pub fn rewards_only(rewards: Option<(f64, f64)>) -> ModelScores {
+    ModelScores {
+        reward_accuracy: rewards.map(|r| r.0),
+        reward_margin: rewards.map(|r| r.1),
+        ..ModelScores::default()
     }
 }

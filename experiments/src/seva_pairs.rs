@@ -180,6 +180,31 @@ fn pair(
     }
 }
 
+/// The single-turn questions of the user's records: each (question, answer) turn pair of a
+/// one-image record becomes a record `{id}#{turn}` holding `<image>` and that question (the
+/// answers are not used: the model answers).
+pub fn qa_questions(records: &[Record]) -> Vec<Record> {
+    let mut out = Vec::new();
+    for r in records.iter().filter(|r| r.images.len() == 1) {
+        for (i, pair) in r.turns.windows(2).enumerate() {
+            if pair[0].role != Role::Human || pair[1].role != Role::Gpt {
+                continue;
+            }
+            let question = pair[0]
+                .value
+                .replace("<image>\n", "")
+                .replace("<image>", "");
+            out.push(Record::question_answer(
+                format!("{}#{}", r.id, i + 1),
+                &r.images[0],
+                question.trim(),
+                &pair[1].value,
+            ));
+        }
+    }
+    out
+}
+
 /// Write `pairs` (the reference's log-probs included once scored) as JSON Lines.
 pub fn write_pairs_file(path: &Path, pairs: &[PreferencePair]) -> Result<(), String> {
     write_pairs(path, pairs).map_err(|e| e.to_string())

@@ -3,15 +3,15 @@
 //! how a user inspects a pairs file, or checks a converted checkpoint against transformers.
 
 use std::io::Write as _;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use serde_json::json;
 use vlalign_data::{Template, read_pairs};
 
 use crate::cal_llava::CalLlavaConfig;
-use crate::inputs::{RealData, real_inputs};
+use crate::inputs::{Inputs, RealData, read_valid, real_inputs};
 use crate::run::{RunArgs, RunOptions, StageKind};
-use crate::seva_pairs::score_pairs;
+use crate::seva_pairs::{Augmentation, make_pairs, qa_questions, score_pairs, write_pairs_file};
 
 /// `seva_dpo score`'s flags.
 #[derive(clap::Args, Debug)]
@@ -46,41 +46,57 @@ pub struct ScoreArgs {
     pub out: PathBuf,
 }
 
-/// Score `args.pairs` with `args.model` into `args.out`.
-pub fn score(args: &ScoreArgs, run: &RunArgs) -> Result<(), String> {
+/// The user's model, tokenizer and template (`system` replacing the template's prompt), and
+/// the run options writing next to `out`.
+fn model_inputs(
+    model: &Path,
+    image_folder: &Path,
+    (template, tokenizer, system): (Template, Option<&PathBuf>, Option<&String>),
+    max_len: usize,
+    out: &Path,
+    run: &RunArgs,
+) -> Result<(Inputs, RunOptions), String> {
     let selected = run.select_device()?;
     let real = RealData {
-        data: args.pairs.clone(),
-        image_folder: args.image_folder.clone(),
-        model: Some(args.model.clone()),
+        data: PathBuf::new(),
+        image_folder: image_folder.to_path_buf(),
+        model: Some(model.to_path_buf()),
         vision: None,
         llm: None,
-        tokenizer: args.tokenizer.clone(),
-        template: args.template,
+        tokenizer: tokenizer.cloned(),
+        template,
         stage: StageKind::Finetune,
         held_out: 0.0,
     };
     let opts = RunOptions {
         device: selected.device.clone(),
-        out: args.out.parent().map(PathBuf::from).unwrap_or_default(),
+        out: out.parent().map(PathBuf::from).unwrap_or_default(),
         resume: false,
         verbose: !run.quiet,
     };
     let mut c = CalLlavaConfig::default();
-    c.max_len = args.max_len;
+    c.max_len = max_len;
     let mut inputs = real_inputs(c.spec(), &real, &opts)?;
-    if let Some(system) = &args.system {
+    if let Some(system) = system {
         inputs.enc.chat = inputs.enc.chat.clone().with_system(system.clone());
     }
-    let mut pairs = read_pairs(&args.pairs).map_err(|e| e.to_string())?;
-    score_pairs(
-        &inputs.init,
-        &mut pairs,
-        &inputs,
-        args.batch_size,
-        None,
-        &opts,
+    Ok((inputs, opts))
+}
+
+/// Score `args.pairs` with `args.model` into `args.out`.
+pub fn score(args: &ScoreArgs, run: &RunArgs) -> Result<(), String> {
+    let text = (args.template, args.tokenizer.as_ref(), args.system.as_ref());
+    let (inputs, opts) = model_inputs(
+        &args.model,
+        &args.image_folder,
+        text,
+        args.max_len,
+        &args.out,
+        run,
     )?;
+    let mut pairs = read_pairs(&args.pairs).map_err(|e| e.to_string())?;
+    let b = args.batch_size;
+    score_pairs(&inputs.init, &mut pairs, &inputs, b, None, &opts)?;
     let mut text = Vec::new();
     for p in &pairs {
         let line = json!({
@@ -92,5 +108,116 @@ pub fn score(args: &ScoreArgs, run: &RunArgs) -> Result<(), String> {
     }
     std::fs::write(&args.out, text).map_err(|e| format!("{}: {e}", args.out.display()))?;
     eprintln!("scored {} pairs into {}", pairs.len(), args.out.display());
+    Ok(())
+}
+
+/// `seva_dpo pairs`'s flags.
+#[derive(clap::Args, Debug)]
+pub struct PairsArgs {
+    /// A Hugging Face LLaVA directory (the model that answers, and the reference).
+    #[arg(long)]
+    pub model: PathBuf,
+    /// LLaVA records (JSON array or JSON Lines): each one-image record's questions.
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Folder the records' image paths are relative to.
+    #[arg(long)]
+    pub image_folder: PathBuf,
+    /// Chat template: plain, vicuna_v1, chatml.
+    #[arg(long, default_value = "vicuna_v1")]
+    pub template: Template,
+    /// `tokenizer.json` (default: the model directory's).
+    #[arg(long)]
+    pub tokenizer: Option<PathBuf>,
+    /// System prompt of the chat template (default: the template's).
+    #[arg(long)]
+    pub system: Option<String>,
+    /// Diffusion steps of the rejected images (SeVa: 500, 800).
+    #[arg(long, value_delimiter = ',', default_value = "500,800")]
+    pub noise_steps: Vec<usize>,
+    /// At most this many questions.
+    #[arg(long)]
+    pub questions: Option<usize>,
+    /// Generation budget per answer.
+    #[arg(long, default_value_t = 64)]
+    pub max_new_tokens: usize,
+    /// Longest sequence (tokens, image slots included).
+    #[arg(long, default_value_t = 2048)]
+    pub max_len: usize,
+    /// Prompts per generation batch.
+    #[arg(long, default_value_t = 8)]
+    pub batch_size: usize,
+    /// Seed of the noise.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Output JSON Lines (all noise steps; `augmentation` names each pair's).
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+/// Make and score pairs (`seva_dpo pairs`).
+pub fn pairs(args: &PairsArgs, run: &RunArgs) -> Result<(), String> {
+    if args.noise_steps.iter().any(|&t| t == 0 || t >= 1000) {
+        return Err(format!(
+            "--noise-steps: each in 1..999, got {:?}",
+            args.noise_steps
+        ));
+    }
+    let text = (args.template, args.tokenizer.as_ref(), args.system.as_ref());
+    let (inputs, opts) = model_inputs(
+        &args.model,
+        &args.image_folder,
+        text,
+        args.max_len,
+        &args.out,
+        run,
+    )?;
+    let mut questions = qa_questions(&read_valid(&args.data)?);
+    if let Some(n) = args.questions {
+        questions.truncate(n);
+    }
+    let generation = vlalign_models::GenerationConfig::new()
+        .with_max_new_tokens(args.max_new_tokens)
+        .with_stop_tokens(vec![inputs.enc.chat.end_of_turn()])
+        .with_pad_token_id(inputs.tokenizer.token_id("<pad>").unwrap_or(0));
+    let gen_run = vlalign_eval::generation::GenerationRun {
+        encoder: &inputs.enc.chat,
+        processor: &inputs.processor,
+        image_folder: &inputs.images,
+        batch_size: args.batch_size,
+        config: &generation,
+        show_progress: opts.verbose,
+    };
+    let augmentations: Vec<_> = args
+        .noise_steps
+        .iter()
+        .map(|&t| Augmentation::Noise(t))
+        .collect();
+    let sets = make_pairs(
+        &inputs.init,
+        &questions,
+        &gen_run,
+        &augmentations,
+        args.seed,
+    );
+    let mut all = Vec::new();
+    for set in sets {
+        all.extend(set.pairs);
+    }
+    score_pairs(
+        &inputs.init,
+        &mut all,
+        &inputs,
+        args.batch_size,
+        None,
+        &opts,
+    )?;
+    write_pairs_file(&args.out, &all)?;
+    eprintln!(
+        "{} pairs from {} questions into {}",
+        all.len(),
+        questions.len(),
+        args.out.display()
+    );
     Ok(())
 }

@@ -179,3 +179,90 @@ fn score_matches_transformers_on_the_fixture() {
         }
     }
 }
+
+/// The user's model and records (the transformers fixture, a tiny random LLaVA whose answers
+/// depend on the image): `seva_dpo pairs` makes and scores pairs; the experiment itself runs
+/// DPO (LoRA) on them and reports the held-out reward accuracy, saving the merged model.
+#[test]
+fn pairs_and_dpo_run_on_a_users_model_and_records() {
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/seva_score");
+    let tmp = tempfile::tempdir().unwrap();
+    let records: Vec<serde_json::Value> = (0..40)
+        .map(|i| {
+            let q = [
+                "What is in the image?",
+                "What color is it?",
+                "Describe the scene.",
+                "Is it large?",
+            ];
+            serde_json::json!({
+                "id": format!("r{i}"),
+                "image": if i % 2 == 0 { "a.png" } else { "b.png" },
+                "conversations": [
+                    {"from": "human", "value": format!("<image>\n{}", q[i % 4])},
+                    {"from": "gpt", "value": "It is red."}
+                ]
+            })
+        })
+        .collect();
+    let data = tmp.path().join("records.json");
+    std::fs::write(&data, serde_json::to_string(&records).unwrap()).unwrap();
+    let common = |c: &mut Command| {
+        c.arg("--model")
+            .arg(fixture.join("model"))
+            .arg("--data")
+            .arg(&data)
+            .arg("--image-folder")
+            .arg(fixture.join("images"));
+    };
+    let pairs = tmp.path().join("pairs.jsonl");
+    let mut c = Command::new(env!("CARGO_BIN_EXE_seva_dpo"));
+    c.args([
+        "--quiet",
+        "--device",
+        "flex",
+        "pairs",
+        "--max-new-tokens",
+        "6",
+    ]);
+    common(&mut c);
+    let out = c.arg("--out").arg(&pairs).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = std::fs::read_to_string(&pairs).unwrap();
+    assert!(text.lines().count() > 0, "no pair made");
+    for line in text.lines() {
+        let p: serde_json::Value = serde_json::from_str(line).unwrap();
+        assert_ne!(p["chosen"], p["rejected"]);
+        assert!(
+            p["ref_logp_chosen"].as_f64().is_some_and(|x| x < 0.0),
+            "{p}"
+        );
+    }
+
+    let run = tmp.path().join("run");
+    let mut c = Command::new(env!("CARGO_BIN_EXE_seva_dpo"));
+    c.args([
+        "--quiet", "--device", "flex", "--steps", "2", "--seeds", "1",
+    ])
+    .args(["--variants", "lora", "--noise-steps", "800"]);
+    common(&mut c);
+    let out = c.arg("--out").arg(&run).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let s = json(&run.join("summary.json"));
+    let runs = s["runs"].as_array().unwrap();
+    assert_eq!(runs.len(), 1, "{s}");
+    assert!(
+        runs[0]["pope_f1_adversarial"].is_null(),
+        "no world: no POPE"
+    );
+    let merged = run.join("dpo-lora-noise800-seed0").join("merged");
+    assert!(merged.join("model.safetensors").is_file());
+}

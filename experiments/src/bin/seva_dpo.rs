@@ -4,6 +4,10 @@
 //! cargo run --release -p experiments --bin seva_dpo                   # the default run (CPU)
 //! cargo run --release -p experiments --bin seva_dpo -- --quick        # CI smoke run
 //! cargo run --release -p experiments --bin seva_dpo -- --base-run runs/cal_llava/default
+//! cargo run --release -p experiments --bin seva_dpo -- --model HF_LLAVA --data records.json \
+//!     --image-folder DIR                                               # the user's model and data
+//! cargo run --release -p experiments --bin seva_dpo -- pairs --model DIR --data records.json \
+//!     --image-folder DIR --out pairs.jsonl
 //! cargo run --release -p experiments --bin seva_dpo -- score --model DIR --pairs F \
 //!     --image-folder DIR --out scores.jsonl
 //! ```
@@ -16,7 +20,9 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use clap::{Parser, Subcommand};
-use experiments::run::{RunArgs, RunOptions, exit_code, prepare_run_dir, read_config, run_dir};
+use experiments::inputs::RealData;
+use experiments::run::{RunArgs, RunOptions, StageKind, exit_code, prepare_run_dir};
+use experiments::run::{read_config, run_dir};
 use experiments::seva_dpo::{SevaDpoConfig, Variant, run};
 use experiments::seva_report;
 
@@ -42,8 +48,27 @@ struct Args {
     seeds: Option<usize>,
     /// Start from the stage-2 MLE model of this finished `cal_llava` run directory (its
     /// `finetune-mle-noise0/`) instead of training one.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "data")]
     base_run: Option<PathBuf>,
+    /// Real data: LLaVA records (JSON array or JSON Lines) whose questions the model answers
+    /// (with --model and --image-folder); only the held-out reward accuracy is measured.
+    #[arg(long, requires_all = ["model", "image_folder"])]
+    data: Option<PathBuf>,
+    /// Folder the records' image paths are relative to.
+    #[arg(long)]
+    image_folder: Option<PathBuf>,
+    /// A Hugging Face LLaVA directory (with --data).
+    #[arg(long, requires = "data")]
+    model: Option<PathBuf>,
+    /// `tokenizer.json` (default: the model's).
+    #[arg(long)]
+    tokenizer: Option<PathBuf>,
+    /// Chat template: plain, vicuna_v1, chatml.
+    #[arg(long, default_value = "vicuna_v1")]
+    template: vlalign_data::Template,
+    /// Longest sequence with real data (tokens, image slots included; default 2048).
+    #[arg(long)]
+    max_len: Option<usize>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -51,6 +76,9 @@ enum Command {
     /// Score a pairs file with a model: one line per pair `{"id", "logp_chosen",
     /// "logp_rejected"}` (log-probs summed over each answer's supervised tokens).
     Score(experiments::seva_score::ScoreArgs),
+    /// Make SeVa pairs with a model from records' questions (clean vs noised image), scored by
+    /// that model (the reference), into one JSON Lines file.
+    Pairs(experiments::seva_score::PairsArgs),
 }
 
 fn resolve(args: &Args) -> Result<SevaDpoConfig, String> {
@@ -86,6 +114,9 @@ fn resolve(args: &Args) -> Result<SevaDpoConfig, String> {
     if let Some(s) = args.steps {
         c.train.steps = s;
     }
+    if args.data.is_some() {
+        c.base.max_len = args.max_len.unwrap_or(2048);
+    }
     if let Some(n) = args.seeds {
         if n == 0 {
             return Err("--seeds: at least 1".into());
@@ -111,6 +142,7 @@ fn main() -> ExitCode {
     let args = Args::parse();
     exit_code(match &args.command {
         Some(Command::Score(s)) => experiments::seva_score::score(s, &args.run),
+        Some(Command::Pairs(p)) => experiments::seva_score::pairs(p, &args.run),
         None => main_inner(&args),
     })
 }
@@ -133,7 +165,18 @@ fn main_inner(args: &Args) -> Result<(), String> {
         resume: args.run.resume,
         verbose: !args.run.quiet,
     };
-    let outcome = run(&config, &opts)?;
+    let real = args.data.as_ref().map(|data| RealData {
+        data: data.clone(),
+        image_folder: args.image_folder.clone().unwrap_or_default(),
+        model: args.model.clone(),
+        vision: None,
+        llm: None,
+        tokenizer: args.tokenizer.clone(),
+        template: args.template,
+        stage: StageKind::Finetune,
+        held_out: 0.0,
+    });
+    let outcome = run(&config, real.as_ref(), &opts)?;
     let command = std::env::args().collect::<Vec<_>>().join(" ");
     seva_report::write_all(&out, &config, &outcome, &command, &device_name)?;
     seva_report::print_table(&outcome);
