@@ -61,6 +61,9 @@ pub enum Variant {
     /// pair's noise (a fresh sample) as a further rejected answer, weighted
     /// `image_negative_weight`.
     ImageNegative,
+    /// `full` with token-weighted DPO (CAL-DPO): each answer token's log-prob weighted by
+    /// CAL's weight (`base.cal`) computed with a live reference (the frozen start).
+    CalDpo,
 }
 
 impl Variant {
@@ -70,6 +73,7 @@ impl Variant {
             Variant::Full => "full",
             Variant::Lora => "lora",
             Variant::ImageNegative => "image_negative",
+            Variant::CalDpo => "cal_dpo",
         }
     }
 }
@@ -519,7 +523,7 @@ fn train_dpo(
     let mut tc: TrainConfig = config.train.clone();
     tc.seed += k as u64;
     let policy = match variant {
-        Variant::Full | Variant::ImageNegative => {
+        Variant::Full | Variant::ImageNegative | Variant::CalDpo => {
             let mut m = base.clone();
             m.vision_tower = m.vision_tower.no_grad();
             m
@@ -540,7 +544,12 @@ fn train_dpo(
     if variant == Variant::ImageNegative {
         dpo.image_negative_weight = config.image_negative_weight;
     }
-    let trainee = DpoTrainee::new(policy, dpo);
+    let trainee = if variant == Variant::CalDpo {
+        dpo.cal_token_weights = Some(config.base.cal.clone());
+        DpoTrainee::with_live_reference(policy, base.valid(), dpo)
+    } else {
+        DpoTrainee::new(policy, dpo)
+    };
     let (trained, report) = opts.fit_stage(trainee, data, batcher.clone(), &tc, name, DPO_SHOWN)?;
     Ok((trained.model, report, trainable))
 }

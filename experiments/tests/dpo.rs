@@ -397,3 +397,105 @@ fn the_image_side_negative_adds_its_margin_and_references_agree() {
     let live = scalar(dpo_loss_with(&dpo, &policy, Some(&reference), &batch).loss);
     assert!((live - precomputed).abs() < 1e-4, "{live} vs {precomputed}");
 }
+
+/// Token-weighted DPO (CAL-DPO): CAL's weights, computed with the live reference, lie in
+/// [α, β] on the answer tokens and change the log-probs; at the reference the loss is ln 2;
+/// trained through the trainer with a live reference, it learns the preference.
+#[test]
+fn cal_token_weighted_dpo_weights_answer_tokens_and_trains() {
+    use burn::data::dataloader::batcher::Batcher;
+    use burn::module::Module;
+    use vlalign_align::{CalConfig, DpoConfig, cal_token_weights, dpo_loss_with};
+    use vlalign_align::{pair_logps, pair_logps_weighted};
+    use vlalign_train::DpoTrainee;
+
+    let tmp = tempfile::tempdir().unwrap();
+    let world = tmp.path().join("world");
+    let s = setup(&world);
+    let p = preference_setup(&s, &world);
+    let items: Vec<_> = (0..6).map(|i| p.train.get(i).unwrap()).collect();
+    let batch = p.batcher.batch(items, &Device::flex().autodiff());
+    // α = 0.5: the untrained model's Δ is mostly below CAL's default α = 1, where every weight
+    // would be 1.
+    let cal = CalConfig {
+        alpha: 0.5,
+        ..CalConfig::default()
+    };
+    let reference = model(&s).valid();
+    let w = cal_token_weights(&cal, &reference, &batch);
+    assert_eq!(w.dims()[0], 12);
+    let labels = batch.sequences.labels.clone().into_data().convert::<i64>();
+    let labels = labels.try_into_vec::<i64>().unwrap();
+    let host = |t: burn::tensor::Tensor<1>| {
+        t.into_data()
+            .convert::<f64>()
+            .try_into_vec::<f64>()
+            .unwrap()
+    };
+    let wv = host(w.clone().reshape([-1]));
+    let cols = w.dims()[1];
+    let mut supervised = 0;
+    for (k, &x) in wv.iter().enumerate() {
+        let (row, t) = (k / cols, k % cols);
+        if labels[row * (cols + 1) + t + 1] != vlalign_data::IGNORE {
+            supervised += 1;
+            assert!(
+                (0.5 - 1e-5..=5.0 + 1e-5).contains(&x),
+                "weight {x} outside [α, β]"
+            );
+        }
+    }
+    assert!(supervised > 0);
+    let plain = host(pair_logps(&reference, &batch, true).chosen.sum);
+    let weighted = host(
+        pair_logps_weighted(&reference, &batch, true, Some(w))
+            .chosen
+            .sum,
+    );
+    assert!(
+        plain
+            .iter()
+            .zip(&weighted)
+            .any(|(a, b)| (a - b).abs() > 1e-3)
+    );
+    let dpo = DpoConfig {
+        beta: 0.5,
+        cal_token_weights: Some(cal),
+        ..DpoConfig::default()
+    };
+    let at_start = scalar(dpo_loss_with(&dpo, &model(&s), Some(&reference), &batch).loss);
+    assert!((at_start - 2f64.ln()).abs() < 1e-4, "{at_start}");
+
+    let mut cfg = config(8);
+    cfg.accumulation = 1;
+    let dir = tmp.path().join("cal-dpo");
+    let trainee = DpoTrainee::with_live_reference(model(&s), reference.clone(), dpo.clone());
+    let stage = Stage {
+        dir: &dir,
+        label: "cal-dpo",
+        resume: false,
+        stop_after: None,
+        show: &[],
+        renderer: Some(quiet_renderer()),
+    };
+    let (trained, report) = fit(
+        trainee,
+        p.train.clone(),
+        p.valid.clone(),
+        p.batcher.clone(),
+        &Device::flex(),
+        &cfg,
+        stage,
+    )
+    .unwrap();
+    assert!((report.steps[0].loss - 2f64.ln()).abs() < 1e-4);
+    let items: Vec<_> = (0..p.train.len())
+        .map(|i| p.train.get(i).unwrap())
+        .collect();
+    let all = p.batcher.batch(items, &Device::flex());
+    let after = scalar(dpo_loss_with(&dpo, &trained.model.valid(), Some(&reference), &all).loss);
+    assert!(
+        after < 2f64.ln() - 0.01,
+        "CAL-DPO loss after training: {after}"
+    );
+}

@@ -20,7 +20,8 @@ use serde::{Deserialize, Serialize};
 
 use vlalign_data::PreferenceBatch;
 
-use crate::token::{Targets, TokenCe, token_ce_at};
+use crate::cal::{CalConfig, CalObjective};
+use crate::token::{Targets, TokenCe, host_to_tensor, token_ce_at};
 use crate::{AlignModel, ObjectiveOutput};
 
 /// The preference loss.
@@ -50,6 +51,12 @@ pub struct DpoConfig {
     pub sft_weight: f64,
     /// Weight of the image-side negative (0 = off).
     pub image_negative_weight: f64,
+    /// Token-weighted DPO (CAL-DPO): every answer token's log-prob, of the policy and of the
+    /// reference alike, is weighted by CAL's weight computed with the reference (its Δ between
+    /// the image pass and the contrast pass). Needs a live reference: the weights are not in
+    /// the pairs file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cal_token_weights: Option<CalConfig>,
 }
 
 impl Default for DpoConfig {
@@ -60,6 +67,7 @@ impl Default for DpoConfig {
             label_smoothing: 0.0,
             sft_weight: 0.0,
             image_negative_weight: 0.0,
+            cal_token_weights: None,
         }
     }
 }
@@ -187,6 +195,16 @@ pub fn preference_loss(config: &DpoConfig, logps: PreferenceLogps) -> DpoOutput 
 /// and image-side negatives (`2B..3B`, when present) under `model`, with graph unless
 /// `no_grad`.
 pub fn pair_logps<M: AlignModel>(model: &M, batch: &PreferenceBatch, no_grad: bool) -> PairLogps {
+    pair_logps_weighted(model, batch, no_grad, None)
+}
+
+/// [`pair_logps`] with per-token weights `[rows, seq − 1]` (no gradient) on the log-probs.
+pub fn pair_logps_weighted<M: AlignModel>(
+    model: &M,
+    batch: &PreferenceBatch,
+    no_grad: bool,
+    weights: Option<Tensor<2>>,
+) -> PairLogps {
     let seqs = &batch.sequences;
     let targets = Targets::new(&seqs.labels);
     let rows = targets.rows();
@@ -195,7 +213,7 @@ pub fn pair_logps<M: AlignModel>(model: &M, batch: &PreferenceBatch, no_grad: bo
     } else {
         model.logits_at(seqs, &rows)
     };
-    let all = sequence_logps(&token_ce_at(logits, &targets), None);
+    let all = sequence_logps(&token_ce_at(logits, &targets), weights);
     let b = batch.ids.len();
     let part = |k: usize| SequenceLogps {
         sum: all.sum.clone().narrow(0, k * b, b),
@@ -222,17 +240,41 @@ pub fn dpo_loss<M: AlignModel>(
     dpo_loss_with(config, model, None, batch)
 }
 
+/// CAL's token weights `[rows, seq − 1]` of a preference batch, computed with `reference` (no
+/// gradient): Δ between its image pass and its contrast pass, clamped and pooled.
+pub fn cal_token_weights<M: AlignModel>(
+    cal: &CalConfig,
+    reference: &M,
+    batch: &PreferenceBatch,
+) -> Tensor<2> {
+    let seqs = &batch.sequences;
+    let targets = Targets::new(&seqs.labels);
+    let ce = token_ce_at(reference.logits_at_no_grad(seqs, &targets.rows()), &targets);
+    let objective = CalObjective {
+        config: cal.clone(),
+    };
+    let delta = objective.delta(reference, seqs, &ce);
+    host_to_tensor(&cal.weights(&delta), &ce.ce)
+}
+
 /// DPO with the reference given live (`Some`: the frozen starting weights, scored without
 /// autodiff) or precomputed in the batch (`None`; see [`dpo_loss`]).
+///
+/// # Panics
+/// With CAL token weights and no live reference (a configuration the trainer refuses first).
 pub fn dpo_loss_with<M: AlignModel>(
     config: &DpoConfig,
     model: &M,
     live: Option<&M>,
     batch: &PreferenceBatch,
 ) -> ObjectiveOutput {
-    let policy = pair_logps(model, batch, false);
+    let weights = config.cal_token_weights.as_ref().map(|cal| {
+        let r = live.expect("token-weighted DPO needs a live reference");
+        cal_token_weights(cal, r, batch)
+    });
+    let policy = pair_logps_weighted(model, batch, false, weights.clone());
     let reference = match live {
-        Some(r) => pair_logps(r, batch, true),
+        Some(r) => pair_logps_weighted(r, batch, true, weights),
         None => {
             let reference = batch.reference.clone().expect(
                 "pairs without reference log-probs: score the pairs file with the reference \

@@ -17,8 +17,8 @@ pub mod vig;
 pub use cal::{CalConfig, CalObjective, Contrast, Pooling};
 pub use clip::{DualEncoder, InfoNceOutput, contrastive_loss, info_nce};
 pub use dpo::{
-    DpoConfig, DpoLoss, DpoOutput, PairLogps, PreferenceLogps, SequenceLogps, dpo_loss,
-    dpo_loss_with, pair_logps, preference_loss, sequence_logps,
+    DpoConfig, DpoLoss, DpoOutput, PairLogps, PreferenceLogps, SequenceLogps, cal_token_weights,
+    dpo_loss, dpo_loss_with, pair_logps, pair_logps_weighted, preference_loss, sequence_logps,
 };
 pub use mle::MleObjective;
 pub use model::{AlignModel, TextOnlyLogits};

@@ -36,8 +36,8 @@ struct Args {
     /// Diffusion steps of the rejected images, comma separated (default 500,800).
     #[arg(long, value_delimiter = ',')]
     noise_steps: Option<Vec<usize>>,
-    /// What DPO trains: full, lora, image_negative (full + mDPO's image-side negative), comma
-    /// separated.
+    /// What DPO trains: full, lora, image_negative (full + mDPO's image-side negative),
+    /// cal_dpo (full, token-weighted by CAL), comma separated.
     #[arg(long, value_delimiter = ',')]
     variants: Option<Vec<String>>,
     /// DPO steps.
@@ -105,8 +105,9 @@ fn resolve(args: &Args) -> Result<SevaDpoConfig, String> {
                 "full" => Ok(Variant::Full),
                 "lora" => Ok(Variant::Lora),
                 "image_negative" => Ok(Variant::ImageNegative),
+                "cal_dpo" => Ok(Variant::CalDpo),
                 other => Err(format!(
-                    "--variants: expected full|lora|image_negative, got {other}"
+                    "--variants: expected full|lora|image_negative|cal_dpo, got {other}"
                 )),
             })
             .collect::<Result<_, _>>()?;
