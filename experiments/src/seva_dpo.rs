@@ -117,7 +117,7 @@ impl Default for SevaDpoConfig {
             checkpoint_every: 40,
             ..TrainConfig::default()
         };
-        train.optim.lr = 1e-4;
+        train.optim.lr = 1e-5;
         train.optim.warmup_steps = 6;
         Self {
             base: CalLlavaConfig::default(),
@@ -127,7 +127,7 @@ impl Default for SevaDpoConfig {
             train,
             variants: vec![Variant::Full, Variant::Lora],
             lora: LoraConfig::default(),
-            lora_lr: 1e-3,
+            lora_lr: 1e-4,
             image_negative_weight: 1.0,
             eval: EvalSection::default(),
             seeds: 3,

@@ -74,8 +74,10 @@ fn model_inputs(
         resume: false,
         verbose: !run.quiet,
     };
-    let mut c = CalLlavaConfig::default();
-    c.max_len = max_len;
+    let c = CalLlavaConfig {
+        max_len,
+        ..CalLlavaConfig::default()
+    };
     let mut inputs = real_inputs(c.spec(), &real, &opts)?;
     if let Some(system) = system {
         inputs.enc.chat = inputs.enc.chat.clone().with_system(system.clone());

@@ -64,6 +64,9 @@ fn tiny_bench_writes_every_row() {
         [
             "train_mle",
             "train_cal",
+            "dpo_precomputed",
+            "dpo_live",
+            "dpo_lora",
             "forward",
             "contrast_text_only",
             "contrast_masked_full",
