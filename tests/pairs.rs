@@ -183,3 +183,66 @@ fn bad_preference_pairs_are_refused_naming_the_pair_and_the_field() {
     let err = read_pairs(&file).unwrap_err().to_string();
     assert!(err.contains("line 1") && err.contains("pair"), "{err}");
 }
+
+/// Image-side negatives: every item gets its image under diffusion noise (reproducible per pair
+/// and seed, different between pairs), and the batch stacks a third row per pair — the chosen
+/// answer on the corrupted image — with its own image, the clean image shared by the first two.
+#[test]
+fn image_negatives_add_a_corrupted_image_and_a_third_row_per_pair() {
+    use vlalign::data::{PreferenceBatcher, PreferenceDataset};
+    let dir = tempfile::tempdir().unwrap();
+    let mut img = image::RgbImage::new(8, 8);
+    for (x, y, p) in img.enumerate_pixels_mut() {
+        *p = image::Rgb([(x * 30) as u8, (y * 30) as u8, 128]);
+    }
+    img.save(dir.path().join("a.png")).unwrap();
+    let mut pairs = vec![
+        pair("p0", "The circle is blue.", Some((-3.0, -7.5))),
+        pair("p1", "It is at the top left.", Some((-4.0, -2.0))),
+    ];
+    pairs[0].ref_logp_image_negative = Some(-9.0);
+    pairs[1].ref_logp_image_negative = Some(-8.0);
+    let tk = tokenizer();
+    let encoder = Encoder::new(tk.clone(), Template::VicunaV1, 4, 256, None).unwrap();
+    let set = PreferenceDataset::new(pairs, &encoder, dir.path(), ImageProcessor::clip(8))
+        .unwrap()
+        .with_image_negatives(800, 1);
+    assert!(set.has_image_negatives());
+    let items: Vec<_> = (0..2).map(|i| set.get(i).unwrap()).collect();
+    let (a, b) = (&items[0], &items[1]);
+    let na = a.negative_pixels.as_ref().unwrap();
+    assert_ne!(na, &a.pixels);
+    assert_ne!(
+        na,
+        b.negative_pixels.as_ref().unwrap(),
+        "one noise sample per pair"
+    );
+    assert_eq!(set.get(0).unwrap().negative_pixels.as_ref(), Some(na));
+    let batcher = PreferenceBatcher(VlmBatcher::new(tk.token_id("<pad>").unwrap(), 8));
+    let batch = batcher.batch(items, &Device::flex());
+    assert!(batch.image_negatives);
+    assert_eq!(
+        batch.sequences.ids,
+        [
+            "p0/chosen",
+            "p1/chosen",
+            "p0/rejected",
+            "p1/rejected",
+            "p0/image_negative",
+            "p1/image_negative"
+        ]
+    );
+    assert_eq!(
+        batch.sequences.images.as_ref().unwrap().dims(),
+        [4, 3, 8, 8]
+    );
+    assert_eq!(
+        batch.sequences.image_index.as_deref(),
+        Some(&[0, 1, 0, 1, 2, 3][..])
+    );
+    let reference = batch.reference_negative.unwrap().into_data();
+    assert_eq!(
+        reference.convert::<f32>().try_into_vec::<f32>().unwrap(),
+        [-9.0, -8.0]
+    );
+}
