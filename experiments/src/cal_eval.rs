@@ -98,11 +98,7 @@ pub fn evaluate_model(
     dir: &Path,
 ) -> Result<(RunResult, TokenEval), String> {
     std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    let slots = slot_accuracy(model, ctx)?;
-    if let Some((_, predictions)) = &slots {
-        write_predictions(&dir.join("predictions.jsonl"), predictions)
-            .map_err(|e| e.to_string())?;
-    }
+    let slots = slots_written(model, ctx, dir)?;
     let te = evaluate_tokens(
         model,
         ctx.val.as_ref(),
@@ -112,23 +108,8 @@ pub fn evaluate_model(
         ctx.eval.batch_size,
         ctx.verbose,
     )?;
-    let slots = slots.map(|s| s.0);
     let hallucination = if ctx.world {
-        Some(crate::eval::hallucination::evaluate(
-            model,
-            &HallucinationRun {
-                world: ctx.world_dir,
-                split: &ctx.eval.split,
-                plain: &ctx.inputs.enc.plain,
-                chat: &ctx.inputs.enc.chat,
-                processor: &ctx.inputs.processor,
-                captions: ctx.eval.captions,
-                pope_questions: ctx.eval.pope_questions,
-                batch_size: ctx.eval.batch_size,
-                verbose: ctx.verbose,
-                write_to: Some(dir),
-            },
-        )?)
+        Some(hallucination(model, ctx, dir)?)
     } else {
         None
     };
@@ -160,6 +141,45 @@ pub fn evaluate_model(
         dir: dir.to_path_buf(),
     };
     Ok((result, te))
+}
+
+/// Grounded-slot accuracy of `model` (as [`slot_accuracy`]), its predictions written to
+/// `dir/predictions.jsonl`.
+pub fn slots_written(
+    model: &Llava,
+    ctx: &EvalContext<'_>,
+    dir: &Path,
+) -> Result<Option<SlotScores>, String> {
+    let slots = slot_accuracy(model, ctx)?;
+    if let Some((_, predictions)) = &slots {
+        write_predictions(&dir.join("predictions.jsonl"), predictions)
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(slots.map(|s| s.0))
+}
+
+/// Captioning and hallucination metrics of `model` on the world's held-out split, the
+/// captions and POPE answers written into `dir`.
+pub fn hallucination(
+    model: &Llava,
+    ctx: &EvalContext<'_>,
+    dir: &Path,
+) -> Result<HallucinationScores, String> {
+    crate::eval::hallucination::evaluate(
+        model,
+        &HallucinationRun {
+            world: ctx.world_dir,
+            split: &ctx.eval.split,
+            plain: &ctx.inputs.enc.plain,
+            chat: &ctx.inputs.enc.chat,
+            processor: &ctx.inputs.processor,
+            captions: ctx.eval.captions,
+            pope_questions: ctx.eval.pope_questions,
+            batch_size: ctx.eval.batch_size,
+            verbose: ctx.verbose,
+            write_to: Some(dir),
+        },
+    )
 }
 
 /// Grounded-slot accuracy of `model` on the held-out records' single-turn questions, with the

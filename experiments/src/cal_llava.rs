@@ -19,7 +19,7 @@ use vlalign_train::{TrainConfig, TrainReport};
 use crate::cal_eval::{EvalContext, Outcome, RunResult, evaluate_model};
 use crate::eval::captions::{self, CaptionAccuracy};
 use crate::eval::token_eval::TokenEval;
-use crate::inputs::{Inputs, ModelSpec, RealData, read_valid, real_inputs, world_inputs};
+use crate::inputs::{Inputs, ModelSpec, RealData, inputs_for, read_valid};
 use crate::run::{EvalSection, RunOptions, StageKind, WorldSection};
 use crate::setup::{ModelSize, add_label_noise};
 
@@ -135,14 +135,7 @@ pub fn run(
     real: Option<&RealData>,
     opts: &RunOptions,
 ) -> Result<Outcome, String> {
-    let inputs = match real {
-        Some(r) => {
-            let inputs = real_inputs(config.spec(), r, opts)?;
-            inputs.keep_tokenizer(&opts.out)?;
-            inputs
-        }
-        None => world_inputs(config.spec(), opts)?,
-    };
+    let inputs = inputs_for(config.spec(), real, opts)?;
     let objectives = Objectives {
         mle: Arc::new(MleObjective),
         cal: Arc::new(CalObjective {

@@ -161,6 +161,22 @@ pub fn world_inputs(config: ModelSpec<'_>, opts: &RunOptions) -> Result<Inputs, 
     })
 }
 
+/// The user's model and data (`real`; its tokenizer kept in the run directory) or the world.
+pub fn inputs_for(
+    spec: ModelSpec<'_>,
+    real: Option<&RealData>,
+    opts: &RunOptions,
+) -> Result<Inputs, String> {
+    match real {
+        Some(r) => {
+            let inputs = real_inputs(spec, r, opts)?;
+            inputs.keep_tokenizer(&opts.out)?;
+            Ok(inputs)
+        }
+        None => world_inputs(spec, opts),
+    }
+}
+
 /// A pretrained image tower (a `CLIPVisionModel` directory, e.g. `clip_pretrain`'s `vision/`)
 /// for a LLaVA whose tower is `want`; its shape must match.
 fn pretrained_tower(

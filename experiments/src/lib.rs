@@ -5,7 +5,7 @@
 //! training), `setup` and `inputs` (model sizes, encoders, the world or the user's data and
 //! model), `eval` (evaluating a model on the world), then the experiments (`cal_llava` with
 //! `cal_eval`, `cal_report`, `cal_rescore`, `seeds`; `vig_select` with `vig_report`;
-//! `clip_pretrain`; `seva_dpo` with `seva_pairs`, `seva_eval`, `seva_score`, `seva_report`), and helpers (`plot`, `world`, `device`, `alloc`, `bench`).
+//! `clip_pretrain`; `seva_dpo` with `seva_pairs`, `seva_train`, `seva_eval`, `seva_score`, `seva_report`), and helpers (`plot`, `world`, `device`, `alloc`, `bench`).
 
 pub mod alloc;
 pub mod bench;
@@ -27,6 +27,7 @@ pub mod seva_eval;
 pub mod seva_pairs;
 pub mod seva_report;
 pub mod seva_score;
+pub mod seva_train;
 pub mod table;
 pub mod vig_report;
 pub mod vig_select;

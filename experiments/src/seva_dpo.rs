@@ -9,12 +9,11 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use burn::data::dataset::Dataset;
-use burn::module::Module;
 use serde::{Deserialize, Serialize};
 use vlalign_align::DpoConfig;
 use vlalign_data::{PreferenceBatcher, PreferenceDataset, PreferenceItem, PreferencePair, Record};
 use vlalign_models::{GenerationConfig, Llava, LlavaConfig, hf};
-use vlalign_train::{DpoTrainee, LoraConfig, TrainConfig, TrainReport};
+use vlalign_train::{LoraConfig, TrainConfig};
 
 use crate::cal_llava::{CalLlavaConfig, mle_base};
 use crate::eval::slots::single_turn;
@@ -22,6 +21,7 @@ use crate::inputs::{Inputs, RealData, read_valid, real_inputs, world_inputs};
 use crate::run::{EvalSection, RunOptions};
 use crate::seva_eval::{Evaluator, ModelScores, held_out_rewards, rewards_only};
 use crate::seva_pairs::{Augmentation, make_pairs, qa_questions, score_pairs, write_pairs_file};
+use crate::seva_train::{rewards, save_hf, train_dpo};
 
 /// How the pairs are made.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -497,108 +497,4 @@ fn dataset(pairs: Vec<PreferencePair>, inputs: &Inputs) -> Result<PreferenceData
         inputs.processor.clone(),
     )
     .map_err(|e| e.to_string())
-}
-
-/// DPO's diagnostics, shown live.
-const DPO_SHOWN: &[(&str, &str)] = &[
-    ("reward_margin", "reward margin"),
-    ("reward_accuracy", "reward accuracy"),
-];
-
-/// Train one DPO run from `base`: the `k`-th seed's data order (and LoRA init).
-#[allow(clippy::too_many_arguments)]
-fn train_dpo(
-    config: &SevaDpoConfig,
-    variant: Variant,
-    k: usize,
-    base: &Llava,
-    data: (
-        Arc<dyn Dataset<PreferenceItem>>,
-        Arc<dyn Dataset<PreferenceItem>>,
-    ),
-    batcher: &PreferenceBatcher,
-    opts: &RunOptions,
-    name: &str,
-) -> Result<(Llava, TrainReport, usize), String> {
-    let mut tc: TrainConfig = config.train.clone();
-    tc.seed += k as u64;
-    let policy = match variant {
-        Variant::Full | Variant::ImageNegative | Variant::CalDpo => {
-            let mut m = base.clone();
-            m.vision_tower = m.vision_tower.no_grad();
-            m
-        }
-        Variant::Lora => {
-            tc.optim.lr = config.lora_lr;
-            opts.device.seed(tc.seed);
-            config.lora.apply(base.clone()).map_err(|e| e.to_string())?
-        }
-    };
-    let trainable = trainable_params(&policy);
-    eprintln!(
-        "{name}: {} steps on {} pairs, {trainable} trainable parameters",
-        tc.steps,
-        data.0.len()
-    );
-    let mut dpo = config.dpo.clone();
-    if variant == Variant::ImageNegative {
-        dpo.image_negative_weight = config.image_negative_weight;
-    }
-    let trainee = if variant == Variant::CalDpo {
-        dpo.cal_token_weights = Some(config.base.cal.clone());
-        DpoTrainee::with_live_reference(policy, base.valid(), dpo)
-    } else {
-        DpoTrainee::new(policy, dpo)
-    };
-    let (trained, report) = opts.fit_stage(trainee, data, batcher.clone(), &tc, name, DPO_SHOWN)?;
-    Ok((trained.model, report, trainable))
-}
-
-/// Parameters that receive gradients.
-fn trainable_params(model: &Llava) -> usize {
-    use burn::module::{ModuleVisitor, Param};
-    use burn::tensor::Tensor;
-    struct Count(usize);
-    impl ModuleVisitor for Count {
-        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-            if param.is_require_grad() {
-                self.0 += param.shape().num_elements();
-            }
-        }
-    }
-    let mut c = Count(0);
-    model.visit(&mut c);
-    c.0
-}
-
-/// `model` (a LoRA model with its adapters merged into the weights) saved as a transformers
-/// LLaVA directory with the tokenizer, which `--model`, `hf_check` and `score` open.
-fn save_hf(
-    model: &Llava,
-    llava: &LlavaConfig,
-    inputs: &Inputs,
-    dir: &std::path::Path,
-) -> Result<(), String> {
-    let merged = model.valid().materialize();
-    hf::save_llava(&merged, llava, dir).map_err(|e| e.to_string())?;
-    inputs
-        .tokenizer
-        .save(&dir.join("tokenizer.json"))
-        .map_err(|e| e.to_string())
-}
-
-/// (step, reward margin, reward accuracy) of each logged step.
-fn rewards(report: &TrainReport) -> Vec<(usize, f64, f64)> {
-    let get = |d: &[(String, f64)], k: &str| d.iter().find(|(n, _)| n == k).map(|x| x.1);
-    report
-        .steps
-        .iter()
-        .filter_map(|s| {
-            Some((
-                s.step,
-                get(&s.diagnostics, "reward_margin")?,
-                get(&s.diagnostics, "reward_accuracy")?,
-            ))
-        })
-        .collect()
 }

@@ -14,11 +14,9 @@ use burn::tensor::Device;
 use serde::Serialize;
 use vlalign_align::{CalConfig, DpoConfig, dpo_loss};
 use vlalign_data::{PreferenceBatcher, PreferenceDataset, Record, VlmBatcher};
-use vlalign_eval::generation::write_predictions;
 use vlalign_models::Llava;
 
-use crate::cal_eval::{EvalContext, slot_accuracy};
-use crate::eval::hallucination::{self, HallucinationRun};
+use crate::cal_eval::{EvalContext, hallucination, slots_written};
 use crate::inputs::{Inputs, read_valid};
 use crate::run::{EvalSection, RunOptions};
 
@@ -101,26 +99,8 @@ impl<'a> Evaluator<'a> {
             val_records: &self.records,
             val: Arc::new(self.inputs.dataset(Vec::new())),
         };
-        let slots = slot_accuracy(model, &ctx)?;
-        if let Some((_, predictions)) = &slots {
-            write_predictions(&dir.join("predictions.jsonl"), predictions)
-                .map_err(|e| e.to_string())?;
-        }
-        let h = hallucination::evaluate(
-            model,
-            &HallucinationRun {
-                world: self.world,
-                split: &self.eval.split,
-                plain: &self.inputs.enc.plain,
-                chat: &self.inputs.enc.chat,
-                processor: &self.inputs.processor,
-                captions: self.eval.captions,
-                pope_questions: self.eval.pope_questions,
-                batch_size: self.eval.batch_size,
-                verbose: self.opts.verbose,
-                write_to: Some(dir),
-            },
-        )?;
+        let slots = slots_written(model, &ctx, dir)?;
+        let h = hallucination(model, &ctx, dir)?;
         let rewards = match held {
             Some(held) if !held.is_empty() => Some(held_out_rewards(
                 model,
@@ -138,7 +118,7 @@ impl<'a> Evaluator<'a> {
             pope_yes_ratio: h.pope_yes_ratio,
             chair_s: h.chair_s,
             chair_i: h.chair_i,
-            slot_accuracy: slots.map(|s| s.0.overall()),
+            slot_accuracy: slots.map(|s| s.overall()),
             reward_accuracy: rewards.map(|r| r.0),
             reward_margin: rewards.map(|r| r.1),
         })

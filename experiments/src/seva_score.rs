@@ -3,7 +3,7 @@
 //! how a user inspects a pairs file, or checks a converted checkpoint against transformers.
 
 use std::io::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use serde_json::json;
 use vlalign_data::{Template, read_pairs};
@@ -13,16 +13,13 @@ use crate::inputs::{Inputs, RealData, read_valid, real_inputs};
 use crate::run::{RunArgs, RunOptions, StageKind};
 use crate::seva_pairs::{Augmentation, make_pairs, qa_questions, score_pairs, write_pairs_file};
 
-/// `seva_dpo score`'s flags.
+/// The model flags `score` and `pairs` share.
 #[derive(clap::Args, Debug)]
-pub struct ScoreArgs {
+pub struct ModelArgs {
     /// A Hugging Face LLaVA directory.
     #[arg(long)]
     pub model: PathBuf,
-    /// Pairs (JSON Lines: `{"id", "image", "question", "chosen", "rejected", …}`).
-    #[arg(long)]
-    pub pairs: PathBuf,
-    /// Folder the pairs' image paths are relative to.
+    /// Folder the image paths are relative to.
     #[arg(long)]
     pub image_folder: PathBuf,
     /// Chat template: plain, vicuna_v1, chatml.
@@ -38,7 +35,7 @@ pub struct ScoreArgs {
     /// Longest sequence (tokens, image slots included); a longer pair is an error naming it.
     #[arg(long, default_value_t = 2048)]
     pub max_len: usize,
-    /// Pairs per batch.
+    /// Pairs (or prompts) per batch.
     #[arg(long, default_value_t = 8)]
     pub batch_size: usize,
     /// Output JSON Lines.
@@ -46,58 +43,55 @@ pub struct ScoreArgs {
     pub out: PathBuf,
 }
 
-/// The user's model, tokenizer and template (`system` replacing the template's prompt), and
-/// the run options writing next to `out`.
-fn model_inputs(
-    model: &Path,
-    image_folder: &Path,
-    (template, tokenizer, system): (Template, Option<&PathBuf>, Option<&String>),
-    max_len: usize,
-    out: &Path,
-    run: &RunArgs,
-) -> Result<(Inputs, RunOptions), String> {
-    let selected = run.select_device()?;
-    let real = RealData {
-        data: PathBuf::new(),
-        image_folder: image_folder.to_path_buf(),
-        model: Some(model.to_path_buf()),
-        vision: None,
-        llm: None,
-        tokenizer: tokenizer.cloned(),
-        template,
-        stage: StageKind::Finetune,
-        held_out: 0.0,
-    };
-    let opts = RunOptions {
-        device: selected.device.clone(),
-        out: out.parent().map(PathBuf::from).unwrap_or_default(),
-        resume: false,
-        verbose: !run.quiet,
-    };
-    let c = CalLlavaConfig {
-        max_len,
-        ..CalLlavaConfig::default()
-    };
-    let mut inputs = real_inputs(c.spec(), &real, &opts)?;
-    if let Some(system) = system {
-        inputs.enc.chat = inputs.enc.chat.clone().with_system(system.clone());
+impl ModelArgs {
+    /// The model, tokenizer and template (`system` replacing the template's prompt), and run
+    /// options writing next to `out`.
+    fn inputs(&self, run: &RunArgs) -> Result<(Inputs, RunOptions), String> {
+        let selected = run.select_device()?;
+        let real = RealData {
+            data: PathBuf::new(),
+            image_folder: self.image_folder.clone(),
+            model: Some(self.model.clone()),
+            vision: None,
+            llm: None,
+            tokenizer: self.tokenizer.clone(),
+            template: self.template,
+            stage: StageKind::Finetune,
+            held_out: 0.0,
+        };
+        let opts = RunOptions {
+            device: selected.device.clone(),
+            out: self.out.parent().map(PathBuf::from).unwrap_or_default(),
+            resume: false,
+            verbose: !run.quiet,
+        };
+        let c = CalLlavaConfig {
+            max_len: self.max_len,
+            ..CalLlavaConfig::default()
+        };
+        let mut inputs = real_inputs(c.spec(), &real, &opts)?;
+        if let Some(system) = &self.system {
+            inputs.enc.chat = inputs.enc.chat.clone().with_system(system.clone());
+        }
+        Ok((inputs, opts))
     }
-    Ok((inputs, opts))
 }
 
-/// Score `args.pairs` with `args.model` into `args.out`.
+/// `seva_dpo score`'s flags.
+#[derive(clap::Args, Debug)]
+pub struct ScoreArgs {
+    /// Pairs (JSON Lines: `{"id", "image", "question", "chosen", "rejected", …}`).
+    #[arg(long)]
+    pub pairs: PathBuf,
+    #[command(flatten)]
+    pub model: ModelArgs,
+}
+
+/// Score `args.pairs` with `args.model.model` into `args.model.out`.
 pub fn score(args: &ScoreArgs, run: &RunArgs) -> Result<(), String> {
-    let text = (args.template, args.tokenizer.as_ref(), args.system.as_ref());
-    let (inputs, opts) = model_inputs(
-        &args.model,
-        &args.image_folder,
-        text,
-        args.max_len,
-        &args.out,
-        run,
-    )?;
+    let (inputs, opts) = args.model.inputs(run)?;
     let mut pairs = read_pairs(&args.pairs).map_err(|e| e.to_string())?;
-    let b = args.batch_size;
+    let b = args.model.batch_size;
     score_pairs(&inputs.init, &mut pairs, &inputs, b, None, &opts)?;
     let mut text = Vec::new();
     for p in &pairs {
@@ -108,32 +102,23 @@ pub fn score(args: &ScoreArgs, run: &RunArgs) -> Result<(), String> {
         });
         writeln!(text, "{line}").map_err(|e| e.to_string())?;
     }
-    std::fs::write(&args.out, text).map_err(|e| format!("{}: {e}", args.out.display()))?;
-    eprintln!("scored {} pairs into {}", pairs.len(), args.out.display());
+    std::fs::write(&args.model.out, text)
+        .map_err(|e| format!("{}: {e}", args.model.out.display()))?;
+    eprintln!(
+        "scored {} pairs into {}",
+        pairs.len(),
+        args.model.out.display()
+    );
     Ok(())
 }
 
-/// `seva_dpo pairs`'s flags.
+/// `seva_dpo pairs`'s flags (`--out`: all noise steps in one file; `augmentation` names each
+/// pair's).
 #[derive(clap::Args, Debug)]
 pub struct PairsArgs {
-    /// A Hugging Face LLaVA directory (the model that answers, and the reference).
-    #[arg(long)]
-    pub model: PathBuf,
     /// LLaVA records (JSON array or JSON Lines): each one-image record's questions.
     #[arg(long)]
     pub data: PathBuf,
-    /// Folder the records' image paths are relative to.
-    #[arg(long)]
-    pub image_folder: PathBuf,
-    /// Chat template: plain, vicuna_v1, chatml.
-    #[arg(long, default_value = "vicuna_v1")]
-    pub template: Template,
-    /// `tokenizer.json` (default: the model directory's).
-    #[arg(long)]
-    pub tokenizer: Option<PathBuf>,
-    /// System prompt of the chat template (default: the template's).
-    #[arg(long)]
-    pub system: Option<String>,
     /// Diffusion steps of the rejected images (SeVa: 500, 800).
     #[arg(long, value_delimiter = ',', default_value = "500,800")]
     pub noise_steps: Vec<usize>,
@@ -143,18 +128,11 @@ pub struct PairsArgs {
     /// Generation budget per answer.
     #[arg(long, default_value_t = 64)]
     pub max_new_tokens: usize,
-    /// Longest sequence (tokens, image slots included).
-    #[arg(long, default_value_t = 2048)]
-    pub max_len: usize,
-    /// Prompts per generation batch.
-    #[arg(long, default_value_t = 8)]
-    pub batch_size: usize,
     /// Seed of the noise.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Output JSON Lines (all noise steps; `augmentation` names each pair's).
-    #[arg(long)]
-    pub out: PathBuf,
+    #[command(flatten)]
+    pub model: ModelArgs,
 }
 
 /// Make and score pairs (`seva_dpo pairs`).
@@ -165,15 +143,7 @@ pub fn pairs(args: &PairsArgs, run: &RunArgs) -> Result<(), String> {
             args.noise_steps
         ));
     }
-    let text = (args.template, args.tokenizer.as_ref(), args.system.as_ref());
-    let (inputs, opts) = model_inputs(
-        &args.model,
-        &args.image_folder,
-        text,
-        args.max_len,
-        &args.out,
-        run,
-    )?;
+    let (inputs, opts) = args.model.inputs(run)?;
     let mut questions = qa_questions(&read_valid(&args.data)?);
     if let Some(n) = args.questions {
         questions.truncate(n);
@@ -186,7 +156,7 @@ pub fn pairs(args: &PairsArgs, run: &RunArgs) -> Result<(), String> {
         encoder: &inputs.enc.chat,
         processor: &inputs.processor,
         image_folder: &inputs.images,
-        batch_size: args.batch_size,
+        batch_size: args.model.batch_size,
         config: &generation,
         show_progress: opts.verbose,
     };
@@ -210,16 +180,16 @@ pub fn pairs(args: &PairsArgs, run: &RunArgs) -> Result<(), String> {
         &inputs.init,
         &mut all,
         &inputs,
-        args.batch_size,
+        args.model.batch_size,
         None,
         &opts,
     )?;
-    write_pairs_file(&args.out, &all)?;
+    write_pairs_file(&args.model.out, &all)?;
     eprintln!(
         "{} pairs from {} questions into {}",
         all.len(),
         questions.len(),
-        args.out.display()
+        args.model.out.display()
     );
     Ok(())
 }

@@ -26,7 +26,7 @@ use vlalign_models::Llava;
 use crate::cal_eval::RunResult;
 use crate::cal_eval::{EvalContext, evaluate_model};
 use crate::cal_llava::{CalLlavaConfig, loss_curve};
-use crate::inputs::{Inputs, RealData, read_valid, real_inputs, world_inputs};
+use crate::inputs::{Inputs, RealData, inputs_for, read_valid};
 use crate::run::RunOptions;
 
 /// VIG's own settings.
@@ -252,14 +252,7 @@ pub fn run(
     opts: &RunOptions,
 ) -> Result<VigOutcome, String> {
     let common = &config.common;
-    let inputs = match real {
-        Some(r) => {
-            let inputs = real_inputs(common.spec(), r, opts)?;
-            inputs.keep_tokenizer(&opts.out)?;
-            inputs
-        }
-        None => world_inputs(common.spec(), opts)?,
-    };
+    let inputs = inputs_for(common.spec(), real, opts)?;
     let mut curves = Vec::new();
     // Stage 1 (the world), or the loaded model.
     let stage1 = match real {

@@ -91,24 +91,13 @@ fn dpo_trains_from_a_precomputed_or_a_live_reference_alike_and_resumes_exactly()
     assert!((live - precomputed).abs() < 1e-4, "{live} vs {precomputed}");
     let live_run = tmp.path().join("live");
     let trainee = DpoTrainee::with_live_reference(model(&s), model(&s).valid(), dpo.clone());
-    let stage = Stage {
-        dir: &live_run,
-        label: "dpo-live",
-        resume: false,
-        stop_after: None,
-        show: &[],
-        renderer: Some(quiet_renderer()),
-    };
-    let (_, live_report) = fit(
+    let (_, live_report) = fit_quietly(
         trainee,
-        train.clone(),
-        valid.clone(),
-        batcher.clone(),
-        &Device::flex(),
+        (train.clone(), valid.clone()),
+        &batcher,
         &cfg,
-        stage,
-    )
-    .unwrap();
+        (&live_run, "dpo-live"),
+    );
     for (a, b) in report.steps.iter().zip(&live_report.steps) {
         assert!(
             (a.loss - b.loss).abs() < 1e-4,
@@ -123,6 +112,37 @@ fn dpo_trains_from_a_precomputed_or_a_live_reference_alike_and_resumes_exactly()
     let (_, resumed) = run(&cut, true, None).unwrap();
     assert_eq!(resumed.resumed_from, Some(4));
     assert_eq!(csv_losses(&full), csv_losses(&cut), "resumed losses differ");
+}
+
+/// Train `trainee` on `(train, valid)` pairs in `dir`, quietly, from scratch.
+fn fit_quietly(
+    trainee: vlalign_train::DpoTrainee,
+    (train, valid): (
+        Arc<dyn Dataset<vlalign_data::PreferenceItem>>,
+        Arc<dyn Dataset<vlalign_data::PreferenceItem>>,
+    ),
+    batcher: &vlalign_data::PreferenceBatcher,
+    cfg: &vlalign_train::TrainConfig,
+    (dir, label): (&Path, &str),
+) -> (vlalign_train::DpoTrainee, vlalign_train::TrainReport) {
+    let stage = Stage {
+        dir,
+        label,
+        resume: false,
+        stop_after: None,
+        show: &[],
+        renderer: Some(quiet_renderer()),
+    };
+    fit(
+        trainee,
+        train,
+        valid,
+        batcher.clone(),
+        &Device::flex(),
+        cfg,
+        stage,
+    )
+    .unwrap()
 }
 
 /// Preference pairs for DPO tests and what trains on them.
@@ -236,25 +256,14 @@ fn dpo_with_lora_adapters_starts_at_the_reference_and_trains_only_the_adapters()
     cfg.accumulation = 1;
     cfg.optim.lr = 1e-2;
     let dir = tmp.path().join("lora");
-    let stage = Stage {
-        dir: &dir,
-        label: "dpo-lora",
-        resume: false,
-        stop_after: None,
-        show: &[],
-        renderer: Some(quiet_renderer()),
-    };
     let trainee = DpoTrainee::new(policy, dpo.clone());
-    let (trained, report) = fit(
+    let (trained, report) = fit_quietly(
         trainee,
-        p.train.clone(),
-        p.valid.clone(),
-        p.batcher.clone(),
-        &Device::flex(),
+        (p.train.clone(), p.valid.clone()),
+        &p.batcher,
         &cfg,
-        stage,
-    )
-    .unwrap();
+        (&dir, "dpo-lora"),
+    );
     let first = report.steps[0].loss;
     assert!((first - 2f64.ln()).abs() < 1e-4, "step 1: {first}");
     let items: Vec<_> = (0..p.train.len())
@@ -470,24 +479,13 @@ fn cal_token_weighted_dpo_weights_answer_tokens_and_trains() {
     cfg.accumulation = 1;
     let dir = tmp.path().join("cal-dpo");
     let trainee = DpoTrainee::with_live_reference(model(&s), reference.clone(), dpo.clone());
-    let stage = Stage {
-        dir: &dir,
-        label: "cal-dpo",
-        resume: false,
-        stop_after: None,
-        show: &[],
-        renderer: Some(quiet_renderer()),
-    };
-    let (trained, report) = fit(
+    let (trained, report) = fit_quietly(
         trainee,
-        p.train.clone(),
-        p.valid.clone(),
-        p.batcher.clone(),
-        &Device::flex(),
+        (p.train.clone(), p.valid.clone()),
+        &p.batcher,
         &cfg,
-        stage,
-    )
-    .unwrap();
+        (&dir, "cal-dpo"),
+    );
     assert!((report.steps[0].loss - 2f64.ln()).abs() < 1e-4);
     let items: Vec<_> = (0..p.train.len())
         .map(|i| p.train.get(i).unwrap())
