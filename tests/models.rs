@@ -403,3 +403,30 @@ fn growing_the_vocabulary_keeps_old_logits_and_starts_new_rows_at_the_mean() {
     // Not larger: unchanged.
     assert_eq!(grown.grow_vocab(VOCAB).vocab_size(), VOCAB + 2);
 }
+
+/// Bool tensors read back on the host whatever the backend stores them as: flex keeps native
+/// bytes, wgpu and cuda `u32` (a read assuming native bools panicked on wgpu with
+/// `DTypeMismatch { expected: Bool(Native), actual: Bool(U32) }`).
+#[test]
+fn bool_read_back_accepts_every_bool_storage() {
+    use burn::tensor::{BoolStore, DType};
+    use vlalign::models::llava::host_bools;
+    let want = [true, false, false, true];
+    let native =
+        TensorData::from_bytes_vec(vec![1, 0, 0, 1], [2, 2], DType::Bool(BoolStore::Native));
+    let words: Vec<u8> = [1u32, 0, 0, 1]
+        .iter()
+        .flat_map(|v| v.to_ne_bytes())
+        .collect();
+    let u32s = TensorData::from_bytes_vec(words, [2, 2], DType::Bool(BoolStore::U32));
+    let bytes = TensorData::from_bytes_vec(vec![1, 0, 0, 1], [2, 2], DType::Bool(BoolStore::U8));
+    for data in [native, u32s, bytes] {
+        assert_eq!(host_bools(&data), want, "{:?}", data.dtype());
+    }
+    // And a mask made on the device reads back as it was made.
+    let mask = Tensor::<2, burn::tensor::Bool>::from_data(
+        TensorData::from([[true, false], [false, true]]),
+        &device(),
+    );
+    assert_eq!(host_bools(&mask.to_data()), want);
+}

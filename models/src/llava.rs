@@ -157,11 +157,7 @@ impl Layout {
             .convert::<i64>()
             .try_into_vec::<i64>()
             .expect("int tensor data");
-        let valid = input
-            .attention_mask
-            .to_data()
-            .try_into_vec::<bool>()
-            .expect("bool tensor data");
+        let valid = host_bools(&input.attention_mask.to_data());
         assert_eq!(
             input.attention_mask.dims(),
             [batch, seq],
@@ -187,6 +183,12 @@ pub(crate) fn int_tensor(rows: &[Vec<i64>], device: &Device) -> Tensor<2, Int> {
     let seq = rows.first().map_or(0, Vec::len);
     let flat: Vec<i64> = rows.iter().flatten().copied().collect();
     Tensor::from_data(TensorData::new(flat, [rows.len(), seq]), device)
+}
+
+/// A bool tensor's values read on the host, whatever the backend stores bools as (flex: native
+/// bytes; wgpu and cuda: `u32`), so no host read-back assumes a native dtype.
+pub fn host_bools(data: &TensorData) -> Vec<bool> {
+    data.iter::<u8>().map(|v| v != 0).collect()
 }
 
 pub(crate) fn bool_tensor(rows: &[Vec<bool>], device: &Device) -> Tensor<2, Bool> {
