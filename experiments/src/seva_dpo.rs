@@ -12,7 +12,7 @@ use burn::data::dataset::Dataset;
 use serde::{Deserialize, Serialize};
 use vlalign_align::DpoConfig;
 use vlalign_data::{PreferenceBatcher, PreferenceDataset, PreferenceItem, PreferencePair, Record};
-use vlalign_models::{GenerationConfig, Llava, LlavaConfig, hf};
+use vlalign_models::{Llava, LlavaConfig, hf};
 use vlalign_train::{LoraConfig, TrainConfig};
 
 use crate::cal_llava::{CalLlavaConfig, mle_base};
@@ -20,7 +20,7 @@ use crate::eval::slots::single_turn;
 use crate::inputs::{Inputs, RealData, read_valid, real_inputs, world_inputs};
 use crate::run::{EvalSection, RunOptions};
 use crate::seva_eval::{Evaluator, ModelScores, held_out_rewards, rewards_only};
-use crate::seva_pairs::{Augmentation, make_pairs, qa_questions, score_pairs, write_pairs_file};
+use crate::seva_pairs::{Answering, noise_pairs, qa_questions, score_pairs, write_pairs_file};
 use crate::seva_train::{rewards, save_hf, train_dpo};
 
 /// How the pairs are made.
@@ -418,24 +418,6 @@ fn pair_sets(
     let (base, inputs) = (&start.model, &start.inputs);
     let mut train_q = start.questions.clone();
     let held_q = train_q.split_off(start.train_questions);
-    let generation = GenerationConfig::new()
-        .with_max_new_tokens(config.pairs.max_new_tokens)
-        .with_stop_tokens(vec![inputs.enc.chat.end_of_turn()])
-        .with_pad_token_id(inputs.tokenizer.token_id("<pad>").unwrap_or(0));
-    let run = vlalign_eval::generation::GenerationRun {
-        encoder: &inputs.enc.chat,
-        processor: &inputs.processor,
-        image_folder: &inputs.images,
-        batch_size: config.eval.batch_size,
-        config: &generation,
-        show_progress: opts.verbose,
-    };
-    let augmentations: Vec<Augmentation> = config
-        .pairs
-        .noise_steps
-        .iter()
-        .map(|&t| Augmentation::Noise(t))
-        .collect();
     eprintln!(
         "pairs: {} training and {} held-out questions, noise steps {:?}",
         train_q.len(),
@@ -443,8 +425,14 @@ fn pair_sets(
         config.pairs.noise_steps
     );
     let seed = config.base.seed;
-    let train_sets = make_pairs(base, &train_q, &run, &augmentations, seed);
-    let held_sets = make_pairs(base, &held_q, &run, &augmentations, seed);
+    let answering = Answering {
+        max_new_tokens: config.pairs.max_new_tokens,
+        batch_size: config.eval.batch_size,
+        verbose: opts.verbose,
+    };
+    let steps = &config.pairs.noise_steps;
+    let train_sets = noise_pairs(base, &train_q, inputs, steps, answering, seed);
+    let held_sets = noise_pairs(base, &held_q, inputs, steps, answering, seed);
     let with_negatives = config.variants.contains(&Variant::ImageNegative);
     let mut out = Vec::new();
     for (t, h) in train_sets.into_iter().zip(held_sets) {

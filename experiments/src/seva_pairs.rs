@@ -22,7 +22,7 @@ use vlalign_data::{
     PreferenceBatcher, PreferenceDataset, PreferencePair, Record, Role, write_pairs,
 };
 use vlalign_eval::generation::{GenerationRun, generate_split, generate_split_with};
-use vlalign_models::Llava;
+use vlalign_models::{GenerationConfig, Llava};
 
 use crate::inputs::Inputs;
 use crate::run::RunOptions;
@@ -152,6 +152,47 @@ pub fn make_pairs(
         out.push(set);
     }
     out
+}
+
+/// How the answers of a pairs pass are generated: greedy, `max_new_tokens`, `batch_size`
+/// prompts per batch, with a progress bar when `verbose`.
+#[derive(Clone, Copy, Debug)]
+pub struct Answering {
+    /// Generation budget per answer.
+    pub max_new_tokens: usize,
+    /// Prompts per batch.
+    pub batch_size: usize,
+    /// Progress bar.
+    pub verbose: bool,
+}
+
+/// [`make_pairs`] with the rejected images under diffusion noise at each of `noise_steps`,
+/// answered with the chat template of `inputs` (stopping at its end of turn).
+pub fn noise_pairs(
+    model: &Llava,
+    questions: &[Record],
+    inputs: &Inputs,
+    noise_steps: &[usize],
+    answering: Answering,
+    seed: u64,
+) -> Vec<Pairs> {
+    let generation = GenerationConfig::new()
+        .with_max_new_tokens(answering.max_new_tokens)
+        .with_stop_tokens(vec![inputs.enc.chat.end_of_turn()])
+        .with_pad_token_id(inputs.tokenizer.token_id("<pad>").unwrap_or(0));
+    let run = GenerationRun {
+        encoder: &inputs.enc.chat,
+        processor: &inputs.processor,
+        image_folder: &inputs.images,
+        batch_size: answering.batch_size,
+        config: &generation,
+        show_progress: answering.verbose,
+    };
+    let augmentations: Vec<Augmentation> = noise_steps
+        .iter()
+        .map(|&t| Augmentation::Noise(t))
+        .collect();
+    make_pairs(model, questions, &run, &augmentations, seed)
 }
 
 /// The pair of `record`'s question: `chosen` on the clean image, `rejected` on the augmented.

@@ -11,7 +11,7 @@ use vlalign_data::{Template, read_pairs};
 use crate::cal_llava::CalLlavaConfig;
 use crate::inputs::{Inputs, RealData, read_valid, real_inputs};
 use crate::run::{RunArgs, RunOptions, StageKind};
-use crate::seva_pairs::{Augmentation, make_pairs, qa_questions, score_pairs, write_pairs_file};
+use crate::seva_pairs::{Answering, noise_pairs, qa_questions, score_pairs, write_pairs_file};
 
 /// The model flags `score` and `pairs` share.
 #[derive(clap::Args, Debug)]
@@ -148,28 +148,18 @@ pub fn pairs(args: &PairsArgs, run: &RunArgs) -> Result<(), String> {
     if let Some(n) = args.questions {
         questions.truncate(n);
     }
-    let generation = vlalign_models::GenerationConfig::new()
-        .with_max_new_tokens(args.max_new_tokens)
-        .with_stop_tokens(vec![inputs.enc.chat.end_of_turn()])
-        .with_pad_token_id(inputs.tokenizer.token_id("<pad>").unwrap_or(0));
-    let gen_run = vlalign_eval::generation::GenerationRun {
-        encoder: &inputs.enc.chat,
-        processor: &inputs.processor,
-        image_folder: &inputs.images,
+    let answering = Answering {
+        max_new_tokens: args.max_new_tokens,
         batch_size: args.model.batch_size,
-        config: &generation,
-        show_progress: opts.verbose,
+        verbose: opts.verbose,
     };
-    let augmentations: Vec<_> = args
-        .noise_steps
-        .iter()
-        .map(|&t| Augmentation::Noise(t))
-        .collect();
-    let sets = make_pairs(
+    let steps = &args.noise_steps;
+    let sets = noise_pairs(
         &inputs.init,
         &questions,
-        &gen_run,
-        &augmentations,
+        &inputs,
+        steps,
+        answering,
         args.seed,
     );
     let mut all = Vec::new();
