@@ -326,3 +326,44 @@ fn clip_model_and_its_info_nce_match_transformers() {
     assert!(max_abs_diff(again.forward(pixels, ids, &lengths), before) < 1e-6);
     std::fs::remove_dir_all(&out).ok();
 }
+
+#[test]
+fn blip2_and_instructblip_forward_match_transformers() {
+    use vlalign::models::{Blip2Input, QFormerText};
+    for dir in ["blip2", "instructblip"] {
+        let io = Io::open(dir);
+        let (model, config, report) = hf::load_blip2(&fixture(dir), &device()).unwrap();
+        assert!(
+            report.missing.is_empty() && report.unused.is_empty(),
+            "{dir}: {report}"
+        );
+        assert_eq!(config.qformer.text_input, dir == "instructblip");
+        let ids = io.int("input_ids");
+        let [b, t] = ids.dims();
+        let qformer_text = (dir == "instructblip").then(|| {
+            let q = io.int("qformer_input_ids");
+            let [qb, qt] = q.dims();
+            QFormerText {
+                ids: q,
+                valid: Tensor::<2, Bool>::from_data(
+                    TensorData::new(vec![true; qb * qt], [qb, qt]),
+                    &device(),
+                ),
+            }
+        });
+        let input = Blip2Input {
+            input_ids: ids,
+            attention_mask: Tensor::from_data(
+                TensorData::new(vec![true; b * t], [b, t]),
+                &device(),
+            ),
+            images: Some(io.float::<4>("pixel_values")),
+            image_index: None,
+            qformer_text,
+        };
+        let logits = model.forward(input).logits;
+        let d = max_abs_diff(logits, io.float::<3>("logits"));
+        println!("{dir} logits max abs diff {d:e}");
+        assert!(d <= TOL, "{dir}: {d}");
+    }
+}

@@ -22,10 +22,14 @@ For each model this saves the checkpoint with `save_pretrained` (config.json + s
                  of every parameter (grads/, a checkpoint whose weights are the gradients) and the
                  weights after 3 AdamW steps with per-tensor gradient clipping (after3/)
 
+  blip2/         Blip2ForConditionalGeneration (tiny BLIP ViT, Q-Former with cross-attention every 2nd
+                 layer, tiny Llama), a 32-px PNG + preprocessor_config.json → logits
+  instructblip/  InstructBlipForConditionalGeneration: the same plus Q-Former instruction ids → logits
+
   seva_score/    a tiny LLaVA (model/, byte-level BPE tokenizer.json), two 32-px PNGs and preference
                  pairs: each answer's summed log-prob under vicuna_v1 (expected.jsonl)
 
-    python tools/make_fixtures.py --only llava_train   # just that one (or --only clip|seva_score)
+    python tools/make_fixtures.py --only llava_train   # just that one (or --only clip|seva_score|blip2)
 
 The package versions used are written to tests/fixtures/VERSIONS.
 """
@@ -411,6 +415,77 @@ def seva_score():
     print("wrote", os.path.abspath(path), f"(swapping the image moves a log-prob by {moved:.3f})")
 
 
+def blip_image(path):
+    """A 32-px PNG with structure, its preprocessor_config.json, and the pixel values the BLIP
+    image processor's normalisation gives (no resize: the PNG has the model's size)."""
+    import numpy as np
+    from PIL import Image
+
+    g = torch.Generator().manual_seed(7)
+    rgb = (torch.rand(32, 32, 3, generator=g) * 255).to(torch.uint8).numpy()
+    rgb[8:20, 6:26] = [250, 30, 30]
+    Image.fromarray(rgb).save(os.path.join(path, "image.png"))
+    mean = [0.48145466, 0.4578275, 0.40821073]
+    std = [0.26862954, 0.26130258, 0.27577711]
+    with open(os.path.join(path, "preprocessor_config.json"), "w") as f:
+        json.dump({"image_processor_type": "BlipImageProcessor", "size": {"height": 32, "width": 32},
+                   "image_mean": mean, "image_std": std, "do_rescale": True,
+                   "rescale_factor": 1 / 255, "do_normalize": True}, f, indent=2)
+    x = torch.from_numpy(rgb.astype(np.float32) / 255.0).permute(2, 0, 1)
+    x = (x - torch.tensor(mean).view(3, 1, 1)) / torch.tensor(std).view(3, 1, 1)
+    return x.unsqueeze(0)
+
+
+def blip_init(model):
+    """transformers' BLIP-2 init leaves the vision embeddings at ~1e-10 and the queries at 0:
+    draw every parameter so that each input visibly changes the logits."""
+    for name, p in model.named_parameters():
+        if "norm" in name.lower() and name.endswith("weight"):
+            p.normal_(1.0, 0.1)
+        else:
+            p.normal_(0.0, 0.15 if p.dim() > 1 else 0.05)
+
+
+@torch.no_grad()
+def blip2():
+    from transformers import (Blip2Config, Blip2ForConditionalGeneration, InstructBlipConfig,
+                              InstructBlipForConditionalGeneration)
+
+    torch.manual_seed(3)
+    image_token = 129
+    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                  image_size=32, patch_size=8, hidden_act="gelu", layer_norm_eps=1e-6,
+                  qkv_bias=True)
+    qformer = dict(hidden_size=32, num_hidden_layers=3, num_attention_heads=4,
+                   intermediate_size=48, cross_attention_frequency=2, encoder_hidden_size=32,
+                   vocab_size=60, max_position_embeddings=64, hidden_act="gelu")
+    text = llama_config(vocab=130).to_dict()
+    ids = torch.cat([
+        torch.tensor([[1, 17]]), torch.full((1, 4), image_token), torch.randint(3, 120, (1, 6)),
+    ], dim=1)
+    for name, cfg_cls, model_cls in (
+        ("blip2", Blip2Config, Blip2ForConditionalGeneration),
+        ("instructblip", InstructBlipConfig, InstructBlipForConditionalGeneration),
+    ):
+        cfg = cfg_cls(vision_config=vision, qformer_config=qformer, text_config=text,
+                      num_query_tokens=4, image_token_index=image_token)
+        path = fresh(name)
+        model = model_cls(cfg).eval()
+        blip_init(model)
+        model.save_pretrained(path)
+        pixels = blip_image(path)
+        kw = {}
+        if name == "instructblip":
+            kw["qformer_input_ids"] = torch.randint(1, 60, (1, 5))
+            kw["qformer_attention_mask"] = torch.ones(1, 5, dtype=torch.long)
+        logits = model(input_ids=ids, pixel_values=pixels, **kw).logits
+        swapped = model(input_ids=ids, pixel_values=-pixels, **kw).logits
+        moved = (logits - swapped).abs().max().item()
+        assert moved > 1e-1, f"{name}: the image barely changes the logits ({moved})"
+        save_io(path, {"input_ids": ids, "pixel_values": pixels, "logits": logits, **kw})
+        print("wrote", os.path.abspath(path), f"(the image moves a logit by {moved:.3f})")
+
+
 def write_versions(path):
     with open(path, "w") as f:
         f.write(f"python {sys.version.split()[0]}\ntorch {torch.__version__}\n"
@@ -418,13 +493,14 @@ def write_versions(path):
 
 
 if __name__ == "__main__":
-    only = {"llava_train": llava_train, "clip": clip, "seva_score": seva_score}
+    only = {"llava_train": llava_train, "clip": clip, "seva_score": seva_score, "blip2": blip2}
     if len(sys.argv) == 3 and sys.argv[1] == "--only" and sys.argv[2] in only:
         only[sys.argv[2]]()
     elif sys.argv[1:]:
-        sys.exit("usage: make_fixtures.py [--only llava_train|clip|seva_score]")
+        sys.exit("usage: make_fixtures.py [--only llava_train|clip|seva_score|blip2]")
     else:
         main()
         llava_train()
         clip()
         seva_score()
+        blip2()

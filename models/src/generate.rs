@@ -1,4 +1,5 @@
-//! Batched autoregressive generation for [`Llava`]: left padding, positions from the attention
+//! Batched autoregressive generation for [`Llava`] (and every model that splices visual tokens
+//! into a decoder): left padding, positions from the attention
 //! mask, a KV cache, greedy or temperature/top-p sampling, stop tokens.
 
 use burn::config::Config;
@@ -7,8 +8,8 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
-use crate::llava::{Layout, Llava, int_tensor};
-use crate::llm::KvCache;
+use crate::llava::{Layout, Llava, int_tensor, lm_step};
+use crate::llm::{DecoderLm, KvCache};
 
 /// How the next token is chosen.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
@@ -58,77 +59,100 @@ impl Llava {
         images: Option<Tensor<4>>,
         config: &GenerationConfig,
     ) -> Vec<Vec<u32>> {
-        if prompts.is_empty() || config.max_new_tokens == 0 {
-            return vec![Vec::new(); prompts.len()];
-        }
-        let device = self.language_model.embed_tokens.weight.device();
-        let batch = prompts.len();
-        let width = prompts.iter().map(Vec::len).max().unwrap_or(0);
-        assert!(width > 0, "generation needs a non-empty prompt");
-        let ids: Vec<Vec<i64>> = prompts
-            .iter()
-            .map(|p| {
-                let mut row = vec![config.pad_token_id as i64; width - p.len()];
-                row.extend(p.iter().map(|&t| t as i64));
-                row
-            })
-            .collect();
-        let mut valid: Vec<Vec<bool>> = prompts
-            .iter()
-            .map(|p| (0..width).map(|t| t >= width - p.len()).collect())
-            .collect();
-        let layout = Layout::new(ids.clone(), valid.clone(), self.image_token_id);
-        let padded = layout.has_padding();
-        let embeds = self.splice(int_tensor(&ids, &device), images, None, &layout);
-
-        let mut cache = KvCache::new();
-        let mut logits = self.step(
-            embeds,
-            &layout.positions,
-            padded.then_some(valid.as_slice()),
-            &mut cache,
-        );
-        // Image slots are filled by the vision tower, never generated.
-        let vocab = self.language_model.vocab_size();
-        let mut bias = vec![0.0f32; vocab];
-        bias[self.image_token_id as usize] = -1e9;
-        let bias = Tensor::<2>::from_data(TensorData::new(bias, [1, vocab]), &device);
-        let mut next_pos: Vec<i64> = prompts.iter().map(|p| p.len() as i64).collect();
-        let mut rng = StdRng::seed_from_u64(config.seed);
-        let mut out = vec![Vec::new(); batch];
-        let mut done = vec![false; batch];
-        for step in 0..config.max_new_tokens {
-            let chosen = choose(logits + bias.clone(), config.sampling, &mut rng);
-            for (b, &token) in chosen.iter().enumerate() {
-                if !done[b] {
-                    out[b].push(token);
-                    done[b] = config.stop_tokens.contains(&token);
-                }
-            }
-            if done.iter().all(|&d| d) || step + 1 == config.max_new_tokens {
-                break;
-            }
-            let feed: Vec<Vec<i64>> = chosen
-                .iter()
-                .zip(&done)
-                .map(|(&t, &d)| vec![if d { config.pad_token_id } else { t } as i64])
-                .collect();
-            let positions: Vec<Vec<i64>> = next_pos.iter().map(|&p| vec![p]).collect();
-            next_pos.iter_mut().for_each(|p| *p += 1);
-            valid.iter_mut().for_each(|row| row.push(true));
-            let embeds = self.language_model.embed(int_tensor(&feed, &device));
-            logits = self.step(
-                embeds,
-                &positions,
-                padded.then_some(valid.as_slice()),
-                &mut cache,
-            );
-        }
-        out
+        generate_spliced(
+            &self.language_model,
+            self.image_token_id,
+            prompts,
+            |ids, layout| {
+                let device = self.language_model.embed_tokens.weight.device();
+                self.splice(int_tensor(ids, &device), images, None, layout)
+            },
+            config,
+        )
     }
 }
 
-/// Pick one token per row of `logits` `[batch, vocab]`.
+/// The generation loop of every model that splices visual tokens into a decoder's input:
+/// `splice` turns the left-padded prompt ids and their layout into the first step's
+/// embeddings; the rest is the decoder's.
+pub(crate) fn generate_spliced(
+    lm: &DecoderLm,
+    image_token_id: i64,
+    prompts: &[Vec<u32>],
+    splice: impl FnOnce(&[Vec<i64>], &Layout) -> Tensor<3>,
+    config: &GenerationConfig,
+) -> Vec<Vec<u32>> {
+    if prompts.is_empty() || config.max_new_tokens == 0 {
+        return vec![Vec::new(); prompts.len()];
+    }
+    let device = lm.embed_tokens.weight.device();
+    let batch = prompts.len();
+    let width = prompts.iter().map(Vec::len).max().unwrap_or(0);
+    assert!(width > 0, "generation needs a non-empty prompt");
+    let ids: Vec<Vec<i64>> = prompts
+        .iter()
+        .map(|p| {
+            let mut row = vec![config.pad_token_id as i64; width - p.len()];
+            row.extend(p.iter().map(|&t| t as i64));
+            row
+        })
+        .collect();
+    let mut valid: Vec<Vec<bool>> = prompts
+        .iter()
+        .map(|p| (0..width).map(|t| t >= width - p.len()).collect())
+        .collect();
+    let layout = Layout::new(ids.clone(), valid.clone(), image_token_id);
+    let padded = layout.has_padding();
+    let embeds = splice(&ids, &layout);
+
+    let mut cache = KvCache::new();
+    let mut logits = lm_step(
+        lm,
+        embeds,
+        &layout.positions,
+        padded.then_some(valid.as_slice()),
+        &mut cache,
+    );
+    // Image slots are filled by the vision side, never generated.
+    let vocab = lm.vocab_size();
+    let mut bias = vec![0.0f32; vocab];
+    bias[image_token_id as usize] = -1e9;
+    let bias = Tensor::<2>::from_data(TensorData::new(bias, [1, vocab]), &device);
+    let mut next_pos: Vec<i64> = prompts.iter().map(|p| p.len() as i64).collect();
+    let mut rng = StdRng::seed_from_u64(config.seed);
+    let mut out = vec![Vec::new(); batch];
+    let mut done = vec![false; batch];
+    for step in 0..config.max_new_tokens {
+        let chosen = choose(logits + bias.clone(), config.sampling, &mut rng);
+        for (b, &token) in chosen.iter().enumerate() {
+            if !done[b] {
+                out[b].push(token);
+                done[b] = config.stop_tokens.contains(&token);
+            }
+        }
+        if done.iter().all(|&d| d) || step + 1 == config.max_new_tokens {
+            break;
+        }
+        let feed: Vec<Vec<i64>> = chosen
+            .iter()
+            .zip(&done)
+            .map(|(&t, &d)| vec![if d { config.pad_token_id } else { t } as i64])
+            .collect();
+        let positions: Vec<Vec<i64>> = next_pos.iter().map(|&p| vec![p]).collect();
+        next_pos.iter_mut().for_each(|p| *p += 1);
+        valid.iter_mut().for_each(|row| row.push(true));
+        let embeds = lm.embed(int_tensor(&feed, &device));
+        logits = lm_step(
+            lm,
+            embeds,
+            &positions,
+            padded.then_some(valid.as_slice()),
+            &mut cache,
+        );
+    }
+    out
+}
+
 fn choose(logits: Tensor<2>, sampling: Sampling, rng: &mut StdRng) -> Vec<u32> {
     match sampling {
         Sampling::Greedy => {

@@ -9,9 +9,13 @@
 //! - [`llm`]: the LLaMA / Qwen2 decoder (RMSNorm, rotate-half RoPE, GQA, SwiGLU, KV cache).
 //! - [`llava`]: the LLaVA composition (images spliced at `<image>`), its text-only pass and
 //!   batched generation ([`generate`]).
+//! - [`blip_vision`], [`qformer`], [`blip2`]: BLIP-2 / InstructBLIP (a BLIP ViT, the Q-Former's
+//!   learned queries, a decoder LM); with [`wformer`], SAM's multi-image alignment.
 //! - [`hf`]: building these models from Hugging Face `config.json` files.
 
 pub mod attention;
+pub mod blip2;
+pub mod blip_vision;
 pub mod clip;
 pub mod generate;
 pub mod hf;
@@ -19,12 +23,18 @@ pub mod llava;
 pub mod llm;
 pub mod mask;
 pub mod projector;
+pub mod qformer;
 pub mod rope;
 pub mod vit;
+pub mod wformer;
 
+pub use blip_vision::{BlipVisionConfig, BlipVisionModel};
+pub use blip2::{Blip2, Blip2Config, Blip2Input};
 pub use clip::{Clip, ClipConfig, ClipTextConfig, ClipTextTransformer};
 pub use generate::{GenerationConfig, Sampling};
 pub use llava::{Llava, LlavaConfig, LlavaInput, ModelOutput, TextOnlyOutput};
 pub use llm::{DecoderConfig, DecoderLm, KvCache};
 pub use projector::{Projector, ProjectorConfig, ProjectorKind};
+pub use qformer::{QFormer, QFormerConfig, QFormerText};
 pub use vit::{VisionActivation, VisionConfig, VisionTransformer};
+pub use wformer::{Pooling, WFormer, WFormerConfig};

@@ -149,25 +149,36 @@ impl Layout {
         }
     }
 
-    fn read(input: &LlavaInput, image_token: i64) -> Self {
-        let [batch, seq] = input.input_ids.dims();
-        let ids = input
-            .input_ids
+    pub(crate) fn read(input: &LlavaInput, image_token: i64) -> Self {
+        Self::from_tensors(&input.input_ids, &input.attention_mask, image_token)
+    }
+
+    pub(crate) fn from_tensors(
+        input_ids: &Tensor<2, Int>,
+        attention_mask: &Tensor<2, Bool>,
+        image_token: i64,
+    ) -> Self {
+        let [batch, seq] = input_ids.dims();
+        let ids = input_ids
             .to_data()
             .convert::<i64>()
             .try_into_vec::<i64>()
             .expect("int tensor data");
-        let valid = host_bools(&input.attention_mask.to_data());
-        assert_eq!(
-            input.attention_mask.dims(),
-            [batch, seq],
-            "attention_mask shape"
-        );
+        let valid = host_bools(&attention_mask.to_data());
+        assert_eq!(attention_mask.dims(), [batch, seq], "attention_mask shape");
         Self::new(
             ids.chunks(seq).map(<[i64]>::to_vec).collect(),
             valid.chunks(seq).map(<[bool]>::to_vec).collect(),
             image_token,
         )
+    }
+
+    /// Image slots per row.
+    pub(crate) fn slots_per_row(&self) -> Vec<usize> {
+        self.image
+            .iter()
+            .map(|row| row.iter().filter(|&&i| i).count())
+            .collect()
     }
 
     pub(crate) fn has_padding(&self) -> bool {
@@ -235,55 +246,14 @@ impl Llava {
         layout: &Layout,
     ) -> Tensor<3> {
         let text = self.language_model.embed(input_ids);
-        let slots = layout.image_slots();
-        let Some(images) = images else {
-            assert_eq!(
-                slots, 0,
-                "{slots} image slots in the text but no images given"
-            );
-            return text;
-        };
-        let mut visual = self.encode_images(images);
-        if let Some(index) = image_index {
-            let index: Vec<i64> = index.iter().map(|&i| i as i64).collect();
-            let n = index.len();
-            let index = Tensor::<1, Int>::from_data(TensorData::new(index, [n]), &visual.device());
-            visual = visual.select(0, index);
-        }
-        let [n_images, per_image, d] = visual.dims();
-        assert_eq!(
-            slots,
-            n_images * per_image,
-            "the text has {slots} image slots but {n_images} images give {} visual tokens \
-             ({per_image} each)",
-            n_images * per_image
-        );
-        let [batch, seq, _] = text.dims();
-        let mut next_visual = (batch * seq) as i64;
-        let index: Vec<i64> = layout
-            .image
-            .iter()
-            .flatten()
-            .enumerate()
-            .map(|(k, &is_image)| {
-                if is_image {
-                    next_visual += 1;
-                    next_visual - 1
-                } else {
-                    k as i64
-                }
-            })
-            .collect();
-        let device = text.device();
-        let index = Tensor::<1, Int>::from_data(TensorData::new(index, [batch * seq]), &device);
-        let pool = Tensor::cat(
-            vec![
-                text.reshape([batch * seq, d]),
-                visual.reshape([n_images * per_image, d]),
-            ],
-            0,
-        );
-        pool.select(0, index).reshape([batch, seq, d])
+        let visual = images.map(|images| {
+            let visual = self.encode_images(images);
+            match image_index {
+                Some(index) => select_images(visual, index),
+                None => visual,
+            }
+        });
+        splice_visual(text, visual, layout)
     }
 
     /// Final hidden states `[batch, seq, d]` of the full multimodal sequence.
@@ -320,49 +290,7 @@ impl Llava {
     /// a fraction of its cost. Run it on `model.valid()` when no gradient is wanted.
     pub fn forward_text_only(&self, input: LlavaInput) -> TextOnlyOutput {
         let layout = Layout::read(&input, self.image_token_id);
-        let device = input.input_ids.device();
-        let positions: Vec<Vec<usize>> = layout
-            .valid
-            .iter()
-            .zip(&layout.image)
-            .map(|(valid, image)| {
-                (0..valid.len())
-                    .filter(|&t| valid[t] && !image[t])
-                    .collect()
-            })
-            .collect();
-        let kept = positions.iter().map(Vec::len).max().unwrap_or(0).max(1);
-        let pad = |row: Vec<i64>, fill: i64| {
-            let mut row = row;
-            row.resize(kept, fill);
-            row
-        };
-        let ids: Vec<Vec<i64>> = positions
-            .iter()
-            .zip(&layout.ids)
-            .map(|(p, ids)| pad(p.iter().map(|&t| ids[t]).collect(), 0))
-            .collect();
-        let pos: Vec<Vec<i64>> = positions
-            .iter()
-            .zip(&layout.positions)
-            .map(|(p, orig)| pad(p.iter().map(|&t| orig[t]).collect(), 1))
-            .collect();
-        let valid: Vec<Vec<bool>> = positions
-            .iter()
-            .map(|p| (0..kept).map(|j| j < p.len()).collect())
-            .collect();
-        let key_valid = valid
-            .iter()
-            .flatten()
-            .any(|v| !v)
-            .then(|| bool_tensor(&valid, &device));
-        let logits = self.language_model.forward(
-            int_tensor(&ids, &device),
-            int_tensor(&pos, &device),
-            key_valid,
-            None,
-        );
-        TextOnlyOutput { logits, positions }
+        text_only(&self.language_model, &layout, &input.input_ids.device())
     }
 
     /// The reference implementation of CAL's contrast (the official code's way): the full
@@ -393,26 +321,134 @@ impl Llava {
             logits: self.language_model.logits(hidden),
         }
     }
+}
 
-    /// Run the decoder on spliced embeddings with a cache (used by generation).
-    pub(crate) fn step(
-        &self,
-        embeds: Tensor<3>,
-        positions: &[Vec<i64>],
-        key_valid: Option<&[Vec<bool>]>,
-        cache: &mut KvCache,
-    ) -> Tensor<2> {
-        let device = embeds.device();
-        let hidden = self.language_model.forward_embeds(
-            embeds,
-            int_tensor(positions, &device),
-            key_valid.map(|v| bool_tensor(v, &device)),
-            Some(cache),
+/// The decoder on the text tokens of `layout` alone (image slots removed), each keeping its
+/// position id in the full sequence: CAL's contrast pass for every model that splices images.
+pub(crate) fn text_only(lm: &DecoderLm, layout: &Layout, device: &Device) -> TextOnlyOutput {
+    let positions: Vec<Vec<usize>> = layout
+        .valid
+        .iter()
+        .zip(&layout.image)
+        .map(|(valid, image)| {
+            (0..valid.len())
+                .filter(|&t| valid[t] && !image[t])
+                .collect()
+        })
+        .collect();
+    let kept = positions.iter().map(Vec::len).max().unwrap_or(0).max(1);
+    let pad = |row: Vec<i64>, fill: i64| {
+        let mut row = row;
+        row.resize(kept, fill);
+        row
+    };
+    let ids: Vec<Vec<i64>> = positions
+        .iter()
+        .zip(&layout.ids)
+        .map(|(p, ids)| pad(p.iter().map(|&t| ids[t]).collect(), 0))
+        .collect();
+    let pos: Vec<Vec<i64>> = positions
+        .iter()
+        .zip(&layout.positions)
+        .map(|(p, orig)| pad(p.iter().map(|&t| orig[t]).collect(), 1))
+        .collect();
+    let valid: Vec<Vec<bool>> = positions
+        .iter()
+        .map(|p| (0..kept).map(|j| j < p.len()).collect())
+        .collect();
+    let key_valid = valid
+        .iter()
+        .flatten()
+        .any(|v| !v)
+        .then(|| bool_tensor(&valid, device));
+    let logits = lm.forward(
+        int_tensor(&ids, device),
+        int_tensor(&pos, device),
+        key_valid,
+        None,
+    );
+    TextOnlyOutput { logits, positions }
+}
+
+/// Images `[n, tokens, d]` picked by `index` (shared images: one entry per image slot group).
+pub(crate) fn select_images(visual: Tensor<3>, index: &[usize]) -> Tensor<3> {
+    let index: Vec<i64> = index.iter().map(|&i| i as i64).collect();
+    let n = index.len();
+    let index = Tensor::<1, Int>::from_data(TensorData::new(index, [n]), &visual.device());
+    visual.select(0, index)
+}
+
+/// Token embeddings `text` `[batch, seq, d]` with the image slots of `layout` replaced, in
+/// order, by the visual tokens `[images, per_image, d]` (LLaVA's projected patches, BLIP-2's
+/// projected query outputs).
+pub(crate) fn splice_visual(
+    text: Tensor<3>,
+    visual: Option<Tensor<3>>,
+    layout: &Layout,
+) -> Tensor<3> {
+    let slots = layout.image_slots();
+    let Some(visual) = visual else {
+        assert_eq!(
+            slots, 0,
+            "{slots} image slots in the text but no images given"
         );
-        let [batch, seq, d] = hidden.dims();
-        let last = hidden.narrow(1, seq - 1, 1).reshape([batch, d]);
-        self.language_model.logits(last)
-    }
+        return text;
+    };
+    let [n_images, per_image, d] = visual.dims();
+    assert_eq!(
+        slots,
+        n_images * per_image,
+        "the text has {slots} image slots but {n_images} images give {} visual tokens \
+         ({per_image} each)",
+        n_images * per_image
+    );
+    let [batch, seq, _] = text.dims();
+    let mut next_visual = (batch * seq) as i64;
+    let index: Vec<i64> = layout
+        .image
+        .iter()
+        .flatten()
+        .enumerate()
+        .map(|(k, &is_image)| {
+            if is_image {
+                next_visual += 1;
+                next_visual - 1
+            } else {
+                k as i64
+            }
+        })
+        .collect();
+    let device = text.device();
+    let index = Tensor::<1, Int>::from_data(TensorData::new(index, [batch * seq]), &device);
+    let pool = Tensor::cat(
+        vec![
+            text.reshape([batch * seq, d]),
+            visual.reshape([n_images * per_image, d]),
+        ],
+        0,
+    );
+    pool.select(0, index).reshape([batch, seq, d])
+}
+
+/// Run the decoder on spliced embeddings with a cache and return the last position's logits
+/// (one generation step).
+pub(crate) fn lm_step(
+    lm: &DecoderLm,
+    embeds: Tensor<3>,
+    positions: &[Vec<i64>],
+    key_valid: Option<&[Vec<bool>]>,
+    cache: &mut KvCache,
+) -> Tensor<2> {
+    let device = embeds.device();
+    let hidden = lm.forward_embeds(
+        embeds,
+        int_tensor(positions, &device),
+        key_valid.map(|v| bool_tensor(v, &device)),
+        Some(cache),
+    );
+    let [batch, seq, d] = hidden.dims();
+    let last = hidden.narrow(1, seq - 1, 1).reshape([batch, d]);
+    lm.logits(last)
 }
 
 /// HF → vlalign key map of a LLaVA checkpoint, accepting the hub layout

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{Map, Value};
 
+use crate::blip2::Blip2Config;
 use crate::llava::{FeatureSelect, LlavaConfig};
 use crate::llm::DecoderConfig;
 use crate::projector::ProjectorKind;
@@ -44,7 +45,7 @@ pub enum ConfigError {
     },
     /// The config describes a model family vlalign does not build.
     #[error(
-        "unsupported model_type `{0}` (supported: llava, llama, qwen2, clip, clip_vision_model)"
+        "unsupported model_type `{0}` (supported: llava, llama, qwen2, clip, clip_vision_model, blip-2, instructblip)"
     )]
     Unsupported(String),
 }
@@ -58,6 +59,8 @@ pub enum HfModelConfig {
     Decoder(DecoderConfig),
     /// `CLIPVisionModel` (or the vision half of a `CLIPModel`).
     Vision(VisionConfig),
+    /// `Blip2ForConditionalGeneration` / `InstructBlipForConditionalGeneration`.
+    Blip2(Blip2Config),
 }
 
 /// Read and parse `dir/config.json` (or a path to the file itself).
@@ -94,6 +97,7 @@ pub fn parse_config(value: &Value) -> Result<HfModelConfig, ConfigError> {
         "llava" => Ok(HfModelConfig::Llava(llava_config(value)?)),
         "llama" | "qwen2" => Ok(HfModelConfig::Decoder(decoder_config(value)?)),
         "clip_vision_model" | "clip" => Ok(HfModelConfig::Vision(vision_config(value)?)),
+        "blip-2" | "instructblip" => Ok(HfModelConfig::Blip2(super::blip2_config(value)?)),
         other => Err(ConfigError::Unsupported(other.to_string())),
     }
 }

@@ -1,10 +1,12 @@
 //! Hugging Face model directories: `config.json` → configs ([`config`]), safetensors weights →
 //! modules and back ([`checkpoint`]).
 
+pub mod blip2_config;
 pub mod checkpoint;
 pub mod clip_config;
 pub mod config;
 
+pub use blip2_config::blip2_config;
 pub use checkpoint::{
     LoadError, LoadOptions, LoadReport, load_weights, save_weights, weight_files,
 };
@@ -19,6 +21,7 @@ use std::path::Path;
 use burn::store::ModuleSnapshot;
 use burn::tensor::Device;
 
+use crate::blip2::{Blip2, Blip2Config};
 use crate::clip::{Clip, ClipConfig, vision_to_hf};
 use crate::llava::{Llava, LlavaConfig};
 use crate::llm::{DecoderConfig, DecoderLm};
@@ -50,6 +53,7 @@ fn kind(c: &HfModelConfig) -> &'static str {
         HfModelConfig::Llava(_) => "llava",
         HfModelConfig::Decoder(_) => "causal LM",
         HfModelConfig::Vision(_) => "CLIP vision",
+        HfModelConfig::Blip2(_) => "BLIP-2",
     }
 }
 
@@ -88,6 +92,25 @@ pub fn load_llava(
         pick,
         |c: &LlavaConfig| c.init(device),
         &crate::llava::hf_key_map(),
+    )
+}
+
+/// Open a `Blip2ForConditionalGeneration` / `InstructBlipForConditionalGeneration` directory
+/// (LLaMA-family LM) on `device`.
+pub fn load_blip2(
+    dir: &Path,
+    device: &Device,
+) -> Result<(Blip2, Blip2Config, LoadReport), HfError> {
+    let pick = |c: &HfModelConfig| match c {
+        HfModelConfig::Blip2(c) => Some(c.clone()),
+        _ => None,
+    };
+    open(
+        dir,
+        "BLIP-2",
+        pick,
+        |c: &Blip2Config| c.init(device),
+        &crate::blip2::hf_key_map(),
     )
 }
 
