@@ -4,7 +4,8 @@
 //! cargo run --release -p experiments --bin hf_check -- --model DIR \
 //!     (--input-ids 1,2,3 | --prompt TEXT) [--image PNG]... [--out logits.safetensors] [--save-hf DIR]
 //! ```
-//! Accepts `LlavaForConditionalGeneration` (every key layout), `LlamaForCausalLM`,
+//! Accepts `LlavaForConditionalGeneration` (every key layout), `Blip2ForConditionalGeneration` and
+//! `InstructBlipForConditionalGeneration` with a LLaMA LM (`--qformer-input-ids`), `LlamaForCausalLM`,
 //! `Qwen2ForCausalLM`, single or sharded safetensors, f32/f16/bf16. Prints the load report and
 //! the top-5 next tokens. `--input-ids` are taken exactly as `transformers` takes them (image
 //! tokens already expanded); `--prompt` goes through the directory's `tokenizer.json` and a chat
@@ -21,7 +22,7 @@ use experiments::device::select_device;
 use vlalign_data::record::{Record, Role, Turn};
 use vlalign_data::{AspectMode, Encoder, ImageProcessor, Template, TextTokenizer};
 use vlalign_models::hf::{self, HfModelConfig};
-use vlalign_models::{LlavaInput, mask::position_ids_from_mask};
+use vlalign_models::{Blip2Input, LlavaInput, QFormerText, mask::position_ids_from_mask};
 
 #[derive(Parser, Debug)]
 #[command(about = "Load a Hugging Face model directory and run one forward pass")]
@@ -41,6 +42,10 @@ struct Args {
     /// Image files, in order (repeatable).
     #[arg(long)]
     image: Vec<PathBuf>,
+    /// InstructBLIP: the Q-Former's instruction ids (BERT vocabulary), comma separated. With
+    /// `--prompt` they come from the prompt through `DIR/qformer_tokenizer/tokenizer.json`.
+    #[arg(long, value_delimiter = ',')]
+    qformer_input_ids: Option<Vec<i64>>,
     /// Write the logits `[T, V]` (f32, key `logits`) here.
     #[arg(long)]
     out: Option<PathBuf>,
@@ -130,6 +135,7 @@ fn run(args: Args) -> Result<(), Error> {
     let id_tensor = Tensor::<2, Int>::from_data(TensorData::new(ids, [1, t]), &device);
     let logits = match config {
         HfModelConfig::Llava(c) => llava_logits(&args, c.vision.image_size, id_tensor, &device)?,
+        HfModelConfig::Blip2(c) => blip2_logits(&args, c.vision.image_size, id_tensor, &device)?,
         HfModelConfig::Decoder(_) => {
             let (model, _, report) = hf::load_decoder(&args.model, &device)?;
             println!("loaded causal LM from {}: {report}", args.model.display());
@@ -166,6 +172,7 @@ fn run(args: Args) -> Result<(), Error> {
 fn checked_ids(args: &Args, config: &HfModelConfig) -> Result<Vec<i64>, Error> {
     let (image_tokens, image_token_id, vocab) = match config {
         HfModelConfig::Llava(c) => (c.image_tokens(), c.image_token_id as u32, c.text.vocab_size),
+        HfModelConfig::Blip2(c) => (c.image_tokens(), c.image_token_id as u32, c.text.vocab_size),
         HfModelConfig::Decoder(c) => (0, 0, c.vocab_size),
         HfModelConfig::Vision(_) => (0, 0, 0),
     };
@@ -205,25 +212,7 @@ fn llava_logits(
 ) -> Result<Tensor<3>, Error> {
     let (model, config, report) = hf::load_llava(&args.model, device)?;
     println!("loaded LLaVA from {}: {report}", args.model.display());
-    let images = if args.image.is_empty() {
-        None
-    } else {
-        let mut p = processor(&args.model, image_size);
-        // The tower's learned positions fix the input size.
-        p.size = image_size;
-        let mut pixels = Vec::new();
-        for path in &args.image {
-            pixels.extend(
-                p.load(path)
-                    .map_err(|e| format!("{}: {e}", path.display()))?,
-            );
-        }
-        let s = p.size;
-        Some(Tensor::<4>::from_data(
-            TensorData::new(pixels, [args.image.len(), 3, s, s]),
-            device,
-        ))
-    };
+    let images = load_images(args, image_size, device)?;
     if let Some(dir) = &args.save_hf {
         hf::save_llava(&model, &config, dir)?;
         println!("saved to {}", dir.display());
@@ -236,6 +225,99 @@ fn llava_logits(
             input_ids,
             attention_mask: mask,
             images,
+        })
+        .logits)
+}
+
+/// The `--image`s, preprocessed as the directory's `preprocessor_config.json` says, at the
+/// tower's input size.
+fn load_images(
+    args: &Args,
+    image_size: usize,
+    device: &Device,
+) -> Result<Option<Tensor<4>>, Error> {
+    if args.image.is_empty() {
+        return Ok(None);
+    }
+    let mut p = processor(&args.model, image_size);
+    // The tower's learned positions fix the input size.
+    p.size = image_size;
+    let mut pixels = Vec::new();
+    for path in &args.image {
+        pixels.extend(
+            p.load(path)
+                .map_err(|e| format!("{}: {e}", path.display()))?,
+        );
+    }
+    let s = p.size;
+    Ok(Some(Tensor::<4>::from_data(
+        TensorData::new(pixels, [args.image.len(), 3, s, s]),
+        device,
+    )))
+}
+
+/// InstructBLIP's Q-Former instruction ids: `--qformer-input-ids`, or `--prompt` through the
+/// directory's `qformer_tokenizer/tokenizer.json`.
+fn qformer_ids(args: &Args) -> Result<Vec<i64>, Error> {
+    if let Some(ids) = &args.qformer_input_ids {
+        return Ok(ids.clone());
+    }
+    let Some(prompt) = &args.prompt else {
+        return Err(
+            "InstructBLIP's Q-Former reads the instruction: give --qformer-input-ids \
+                    (or --prompt with a qformer_tokenizer/ in the model directory)"
+                .into(),
+        );
+    };
+    let file = args.model.join("qformer_tokenizer").join("tokenizer.json");
+    let tokenizer = TextTokenizer::from_file(&file)
+        .map_err(|e| format!("{}: {e} (or give --qformer-input-ids)", file.display()))?;
+    let text = prompt.replace("<image>", "");
+    let encoding = tokenizer
+        .inner()
+        .encode(text.trim(), true)
+        .map_err(|e| format!("tokenizing the prompt for the Q-Former: {e}"))?;
+    Ok(encoding.get_ids().iter().map(|&i| i64::from(i)).collect())
+}
+
+/// Load the BLIP-2 / InstructBLIP, preprocess `--image`s and run it.
+fn blip2_logits(
+    args: &Args,
+    image_size: usize,
+    input_ids: Tensor<2, Int>,
+    device: &Device,
+) -> Result<Tensor<3>, Error> {
+    let (model, config, report) = hf::load_blip2(&args.model, device)?;
+    println!("loaded BLIP-2 from {}: {report}", args.model.display());
+    let images = load_images(args, image_size, device)?;
+    let n_images = args.image.len();
+    let qformer_text = match (config.qformer.text_input, n_images) {
+        (true, n) if n > 0 => {
+            let ids = qformer_ids(args)?;
+            let vocab = config.qformer.vocab_size as i64;
+            if let Some(bad) = ids.iter().find(|&&t| t < 0 || t >= vocab) {
+                return Err(
+                    format!("Q-Former id {bad} is outside its vocabulary of {vocab}").into(),
+                );
+            }
+            let t = ids.len();
+            let rows: Vec<i64> = (0..n).flat_map(|_| ids.iter().copied()).collect();
+            Some(QFormerText {
+                ids: Tensor::from_data(TensorData::new(rows, [n, t]), device),
+                valid: Tensor::from_data(TensorData::new(vec![true; n * t], [n, t]), device),
+            })
+        }
+        _ => None,
+    };
+    let [_, t] = input_ids.dims();
+    let mask = Tensor::<2, Bool>::from_data(TensorData::new(vec![true; t], [1, t]), device);
+    Ok(model
+        .forward(Blip2Input {
+            input_ids,
+            attention_mask: mask,
+            images,
+            image_index: None,
+            qformer_text,
         })
         .logits)
 }
