@@ -422,9 +422,9 @@ fn stage2(
 }
 
 /// Caption accuracy of a stage-1 model on held-out `records` (own images and swapped), with
-/// the generated captions written into `dir`.
-fn stage1_captions(
-    model: &Llava,
+/// the generated captions written into `dir`: does the model read the image?
+pub fn stage1_captions(
+    model: &impl vlalign_models::Generator,
     records: &[Record],
     run: &captions::CaptionRun<'_>,
     dir: &Path,

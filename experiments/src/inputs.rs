@@ -95,21 +95,31 @@ impl Inputs {
     /// One dataset from record sets, each encoded with its template (bad records are
     /// reported on stderr and left out).
     pub fn dataset(&self, parts: Vec<(Vec<Record>, &Encoder)>) -> VlmDataset {
-        let mut samples = Vec::new();
-        for (records, encoder) in parts {
-            let (part, report) = prepare(
-                records.into_iter().map(Ok).collect(),
-                encoder,
-                &self.images,
-                ImageCheck::Exists,
-            );
-            if !report.errors.is_empty() || !report.truncated.is_empty() {
-                eprintln!("{}", report.summary());
-            }
-            samples.extend(part);
-        }
-        VlmDataset::new(samples, self.processor.clone())
+        dataset_of(&self.images, &self.processor, parts)
     }
+}
+
+/// One dataset from record sets, each encoded with its template, images from `images` (bad
+/// records are reported on stderr and left out).
+pub fn dataset_of(
+    images: &Path,
+    processor: &ImageProcessor,
+    parts: Vec<(Vec<Record>, &Encoder)>,
+) -> VlmDataset {
+    let mut samples = Vec::new();
+    for (records, encoder) in parts {
+        let (part, report) = prepare(
+            records.into_iter().map(Ok).collect(),
+            encoder,
+            images,
+            ImageCheck::Exists,
+        );
+        if !report.errors.is_empty() || !report.truncated.is_empty() {
+            eprintln!("{}", report.summary());
+        }
+        samples.extend(part);
+    }
+    VlmDataset::new(samples, processor.clone())
 }
 
 /// The world of `world` (generated when its folder has none, checked against the configuration
@@ -125,6 +135,8 @@ pub fn ensure_world(world: &WorldSection, verbose: bool) -> Result<TextTokenizer
         let mut wc = WorldConfig::new(world.images, world.seed);
         wc.sampler.prior = world.prior;
         wc.qa_turns = world.qa_turns;
+        wc.groups = world.groups.unwrap_or(wc.groups);
+        wc.changes = world.changes;
         crate::world::make_world(&wc, &world.dir, world.vocab, verbose).map_err(|e| err(&e))?;
     }
     check_world(&world.dir, world)?;
@@ -226,6 +238,16 @@ fn check_world(dir: &Path, want: &WorldSection) -> Result<(), String> {
             "prior",
             made.sampler.prior.to_string(),
             want.prior.to_string(),
+        ),
+        (
+            "groups",
+            made.groups.to_string(),
+            want.groups.unwrap_or(want.images / 10).to_string(),
+        ),
+        (
+            "changes",
+            made.changes.to_string(),
+            want.changes.to_string(),
         ),
     ]
     .into_iter()

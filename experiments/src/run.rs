@@ -37,6 +37,10 @@ pub struct WorldSection {
     /// Questions per instruction record (one image, several turns: the image's tokens are paid
     /// once for all of them).
     pub qa_turns: usize,
+    /// Multi-image groups (default: one per 10 scenes).
+    pub groups: Option<usize>,
+    /// Two-image "what changed?" pairs.
+    pub changes: usize,
     /// System prompt of the chat template (default: the world's short one; LLaVA-1.5's is 83
     /// tokens of every sequence here and teaches a model trained from scratch nothing).
     pub system: String,
@@ -51,6 +55,8 @@ impl Default for WorldSection {
             prior: 0.8,
             vocab: 512,
             qa_turns: 3,
+            groups: None,
+            changes: 0,
             system: vlalign_data::world::SYSTEM.into(),
         }
     }

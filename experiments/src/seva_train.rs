@@ -71,7 +71,7 @@ pub fn train_dpo(
 }
 
 /// Parameters that receive gradients.
-pub fn trainable_params(model: &Llava) -> usize {
+pub fn trainable_params(model: &impl burn::module::Module) -> usize {
     use burn::module::{ModuleVisitor, Param};
     use burn::tensor::Tensor;
     struct Count(usize);

@@ -3,7 +3,8 @@
 //! mask, a KV cache, greedy or temperature/top-p sampling, stop tokens.
 
 use burn::config::Config;
-use burn::tensor::{Int, Tensor, TensorData};
+use burn::module::Module;
+use burn::tensor::{Device, Int, Tensor, TensorData};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
@@ -69,6 +70,61 @@ impl Llava {
             },
             config,
         )
+    }
+}
+
+/// A model that continues prompts with images spliced in (LLaVA, BLIP-2 / SAM): what the
+/// evaluation drivers generate with.
+pub trait Generator {
+    /// The device of the model without autodiff (where prompts' images must live).
+    fn generation_device(&self) -> Device;
+
+    /// Generate on the model without autodiff (see [`Llava::generate`]).
+    fn generate_no_grad(
+        &self,
+        prompts: &[Vec<u32>],
+        images: Option<Tensor<4>>,
+        config: &GenerationConfig,
+    ) -> Vec<Vec<u32>>;
+}
+
+impl Generator for Llava {
+    fn generation_device(&self) -> Device {
+        self.language_model
+            .embed_tokens
+            .weight
+            .val()
+            .inner()
+            .device()
+    }
+
+    fn generate_no_grad(
+        &self,
+        prompts: &[Vec<u32>],
+        images: Option<Tensor<4>>,
+        config: &GenerationConfig,
+    ) -> Vec<Vec<u32>> {
+        self.valid().generate(prompts, images, config)
+    }
+}
+
+impl Generator for crate::blip2::Blip2 {
+    fn generation_device(&self) -> Device {
+        self.language_model
+            .embed_tokens
+            .weight
+            .val()
+            .inner()
+            .device()
+    }
+
+    fn generate_no_grad(
+        &self,
+        prompts: &[Vec<u32>],
+        images: Option<Tensor<4>>,
+        config: &GenerationConfig,
+    ) -> Vec<Vec<u32>> {
+        self.valid().generate(prompts, images, config)
     }
 }
 

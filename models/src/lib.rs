@@ -31,7 +31,7 @@ pub mod wformer;
 pub use blip_vision::{BlipVisionConfig, BlipVisionModel};
 pub use blip2::{Blip2, Blip2Config, Blip2Input};
 pub use clip::{Clip, ClipConfig, ClipTextConfig, ClipTextTransformer};
-pub use generate::{GenerationConfig, Sampling};
+pub use generate::{GenerationConfig, Generator, Sampling};
 pub use llava::{Llava, LlavaConfig, LlavaInput, ModelOutput, TextOnlyOutput};
 pub use llm::{DecoderConfig, DecoderLm, KvCache};
 pub use projector::{Projector, ProjectorConfig, ProjectorKind};

@@ -3,7 +3,7 @@
 use burn::module::Module;
 use burn::tensor::{Int, Tensor, TensorData};
 use vlalign_data::VlmBatch;
-use vlalign_models::{Llava, LlavaInput};
+use vlalign_models::{Blip2, Blip2Input, Llava, LlavaInput};
 
 /// Logits of a pass without the image, with where each kept token sat in the full sequence.
 #[derive(Clone, Debug)]
@@ -90,6 +90,41 @@ impl AlignModel for Llava {
 
     fn text_only_logits(&self, batch: &VlmBatch) -> TextOnlyLogits {
         let out = self.valid().forward_text_only(input(batch, true));
+        TextOnlyLogits {
+            logits: out.logits,
+            positions: out.positions,
+        }
+    }
+}
+
+/// The batch as BLIP-2 / SAM input; with `inner`, on the device without autodiff.
+fn blip2_input(batch: &VlmBatch, inner: bool) -> Blip2Input {
+    let x = input(batch, inner);
+    Blip2Input {
+        input_ids: x.input_ids,
+        attention_mask: x.attention_mask,
+        images: x.images,
+        image_index: x.image_index,
+        qformer_text: None,
+    }
+}
+
+impl AlignModel for Blip2 {
+    fn logits_no_grad(&self, batch: &VlmBatch) -> Tensor<3> {
+        self.valid().forward(blip2_input(batch, true)).logits
+    }
+
+    fn logits(&self, batch: &VlmBatch) -> Tensor<3> {
+        self.forward(blip2_input(batch, false)).logits
+    }
+
+    fn logits_at(&self, batch: &VlmBatch, rows: &[i64]) -> Tensor<2> {
+        let hidden = self.forward_hidden(blip2_input(batch, false));
+        self.language_model.logits(select_rows(hidden, rows))
+    }
+
+    fn text_only_logits(&self, batch: &VlmBatch) -> TextOnlyLogits {
+        let out = self.valid().forward_text_only(&blip2_input(batch, true));
         TextOnlyLogits {
             logits: out.logits,
             positions: out.positions,

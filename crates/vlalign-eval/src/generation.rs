@@ -5,12 +5,11 @@
 use std::io::Write;
 use std::path::Path;
 
-use burn::module::Module;
 use burn::tensor::{Tensor, TensorData};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
 use vlalign_data::{DatasetError, Encoder, ImageProcessor, Record, RecordError, Role};
-use vlalign_models::{GenerationConfig, Llava};
+use vlalign_models::{GenerationConfig, Generator};
 
 /// One generated answer.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -45,7 +44,7 @@ pub struct GenerationRun<'a> {
 /// Generate the first answer of each record. Bad records (missing images, no answer) are
 /// returned as errors and skipped. The model runs without autodiff (`valid()`).
 pub fn generate_split(
-    model: &Llava,
+    model: &impl Generator,
     records: &[Record],
     run: &GenerationRun<'_>,
 ) -> (Vec<Prediction>, Vec<RecordError>) {
@@ -55,7 +54,7 @@ pub fn generate_split(
 /// [`generate_split`] with each image's normalized pixels passed through `transform` (record
 /// id, pixels) first: answers on augmented images (SeVa's rejected answers).
 pub fn generate_split_with(
-    model: &Llava,
+    model: &impl Generator,
     records: &[Record],
     run: &GenerationRun<'_>,
     transform: &dyn Fn(&str, Vec<f32>) -> Vec<f32>,
@@ -68,8 +67,7 @@ pub fn generate_split_with(
         config,
         show_progress,
     } = *run;
-    let model = model.valid();
-    let device = model.language_model.embed_tokens.weight.device();
+    let device = model.generation_device();
     let bar = if show_progress {
         ProgressBar::new(records.len() as u64)
     } else {
@@ -127,7 +125,7 @@ pub fn generate_split_with(
             let images = (n_images > 0).then(|| {
                 Tensor::<4>::from_data(TensorData::new(pixels, [n_images, 3, s, s]), &device)
             });
-            let outputs = model.generate(&prompts, images, config);
+            let outputs = model.generate_no_grad(&prompts, images, config);
             for ((id, prompt, reference), out) in meta.into_iter().zip(outputs) {
                 let tokens: Vec<u32> = out.into_iter().take_while(|&t| t != stop).collect();
                 let output = encoder

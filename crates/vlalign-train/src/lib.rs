@@ -8,6 +8,7 @@
 //! (`model-N.bpk`, `optim-N.bpk`, `scheduler-N.bpk` and the manifest `step-N.json`) and
 //! burn-train's own logs.
 
+pub mod blip2;
 pub mod checkpoint;
 pub mod clip;
 pub mod dpo;
@@ -31,6 +32,7 @@ use burn::train::renderer::MetricsRenderer;
 use burn::train::{Learner, SupervisedTraining, TrainStep, TrainingStrategy};
 use serde::{Deserialize, Serialize};
 
+pub use blip2::Blip2Trainee;
 pub use checkpoint::{Manifest, latest_valid};
 pub use clip::ClipTrainee;
 pub use dpo::DpoTrainee;

@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use vlalign_data::{Encoder, ImageProcessor, Record};
 use vlalign_eval::generation::{GenerationRun, Prediction, generate_split};
-use vlalign_models::{GenerationConfig, Llava};
+use vlalign_models::{GenerationConfig, Generator};
 
 use crate::setup::add_label_noise;
 
@@ -219,7 +219,7 @@ pub struct CaptionRun<'a> {
 /// Generate greedy captions of `records` twice, on their own images and on swapped ones, and
 /// score both. Returns the scores and the two prediction lists (own, swapped).
 pub fn evaluate(
-    model: &Llava,
+    model: &impl Generator,
     records: &[Record],
     run: &CaptionRun<'_>,
 ) -> Result<(CaptionAccuracy, [Vec<Prediction>; 2]), String> {

@@ -8,6 +8,7 @@
 //! {train,val,test}_captions.json   `<image>` → caption (template `plain`, pretraining)
 //! {train,val,test}_qa.json         multi-turn questions and answers (template `vicuna_v1`)
 //! {train,val,test}_groups.json     multi-image records: which object do all images share?
+//! {train,val,test}_changes.json    two-image records: which object changed, and into what?
 //! pope_{random,popular,adversarial}_{val,test}.jsonl   POPE-format existence questions
 //! scenes.json                      every image's objects (truth for CHAIR and grounding)
 //! world.json                       the generator's config and counts
@@ -51,6 +52,9 @@ pub struct WorldConfig {
     pub qa_turns: usize,
     /// Number of multi-image groups (2–4 images each).
     pub groups: usize,
+    /// Number of two-image "what changed?" pairs.
+    #[serde(default)]
+    pub changes: usize,
     /// Object sampling (language prior, co-occurrence).
     pub sampler: SceneSampler,
 }
@@ -65,6 +69,7 @@ impl WorldConfig {
             image_size: 128,
             qa_turns: 3,
             groups: images / 10,
+            changes: 0,
             sampler: SceneSampler::default(),
         }
     }
@@ -153,6 +158,41 @@ fn group_scenes(config: &WorldConfig, g: usize) -> (Vec<Scene>, scene::Object) {
             .count();
         if common == 1 {
             return (scenes, shared);
+        }
+    }
+}
+
+/// A scene and the same scene with one object changed in color or in shape (never into a
+/// shape–color pair the scene already has): `(before, after, index of the changed object)`.
+fn change_scenes(config: &WorldConfig, c: usize) -> (Scene, Scene, usize) {
+    let mut rng = rng_for(config.seed, 4, c);
+    loop {
+        let before = config.sampler.scene(format!("change-{c}-0"), &mut rng);
+        let k = rng.random_range(0..before.objects.len());
+        let mut after = before.clone();
+        after.id = format!("change-{c}-1");
+        let o = &mut after.objects[k];
+        if rng.random::<bool>() {
+            let others: Vec<scene::Color> = scene::Color::ALL
+                .into_iter()
+                .filter(|x| *x != o.color)
+                .collect();
+            o.color = others[rng.random_range(0..others.len())];
+        } else {
+            let others: Vec<scene::Shape> = scene::Shape::ALL
+                .into_iter()
+                .filter(|x| *x != o.shape)
+                .collect();
+            o.shape = others[rng.random_range(0..others.len())];
+        }
+        o.prior = false;
+        let (shape, color) = (o.shape, o.color);
+        let clash = before
+            .objects
+            .iter()
+            .any(|b| b.shape == shape && b.color == color);
+        if !clash {
+            return (before, after, k);
         }
     }
 }
@@ -249,6 +289,30 @@ pub fn generate(
             .entry(format!("{}_groups.json", split_of(g)))
             .or_default()
             .push(text::group_record(&format!("group-{g}"), &names, &shared));
+    }
+    for c in 0..config.changes {
+        let (before, after, k) = change_scenes(config, c);
+        let mut names = Vec::new();
+        for sc in [&before, &after] {
+            let name = format!("{}.png", sc.id);
+            write_png(
+                &render::render(sc, config.image_size),
+                &images_dir.join(&name),
+            )?;
+            written += 1;
+            progress(written);
+            all_scenes.insert(name.clone(), sc.objects.clone());
+            names.push(name);
+        }
+        files
+            .entry(format!("{}_changes.json", split_of(c)))
+            .or_default()
+            .push(text::change_record(
+                &format!("change-{c}"),
+                &names,
+                &before.objects[k],
+                &after.objects[k],
+            ));
     }
     let mut summary = WorldSummary {
         config: Some(config.clone()),

@@ -356,3 +356,33 @@ pub fn group_record(id: &str, images: &[String], shared: &Object) -> Record {
         truth: a.spans(1),
     }
 }
+
+/// A two-image record: which object changed between the images, and into what.
+/// `The red circle became a blue circle.`
+pub fn change_record(id: &str, images: &[String], before: &Object, after: &Object) -> Record {
+    let mut a = Answer::default();
+    a.lit("The ")
+        .word(before.color.name(), "color", Some(before))
+        .lit(" ")
+        .word(before.shape.name(), "shape", Some(before))
+        .lit(" became a ")
+        .word(after.color.name(), "color", Some(after))
+        .lit(" ")
+        .word(after.shape.name(), "shape", Some(after))
+        .lit(".");
+    Record {
+        id: id.to_string(),
+        images: images.to_vec(),
+        turns: vec![
+            Turn {
+                role: Role::Human,
+                value: "<image>\n<image>\nWhat changed between the two images?".into(),
+            },
+            Turn {
+                role: Role::Gpt,
+                value: a.text.clone(),
+            },
+        ],
+        truth: a.spans(1),
+    }
+}

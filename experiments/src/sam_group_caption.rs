@@ -1,0 +1,460 @@
+//! `sam_group_caption`: does SAM's W-Former help a Q-Former model on multi-image tasks?
+//!
+//! Per seed: one BLIP-2-style model (BLIP ViT, Q-Former, decoder) trained from scratch on the
+//! world's captions, group records ("which object appears in every image?") and change pairs
+//! ("what changed?") — the base, whose held-out caption accuracy against the images-swapped
+//! baseline shows that it reads the image. From the base, the same continued training twice
+//! (same steps, data order, seed): the plain Q-Former, and SAM (the W-Former added with zero
+//! bridges, so it starts as the base exactly). Both are scored on held-out groups and pairs:
+//! CIDEr-D, BLEU-4, ROUGE-L (SAM's metrics), exact shared-object accuracy per group size, and
+//! change accuracy.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use burn::data::dataset::Dataset;
+use serde::{Deserialize, Serialize};
+use vlalign_align::{MleObjective, Objective};
+use vlalign_data::{Encoder, ImageProcessor, Item, Record, Template, VlmBatcher};
+use vlalign_models::{
+    Blip2, Blip2Config, BlipVisionConfig, DecoderConfig, Pooling, QFormerConfig, WFormerConfig,
+};
+use vlalign_train::{Blip2Trainee, TrainConfig, TrainReport};
+
+use crate::cal_llava::stage1_captions;
+use crate::eval::captions::{CaptionAccuracy, CaptionRun};
+use crate::inputs::{ensure_world, read_valid};
+use crate::run::{RunOptions, WorldSection};
+use crate::sam_eval::{GroupEval, GroupScores, score_groups};
+use crate::setup::Encoders;
+
+/// The model's sizes.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SamModelSize {
+    /// Input side, pixels.
+    pub image_size: usize,
+    /// Patch side, pixels.
+    pub patch_size: usize,
+    /// Vision width.
+    pub vision_width: usize,
+    /// Vision layers.
+    pub vision_layers: usize,
+    /// Q-Former width.
+    pub qformer_width: usize,
+    /// Q-Former layers (cross-attention in each).
+    pub qformer_layers: usize,
+    /// Learned queries = `<image>` slots per image.
+    pub queries: usize,
+    /// Decoder width.
+    pub width: usize,
+    /// Decoder layers.
+    pub layers: usize,
+}
+
+impl Default for SamModelSize {
+    fn default() -> Self {
+        Self {
+            image_size: 48,
+            patch_size: 8,
+            vision_width: 64,
+            vision_layers: 3,
+            qformer_width: 64,
+            qformer_layers: 2,
+            queries: 8,
+            width: 128,
+            layers: 2,
+        }
+    }
+}
+
+impl SamModelSize {
+    /// The plain Q-Former model for a vocabulary of `vocab` with `<image>` = `image_token`.
+    pub fn blip2(&self, vocab: usize, image_token: usize) -> Blip2Config {
+        let heads = |w: usize| (w / 16).max(1);
+        let vision = BlipVisionConfig::new(
+            self.vision_width,
+            self.vision_width * 2,
+            self.vision_layers,
+            heads(self.vision_width),
+            self.image_size,
+            self.patch_size,
+        );
+        let qformer = QFormerConfig::new(
+            self.qformer_width,
+            self.qformer_layers,
+            heads(self.qformer_width),
+            self.qformer_width * 2,
+            self.vision_width,
+        )
+        .with_cross_attention_frequency(1);
+        let text = DecoderConfig::new(vocab, self.width, self.width * 2, self.layers, 4, 2)
+            .with_max_position_embeddings(1024);
+        Blip2Config::new(vision, qformer, text, image_token).with_num_query_tokens(self.queries)
+    }
+}
+
+/// SAM's W-Former settings.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SamSection {
+    /// What the group context pools: `all` (the public code) or `others` (the paper).
+    pub pooling: Pooling,
+    /// Layer after which the main stream enters the second (default: the last).
+    pub inject_layer: Option<usize>,
+    /// Layer after which the second stream returns into the main (default: the last).
+    pub return_layer: Option<usize>,
+    /// Train only the W-Former (the public code's default) instead of the whole model.
+    pub wformer_only: bool,
+}
+
+impl Default for SamSection {
+    fn default() -> Self {
+        Self {
+            pooling: Pooling::All,
+            inject_layer: None,
+            return_layer: None,
+            wformer_only: false,
+        }
+    }
+}
+
+/// Evaluation settings.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SamEvalSection {
+    /// Held-out group records scored.
+    pub groups: usize,
+    /// Held-out change pairs scored.
+    pub changes: usize,
+    /// Held-out captions for the grounding check.
+    pub captions: usize,
+    /// Generation batch.
+    pub batch_size: usize,
+    /// Generation budget.
+    pub max_new_tokens: usize,
+    /// Held-out split: `val` or `test`.
+    pub split: String,
+}
+
+impl Default for SamEvalSection {
+    fn default() -> Self {
+        Self {
+            groups: 200,
+            changes: 150,
+            captions: 100,
+            batch_size: 32,
+            max_new_tokens: 16,
+            split: "val".into(),
+        }
+    }
+}
+
+/// Everything the experiment does; written to the run directory as `config.toml`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SamGroupCaptionConfig {
+    /// Model seed.
+    pub seed: u64,
+    /// Seeds compared (`seed`, `seed + 1`, …), each in `seed-<s>/`.
+    pub seeds: usize,
+    /// Longest sequence.
+    pub max_len: usize,
+    /// The world (with many groups and change pairs).
+    pub world: WorldSection,
+    /// Model sizes.
+    pub model: SamModelSize,
+    /// The base: captions, groups and change pairs from scratch.
+    pub base: TrainConfig,
+    /// The compared continuation on groups and change pairs.
+    pub compare: TrainConfig,
+    /// The W-Former.
+    pub sam: SamSection,
+    /// Evaluation.
+    pub eval: SamEvalSection,
+}
+
+impl Default for SamGroupCaptionConfig {
+    fn default() -> Self {
+        let stage = |steps: usize, lr: f64| {
+            let mut c = TrainConfig {
+                steps,
+                batch_size: 16,
+                checkpoint_every: 200,
+                ..TrainConfig::default()
+            };
+            c.optim.lr = lr;
+            c.optim.warmup_steps = steps / 20;
+            c
+        };
+        let world = WorldSection {
+            dir: PathBuf::from("data/world-groups"),
+            images: 2000,
+            groups: Some(2500),
+            changes: 1500,
+            ..WorldSection::default()
+        };
+        Self {
+            seed: 0,
+            seeds: 3,
+            max_len: 160,
+            world,
+            model: SamModelSize::default(),
+            base: stage(1200, 2e-3),
+            compare: stage(300, 5e-4),
+            sam: SamSection::default(),
+            eval: SamEvalSection::default(),
+        }
+    }
+}
+
+impl SamGroupCaptionConfig {
+    /// The CI smoke profile: a small world and model, a few steps, one seed.
+    pub fn quick() -> Self {
+        let mut c = Self::default();
+        c.seeds = 1;
+        c.world = WorldSection {
+            dir: PathBuf::from("data/world-groups-quick"),
+            images: 100,
+            groups: Some(60),
+            changes: 40,
+            vocab: 300,
+            ..WorldSection::default()
+        };
+        c.model.image_size = 32;
+        c.model.width = 64;
+        for (stage, steps) in [(&mut c.base, 10), (&mut c.compare, 6)] {
+            stage.steps = steps;
+            stage.batch_size = 4;
+            stage.checkpoint_every = 5;
+            stage.optim.warmup_steps = 1;
+        }
+        c.eval.groups = 8;
+        c.eval.changes = 6;
+        c.eval.captions = 6;
+        c
+    }
+
+    /// The configuration of the `k`-th seed: model init and data order move, the world stays.
+    pub fn seeded(&self, k: usize) -> Self {
+        let mut c = self.clone();
+        c.seed = self.seed + k as u64;
+        c.base.seed = self.base.seed + k as u64;
+        c.compare.seed = self.compare.seed + k as u64;
+        c.seeds = 1;
+        c
+    }
+}
+
+/// One compared model's scores.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SamRun {
+    /// `qformer` or `sam`.
+    pub model: String,
+    /// Held-out group and change scores.
+    pub scores: GroupScores,
+    /// Trainable parameters of the continuation.
+    pub trainable_params: usize,
+    /// Median step time of the continuation, ms.
+    pub step_ms: f64,
+}
+
+/// One seed's results.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SamOutcome {
+    /// The seed.
+    pub seed: u64,
+    /// The base's caption accuracy (own images and swapped).
+    pub grounding: CaptionAccuracy,
+    /// The base itself on the group tasks.
+    pub base: GroupScores,
+    /// The compared models.
+    pub runs: Vec<SamRun>,
+    /// Loss curves.
+    pub curves: Vec<(String, Vec<(usize, f64)>)>,
+}
+
+/// What every stage of one seed shares.
+struct Setup {
+    enc: Encoders,
+    processor: ImageProcessor,
+    images: PathBuf,
+    batcher: VlmBatcher,
+    model: Blip2Config,
+}
+
+fn dataset(setup: &Setup, parts: Vec<(Vec<Record>, &Encoder)>) -> Arc<dyn Dataset<Item>> {
+    Arc::new(crate::inputs::dataset_of(
+        &setup.images,
+        &setup.processor,
+        parts,
+    ))
+}
+
+/// Train and evaluate one seed (`config.seeded(k)`), into `opts.out`.
+pub fn run(config: &SamGroupCaptionConfig, opts: &RunOptions) -> Result<SamOutcome, String> {
+    let err = |e: &dyn std::fmt::Display| e.to_string();
+    let tokenizer = ensure_world(&config.world, opts.verbose)?;
+    let mut enc = Encoders::new(
+        &tokenizer,
+        Template::VicunaV1,
+        config.model.queries,
+        config.max_len,
+    )
+    .map_err(|e| err(&e))?;
+    enc.chat = enc.chat.with_system(config.world.system.clone());
+    let model = config
+        .model
+        .blip2(tokenizer.vocab_size(), enc.chat.image_token_id() as usize);
+    let setup = Setup {
+        processor: ImageProcessor::clip(config.model.image_size),
+        images: config.world.dir.join("images"),
+        batcher: VlmBatcher::new(
+            tokenizer.token_id("<pad>").unwrap_or(0),
+            config.model.image_size,
+        ),
+        model,
+        enc,
+    };
+    let world = &config.world.dir;
+    let read = |name: &str| read_valid(&world.join(name));
+    let held_out = |kind: &str, n: usize| -> Result<Vec<Record>, String> {
+        Ok(read(&format!("{}_{kind}.json", config.eval.split))?
+            .into_iter()
+            .take(n)
+            .collect())
+    };
+    let (chat, plain) = (&setup.enc.chat, &setup.enc.plain);
+    let multi = |split: &str| -> Result<Vec<(Vec<Record>, &Encoder)>, String> {
+        Ok(vec![
+            (read(&format!("{split}_groups.json"))?, chat),
+            (read(&format!("{split}_changes.json"))?, chat),
+        ])
+    };
+    let mut base_parts = multi("train")?;
+    base_parts.push((read("train_captions.json")?, plain));
+    let base_data = (dataset(&setup, base_parts), dataset(&setup, multi("val")?));
+    let compare_data = (dataset(&setup, multi("train")?), base_data.1.clone());
+    let mut curves = Vec::new();
+
+    // The base, from scratch; does it read the image?
+    opts.device.seed(config.seed);
+    let init = setup.model.init(&opts.device.clone().autodiff());
+    eprintln!(
+        "base: {} steps on captions, groups and changes",
+        config.base.steps
+    );
+    let (base, report) = train(
+        opts,
+        &setup.batcher,
+        init,
+        base_data.clone(),
+        &config.base,
+        "base",
+    )?;
+    curves.push(("base".to_string(), curve(&report)));
+    let caption_run = CaptionRun {
+        encoder: plain,
+        processor: &setup.processor,
+        image_folder: &setup.images,
+        batch_size: config.eval.batch_size,
+        verbose: opts.verbose,
+    };
+    let captions = held_out("captions", config.eval.captions)?;
+    let grounding = stage1_captions(
+        &base,
+        &captions,
+        &caption_run,
+        &opts.out.join("base"),
+        "base",
+    )?;
+    let groups = held_out("groups", config.eval.groups)?;
+    let changes = held_out("changes", config.eval.changes)?;
+    let eval = GroupEval {
+        encoder: &setup.enc.chat,
+        processor: &setup.processor,
+        image_folder: &setup.images,
+        batch_size: config.eval.batch_size,
+        max_new_tokens: config.eval.max_new_tokens,
+        verbose: opts.verbose,
+    };
+    let score = |model: &Blip2, name: &str| {
+        score_groups(model, &groups, &changes, &eval, &opts.out.join(name))
+    };
+    let base_scores = score(&base, "base")?;
+
+    // The same continuation with and without the W-Former.
+    let mut runs = Vec::new();
+    for name in ["qformer", "sam"] {
+        let mut start = base.clone();
+        if name == "sam" {
+            let s = &config.sam;
+            let w = WFormerConfig::new(
+                setup.model.vision.hidden_size,
+                setup.model.qformer.hidden_size,
+            )
+            .with_pooling(s.pooling)
+            .with_inject_layer(s.inject_layer)
+            .with_return_layer(s.return_layer);
+            start.wformer = Some(w.init(&opts.device.clone().autodiff()));
+            if s.wformer_only {
+                start = freeze_all_but_wformer(start);
+            }
+        }
+        let trainable = crate::seva_train::trainable_params(&start);
+        eprintln!(
+            "{name}: {} steps on groups and changes",
+            config.compare.steps
+        );
+        let (model, report) = train(
+            opts,
+            &setup.batcher,
+            start,
+            compare_data.clone(),
+            &config.compare,
+            name,
+        )?;
+        curves.push((name.to_string(), curve(&report)));
+        runs.push(SamRun {
+            model: name.into(),
+            scores: score(&model, name)?,
+            trainable_params: trainable,
+            step_ms: report.median_step_ms().unwrap_or(0.0),
+        });
+    }
+    Ok(SamOutcome {
+        seed: config.seed,
+        grounding,
+        base: base_scores,
+        runs,
+        curves,
+    })
+}
+
+/// The model with everything but the W-Former frozen (SAM's public default).
+fn freeze_all_but_wformer(model: Blip2) -> Blip2 {
+    use burn::module::Module;
+    let wformer = model.wformer.clone();
+    Blip2 {
+        wformer,
+        ..model.no_grad()
+    }
+}
+
+fn train(
+    opts: &RunOptions,
+    batcher: &VlmBatcher,
+    model: Blip2,
+    data: (Arc<dyn Dataset<Item>>, Arc<dyn Dataset<Item>>),
+    tc: &TrainConfig,
+    name: &str,
+) -> Result<(Blip2, TrainReport), String> {
+    let objective: Arc<dyn Objective<Blip2>> = Arc::new(MleObjective);
+    let trainee = Blip2Trainee::new(model, objective);
+    let (trained, report) = opts.fit_stage(trainee, data, batcher.clone(), tc, name, &[])?;
+    Ok((trained.model, report))
+}
+
+fn curve(report: &TrainReport) -> Vec<(usize, f64)> {
+    report.steps.iter().map(|s| (s.step, s.loss)).collect()
+}
