@@ -13,11 +13,14 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use burn::data::dataset::Dataset;
+use burn::module::{Module, ModuleVisitor, Param};
+use burn::tensor::Tensor;
 use serde::{Deserialize, Serialize};
 use vlalign_align::{MleObjective, Objective};
 use vlalign_data::{Encoder, ImageProcessor, Item, Record, Template, VlmBatcher};
 use vlalign_models::{
-    Blip2, Blip2Config, BlipVisionConfig, DecoderConfig, Pooling, QFormerConfig, WFormerConfig,
+    Blip2, Blip2Config, BlipVisionConfig, DecoderConfig, Pooling, QFormerConfig, WFormer,
+    WFormerConfig,
 };
 use vlalign_train::{Blip2Trainee, TrainConfig, TrainReport};
 
@@ -168,6 +171,9 @@ pub struct SamGroupCaptionConfig {
     pub base: TrainConfig,
     /// The compared continuation on groups and change pairs.
     pub compare: TrainConfig,
+    /// The base also trains on the single-image QA records (questions about one object teach
+    /// a decoder from scratch to look things up by content, as in `cal_llava`'s stage 1).
+    pub base_qa: bool,
     /// The W-Former.
     pub sam: SamSection,
     /// Evaluation.
@@ -200,8 +206,9 @@ impl Default for SamGroupCaptionConfig {
             max_len: 160,
             world,
             model: SamModelSize::default(),
-            base: stage(1200, 2e-3),
+            base: stage(3000, 1e-3),
             compare: stage(300, 5e-4),
+            base_qa: true,
             sam: SamSection::default(),
             eval: SamEvalSection::default(),
         }
@@ -280,21 +287,33 @@ struct Setup {
     processor: ImageProcessor,
     images: PathBuf,
     batcher: VlmBatcher,
-    model: Blip2Config,
 }
 
-fn dataset(setup: &Setup, parts: Vec<(Vec<Record>, &Encoder)>) -> Arc<dyn Dataset<Item>> {
-    Arc::new(crate::inputs::dataset_of(
-        &setup.images,
-        &setup.processor,
-        parts,
-    ))
+/// One seed's starting point, made on the calling thread so that seeds can then train in
+/// parallel: the inputs, the freshly initialised base and W-Former (materialised, so that
+/// the device's seeded random stream is not shared between threads).
+pub struct Start {
+    setup: Setup,
+    init: Blip2,
+    wformer: WFormer,
 }
 
-/// Train and evaluate one seed (`config.seeded(k)`), into `opts.out`.
-pub fn run(config: &SamGroupCaptionConfig, opts: &RunOptions) -> Result<SamOutcome, String> {
+/// Every parameter drawn now rather than at first use.
+fn materialize<M: Module>(module: M) -> M {
+    struct Touch;
+    impl ModuleVisitor for Touch {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            let _ = param.val();
+        }
+    }
+    module.visit(&mut Touch);
+    module
+}
+
+/// The inputs and initial weights of `config`'s seed (the world must exist: [`ensure_world`]).
+pub fn start(config: &SamGroupCaptionConfig, opts: &RunOptions) -> Result<Start, String> {
     let err = |e: &dyn std::fmt::Display| e.to_string();
-    let tokenizer = ensure_world(&config.world, opts.verbose)?;
+    let tokenizer = ensure_world(&config.world, false)?;
     let mut enc = Encoders::new(
         &tokenizer,
         Template::VicunaV1,
@@ -306,6 +325,15 @@ pub fn run(config: &SamGroupCaptionConfig, opts: &RunOptions) -> Result<SamOutco
     let model = config
         .model
         .blip2(tokenizer.vocab_size(), enc.chat.image_token_id() as usize);
+    let device = opts.device.clone().autodiff();
+    opts.device.seed(config.seed);
+    let init = materialize(model.init(&device));
+    let s = &config.sam;
+    let wformer = WFormerConfig::new(model.vision.hidden_size, model.qformer.hidden_size)
+        .with_pooling(s.pooling)
+        .with_inject_layer(s.inject_layer)
+        .with_return_layer(s.return_layer);
+    let wformer = materialize(wformer.init(&device));
     let setup = Setup {
         processor: ImageProcessor::clip(config.model.image_size),
         images: config.world.dir.join("images"),
@@ -313,17 +341,29 @@ pub fn run(config: &SamGroupCaptionConfig, opts: &RunOptions) -> Result<SamOutco
             tokenizer.token_id("<pad>").unwrap_or(0),
             config.model.image_size,
         ),
-        model,
         enc,
     };
-    let world = &config.world.dir;
-    let read = |name: &str| read_valid(&world.join(name));
-    let held_out = |kind: &str, n: usize| -> Result<Vec<Record>, String> {
-        Ok(read(&format!("{}_{kind}.json", config.eval.split))?
-            .into_iter()
-            .take(n)
-            .collect())
-    };
+    Ok(Start {
+        setup,
+        init,
+        wformer,
+    })
+}
+
+type Split = (Arc<dyn Dataset<Item>>, Arc<dyn Dataset<Item>>);
+
+fn dataset(setup: &Setup, parts: Vec<(Vec<Record>, &Encoder)>) -> Arc<dyn Dataset<Item>> {
+    Arc::new(crate::inputs::dataset_of(
+        &setup.images,
+        &setup.processor,
+        parts,
+    ))
+}
+
+/// The base's data (captions, groups, changes, and QA with `base_qa`) and the compared
+/// continuation's (groups and changes), each with the held-out groups and changes.
+fn datasets(config: &SamGroupCaptionConfig, setup: &Setup) -> Result<(Split, Split), String> {
+    let read = |name: &str| read_valid(&config.world.dir.join(name));
     let (chat, plain) = (&setup.enc.chat, &setup.enc.plain);
     let multi = |split: &str| -> Result<Vec<(Vec<Record>, &Encoder)>, String> {
         Ok(vec![
@@ -333,43 +373,46 @@ pub fn run(config: &SamGroupCaptionConfig, opts: &RunOptions) -> Result<SamOutco
     };
     let mut base_parts = multi("train")?;
     base_parts.push((read("train_captions.json")?, plain));
-    let base_data = (dataset(&setup, base_parts), dataset(&setup, multi("val")?));
-    let compare_data = (dataset(&setup, multi("train")?), base_data.1.clone());
-    let mut curves = Vec::new();
+    if config.base_qa {
+        base_parts.push((read("train_qa.json")?, chat));
+    }
+    let val = dataset(setup, multi("val")?);
+    Ok((
+        (dataset(setup, base_parts), val.clone()),
+        (dataset(setup, multi("train")?), val),
+    ))
+}
 
-    // The base, from scratch; does it read the image?
-    opts.device.seed(config.seed);
-    let init = setup.model.init(&opts.device.clone().autodiff());
-    eprintln!(
-        "base: {} steps on captions, groups and changes",
-        config.base.steps
-    );
-    let (base, report) = train(
-        opts,
-        &setup.batcher,
+/// Train and evaluate one seed (`config.seeded(k)`) from `start`, into `opts.out`.
+pub fn run(
+    config: &SamGroupCaptionConfig,
+    start: Start,
+    opts: &RunOptions,
+) -> Result<SamOutcome, String> {
+    let Start {
+        setup,
         init,
-        base_data.clone(),
-        &config.base,
-        "base",
-    )?;
-    curves.push(("base".to_string(), curve(&report)));
-    let caption_run = CaptionRun {
-        encoder: plain,
-        processor: &setup.processor,
-        image_folder: &setup.images,
-        batch_size: config.eval.batch_size,
-        verbose: opts.verbose,
+        wformer,
+    } = start;
+    let (base_data, compare_data) = datasets(config, &setup)?;
+    let held_out = |kind: &str, n: usize| -> Result<Vec<Record>, String> {
+        let path = config
+            .world
+            .dir
+            .join(format!("{}_{kind}.json", config.eval.split));
+        Ok(read_valid(&path)?.into_iter().take(n).collect())
     };
+    let mut curves = Vec::new();
+    // The base, from scratch; does it read the image?
+    eprintln!("seed {}: base, {} steps", config.seed, config.base.steps);
+    let (base, report) = train(opts, &setup.batcher, init, base_data, &config.base, "base")?;
+    curves.push(("base".to_string(), curve(&report)));
     let captions = held_out("captions", config.eval.captions)?;
-    let grounding = stage1_captions(
-        &base,
-        &captions,
-        &caption_run,
-        &opts.out.join("base"),
-        "base",
-    )?;
-    let groups = held_out("groups", config.eval.groups)?;
-    let changes = held_out("changes", config.eval.changes)?;
+    let grounding = grounding(&base, &captions, config, &setup, opts)?;
+    let (groups, changes) = (
+        held_out("groups", config.eval.groups)?,
+        held_out("changes", config.eval.changes)?,
+    );
     let eval = GroupEval {
         encoder: &setup.enc.chat,
         processor: &setup.processor,
@@ -382,29 +425,20 @@ pub fn run(config: &SamGroupCaptionConfig, opts: &RunOptions) -> Result<SamOutco
         score_groups(model, &groups, &changes, &eval, &opts.out.join(name))
     };
     let base_scores = score(&base, "base")?;
-
     // The same continuation with and without the W-Former.
     let mut runs = Vec::new();
     for name in ["qformer", "sam"] {
         let mut start = base.clone();
         if name == "sam" {
-            let s = &config.sam;
-            let w = WFormerConfig::new(
-                setup.model.vision.hidden_size,
-                setup.model.qformer.hidden_size,
-            )
-            .with_pooling(s.pooling)
-            .with_inject_layer(s.inject_layer)
-            .with_return_layer(s.return_layer);
-            start.wformer = Some(w.init(&opts.device.clone().autodiff()));
-            if s.wformer_only {
+            start.wformer = Some(wformer.clone());
+            if config.sam.wformer_only {
                 start = freeze_all_but_wformer(start);
             }
         }
         let trainable = crate::seva_train::trainable_params(&start);
         eprintln!(
-            "{name}: {} steps on groups and changes",
-            config.compare.steps
+            "seed {}: {name}, {} steps",
+            config.seed, config.compare.steps
         );
         let (model, report) = train(
             opts,
@@ -431,9 +465,26 @@ pub fn run(config: &SamGroupCaptionConfig, opts: &RunOptions) -> Result<SamOutco
     })
 }
 
+/// The base's held-out caption accuracy, own images and swapped (captions written to `base/`).
+fn grounding(
+    base: &Blip2,
+    captions: &[Record],
+    config: &SamGroupCaptionConfig,
+    setup: &Setup,
+    opts: &RunOptions,
+) -> Result<CaptionAccuracy, String> {
+    let run = CaptionRun {
+        encoder: &setup.enc.plain,
+        processor: &setup.processor,
+        image_folder: &setup.images,
+        batch_size: config.eval.batch_size,
+        verbose: opts.verbose,
+    };
+    stage1_captions(base, captions, &run, &opts.out.join("base"), "base")
+}
+
 /// The model with everything but the W-Former frozen (SAM's public default).
 fn freeze_all_but_wformer(model: Blip2) -> Blip2 {
-    use burn::module::Module;
     let wformer = model.wformer.clone();
     Blip2 {
         wformer,

@@ -125,6 +125,25 @@ pub fn summary(config: &SamGroupCaptionConfig, outcomes: &[SamOutcome]) -> serde
     })
 }
 
+/// The grounding section: each seed's base on its own images and with images swapped.
+fn grounding(s: &mut String, outcomes: &[SamOutcome]) {
+    let _ = writeln!(
+        s,
+        "## Does the base read the image?\n\nHeld-out caption attribute accuracy of the base, on \
+         the own images and with the images swapped between records (the language-prior \
+         baseline).\n"
+    );
+    let mut t = Table::new(["seed", "own images %", "images swapped %"]);
+    for o in outcomes {
+        t.row([
+            o.seed.to_string(),
+            format!("{:.1}", 100.0 * o.grounding.caption_accuracy.all),
+            format!("{:.1}", 100.0 * o.grounding.blind_caption_accuracy.all),
+        ]);
+    }
+    let _ = writeln!(s, "{t}");
+}
+
 /// `report.md`.
 pub fn markdown(config: &SamGroupCaptionConfig, outcomes: &[SamOutcome], command: &str) -> String {
     let mut s = String::new();
@@ -147,21 +166,7 @@ pub fn markdown(config: &SamGroupCaptionConfig, outcomes: &[SamOutcome], command
         },
         seeds.join(", ")
     );
-    let _ = writeln!(
-        s,
-        "## Does the base read the image?\n\nHeld-out caption attribute accuracy of the base, on \
-         the own images and with the images swapped between records (the language-prior \
-         baseline).\n"
-    );
-    let mut t = Table::new(["seed", "own images %", "images swapped %"]);
-    for o in outcomes {
-        t.row([
-            o.seed.to_string(),
-            format!("{:.1}", 100.0 * o.grounding.caption_accuracy.all),
-            format!("{:.1}", 100.0 * o.grounding.blind_caption_accuracy.all),
-        ]);
-    }
-    let _ = writeln!(s, "{t}");
+    grounding(&mut s, outcomes);
     let groups = outcomes.first().map_or(0, |o| o.base.object_accuracy.n);
     let changes = outcomes.first().map_or(0, |o| o.base.change_accuracy.n);
     let _ = writeln!(

@@ -16,7 +16,7 @@ use std::time::Instant;
 
 use clap::Parser;
 use experiments::run::{RunArgs, RunOptions, exit_code, prepare_run_dir, run_dir};
-use experiments::sam_group_caption::{SamGroupCaptionConfig, run};
+use experiments::sam_group_caption::{SamGroupCaptionConfig, SamOutcome, run, start};
 use experiments::sam_report::write_all;
 use vlalign_models::Pooling;
 
@@ -37,6 +37,9 @@ struct Args {
     /// Train only the W-Former in SAM's run (the public code's default).
     #[arg(long)]
     wformer_only: bool,
+    /// Seeds trained at once (each keeps about one core busy on flex).
+    #[arg(long, default_value_t = 2)]
+    jobs: usize,
 }
 
 fn resolve(args: &Args) -> Result<SamGroupCaptionConfig, String> {
@@ -85,27 +88,52 @@ fn main_inner(args: &Args) -> Result<(), String> {
         out.display()
     );
     let started = Instant::now();
+    experiments::inputs::ensure_world(&config.world, !args.run.quiet)?;
+    let jobs = args.jobs.max(1);
     let mut outcomes = Vec::new();
-    for k in 0..config.seeds {
-        let seeded = config.seeded(k);
-        let opts = RunOptions {
-            device: selected.device.clone(),
-            out: out.join(format!("seed-{}", seeded.seed)),
-            resume: args.run.resume,
-            verbose: !args.run.quiet,
-        };
-        let outcome = run(&seeded, &opts)?;
-        for r in &outcome.runs {
-            eprintln!(
-                "seed {}: {:<8} CIDEr-D {:.3}, object accuracy {:.1} %, change accuracy {:.1} %",
-                outcome.seed,
-                r.model,
-                r.scores.cider,
-                100.0 * r.scores.object_accuracy.accuracy,
-                100.0 * r.scores.change_accuracy.accuracy
-            );
+    let seeds: Vec<usize> = (0..config.seeds).collect();
+    for chunk in seeds.chunks(jobs) {
+        // Starting weights are drawn here, in seed order; the seeds of a chunk then train in
+        // parallel (a flex run keeps about one core busy).
+        let mut work = Vec::new();
+        for &k in chunk {
+            let seeded = config.seeded(k);
+            let opts = RunOptions {
+                device: selected.device.clone(),
+                out: out.join(format!("seed-{}", seeded.seed)),
+                resume: args.run.resume,
+                verbose: !args.run.quiet && jobs == 1,
+            };
+            let start = start(&seeded, &opts)?;
+            work.push((seeded, opts, start));
         }
-        outcomes.push(outcome);
+        let results: Vec<Result<SamOutcome, String>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = work
+                .into_iter()
+                .map(|(seeded, opts, start)| scope.spawn(move || run(&seeded, start, &opts)))
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join()
+                        .unwrap_or_else(|_| Err("a seed's thread panicked".into()))
+                })
+                .collect()
+        });
+        for outcome in results {
+            let outcome = outcome?;
+            for r in &outcome.runs {
+                eprintln!(
+                    "seed {}: {:<8} CIDEr-D {:.3}, object accuracy {:.1} %, change accuracy {:.1} %",
+                    outcome.seed,
+                    r.model,
+                    r.scores.cider,
+                    100.0 * r.scores.object_accuracy.accuracy,
+                    100.0 * r.scores.change_accuracy.accuracy
+                );
+            }
+            outcomes.push(outcome);
+        }
     }
     let command = std::env::args().collect::<Vec<_>>().join(" ");
     write_all(&out, &config, &outcomes, &command)?;
