@@ -15,8 +15,8 @@ use burn::tensor::{Bool, Device, Int, Tensor};
 use crate::blip_vision::{BlipVisionConfig, BlipVisionModel};
 use crate::generate::{GenerationConfig, generate_spliced};
 use crate::llava::{
-    Layout, ModelOutput, TextOnlyOutput, bool_tensor, int_tensor, select_images, splice_visual,
-    text_only,
+    Layout, ModelOutput, TextOnlyOutput, bool_tensor, decode, int_tensor, select_images,
+    splice_visual, text_only,
 };
 use crate::llm::{DecoderConfig, DecoderLm};
 use crate::qformer::{QFormer, QFormerConfig, QFormerText};
@@ -197,15 +197,7 @@ impl Blip2 {
             Layout::from_tensors(&input.input_ids, &input.attention_mask, self.image_token_id);
         let device = input.input_ids.device();
         let embeds = self.embeds(input, &layout);
-        let key_valid = layout
-            .has_padding()
-            .then(|| bool_tensor(&layout.valid, &device));
-        self.language_model.forward_embeds(
-            embeds,
-            int_tensor(&layout.positions, &device),
-            key_valid,
-            None,
-        )
+        decode(&self.language_model, embeds, &layout, &device)
     }
 
     /// Next-token logits `[batch, seq, vocab]`.

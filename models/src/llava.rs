@@ -266,15 +266,7 @@ impl Llava {
             input.image_index.as_deref(),
             &layout,
         );
-        let key_valid = layout
-            .has_padding()
-            .then(|| bool_tensor(&layout.valid, &device));
-        self.language_model.forward_embeds(
-            embeds,
-            int_tensor(&layout.positions, &device),
-            key_valid,
-            None,
-        )
+        decode(&self.language_model, embeds, &layout, &device)
     }
 
     /// Next-token logits `[batch, seq, vocab]` of the full multimodal sequence.
@@ -428,6 +420,25 @@ pub(crate) fn splice_visual(
         0,
     );
     pool.select(0, index).reshape([batch, seq, d])
+}
+
+/// The decoder's final hidden states `[batch, seq, d]` on spliced embeddings, positions and
+/// padding as `layout` says (every model that splices images into a decoder).
+pub(crate) fn decode(
+    lm: &DecoderLm,
+    embeds: Tensor<3>,
+    layout: &Layout,
+    device: &Device,
+) -> Tensor<3> {
+    let key_valid = layout
+        .has_padding()
+        .then(|| bool_tensor(&layout.valid, device));
+    lm.forward_embeds(
+        embeds,
+        int_tensor(&layout.positions, device),
+        key_valid,
+        None,
+    )
 }
 
 /// Run the decoder on spliced embeddings with a cache and return the last position's logits

@@ -162,6 +162,29 @@ fn group_scenes(config: &WorldConfig, g: usize) -> (Vec<Scene>, scene::Object) {
     }
 }
 
+/// Render the scenes of a multi-image record into `images/`, record their objects in
+/// `all_scenes` and return their file names; `wrote(1)` after each image.
+fn write_scenes(
+    scenes: &[Scene],
+    config: &WorldConfig,
+    images_dir: &Path,
+    all_scenes: &mut BTreeMap<String, Vec<scene::Object>>,
+    wrote: &mut dyn FnMut(usize),
+) -> Result<Vec<String>, DatasetError> {
+    let mut names = Vec::new();
+    for sc in scenes {
+        let name = format!("{}.png", sc.id);
+        write_png(
+            &render::render(sc, config.image_size),
+            &images_dir.join(&name),
+        )?;
+        wrote(1);
+        all_scenes.insert(name.clone(), sc.objects.clone());
+        names.push(name);
+    }
+    Ok(names)
+}
+
 /// A scene and the same scene with one object changed in color or in shape (never into a
 /// shape–color pair the scene already has): `(before, after, index of the changed object)`.
 fn change_scenes(config: &WorldConfig, c: usize) -> (Scene, Scene, usize) {
@@ -273,18 +296,10 @@ pub fn generate(
         .collect();
     for g in 0..config.groups {
         let (group, shared) = group_scenes(config, g);
-        let mut names = Vec::new();
-        for sc in &group {
-            let name = format!("{}.png", sc.id);
-            write_png(
-                &render::render(sc, config.image_size),
-                &images_dir.join(&name),
-            )?;
-            written += 1;
+        let names = write_scenes(&group, config, &images_dir, &mut all_scenes, &mut |n| {
+            written += n;
             progress(written);
-            all_scenes.insert(name.clone(), sc.objects.clone());
-            names.push(name);
-        }
+        })?;
         files
             .entry(format!("{}_groups.json", split_of(g)))
             .or_default()
@@ -292,18 +307,12 @@ pub fn generate(
     }
     for c in 0..config.changes {
         let (before, after, k) = change_scenes(config, c);
-        let mut names = Vec::new();
-        for sc in [&before, &after] {
-            let name = format!("{}.png", sc.id);
-            write_png(
-                &render::render(sc, config.image_size),
-                &images_dir.join(&name),
-            )?;
-            written += 1;
+        let pair = [before, after];
+        let names = write_scenes(&pair, config, &images_dir, &mut all_scenes, &mut |n| {
+            written += n;
             progress(written);
-            all_scenes.insert(name.clone(), sc.objects.clone());
-            names.push(name);
-        }
+        })?;
+        let [before, after] = pair;
         files
             .entry(format!("{}_changes.json", split_of(c)))
             .or_default()
