@@ -1,6 +1,8 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code)]
 
+pub mod llava_train;
+
 use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
 use vlalign::models::{Llava, LlavaConfig, LlavaInput};
 
