@@ -367,3 +367,36 @@ fn blip2_and_instructblip_forward_match_transformers() {
         assert!(d <= TOL, "{dir}: {d}");
     }
 }
+
+#[test]
+fn blip2_hub_layout_with_q_and_v_biases_loads_fused() {
+    use vlalign::models::Blip2Input;
+    let io = Io::open("blip2_legacy");
+    let (model, _, report) = hf::load_blip2(&fixture("blip2_legacy"), &device()).unwrap();
+    assert!(
+        report.missing.is_empty() && report.unused.is_empty(),
+        "{report}"
+    );
+    assert_eq!(
+        report
+            .ignored
+            .iter()
+            .filter(|k| k.contains("_bias"))
+            .count(),
+        4,
+        "{:?}",
+        report.ignored
+    );
+    let ids = io.int("input_ids");
+    let [b, t] = ids.dims();
+    let input = Blip2Input {
+        input_ids: ids,
+        attention_mask: Tensor::from_data(TensorData::new(vec![true; b * t], [b, t]), &device()),
+        images: Some(io.float::<4>("pixel_values")),
+        image_index: None,
+        qformer_text: None,
+    };
+    let d = max_abs_diff(model.forward(input).logits, io.float::<3>("logits"));
+    println!("blip2 hub layout logits max abs diff {d:e}");
+    assert!(d <= TOL, "{d}");
+}

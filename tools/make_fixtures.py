@@ -25,6 +25,7 @@ For each model this saves the checkpoint with `save_pretrained` (config.json + s
   blip2/         Blip2ForConditionalGeneration (tiny BLIP ViT, Q-Former with cross-attention every 2nd
                  layer, tiny Llama), a 32-px PNG + preprocessor_config.json → logits
   instructblip/  InstructBlipForConditionalGeneration: the same plus Q-Former instruction ids → logits
+  blip2_legacy/  the BLIP-2 weights (key bias zeroed) in the pre-transformers-5 hub layout: q_bias/v_bias
 
   seva_score/    a tiny LLaVA (model/, byte-level BPE tokenizer.json), two 32-px PNGs and preference
                  pairs: each answer's summed log-prob under vicuna_v1 (expected.jsonl)
@@ -484,6 +485,31 @@ def blip2():
         assert moved > 1e-1, f"{name}: the image barely changes the logits ({moved})"
         save_io(path, {"input_ids": ids, "pixel_values": pixels, "logits": logits, **kw})
         print("wrote", os.path.abspath(path), f"(the image moves a logit by {moved:.3f})")
+        if name == "blip2":
+            blip2_legacy(model, ids, pixels)
+
+
+def blip2_legacy(model, ids, pixels):
+    """The hub layout of checkpoints saved before transformers 5: the vision attention's bias as
+    `q_bias` and `v_bias` (the key bias is zero), not one fused `qkv.bias`."""
+    path = fresh("blip2_legacy")
+    state = {}
+    for layer in model.vision_model.encoder.layers:
+        d = layer.self_attn.embed_dim
+        layer.self_attn.qkv.bias.data[d:2 * d] = 0.0
+    for k, v in model.state_dict().items():
+        if k.endswith("self_attn.qkv.bias"):
+            d = v.shape[0] // 3
+            state[k.replace("qkv.bias", "q_bias")] = v[:d].clone()
+            state[k.replace("qkv.bias", "v_bias")] = v[2 * d:].clone()
+        else:
+            state[k] = v.detach().clone().contiguous()
+    safetensors.torch.save_file(state, os.path.join(path, "model.safetensors"), metadata={"format": "pt"})
+    for f in ("config.json", "preprocessor_config.json", "image.png"):
+        shutil.copy(os.path.join(OUT, "blip2", f), path)
+    logits = model(input_ids=ids, pixel_values=pixels).logits
+    save_io(path, {"input_ids": ids, "pixel_values": pixels, "logits": logits})
+    print("wrote", os.path.abspath(path))
 
 
 def write_versions(path):

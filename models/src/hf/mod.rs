@@ -2,6 +2,7 @@
 //! modules and back ([`checkpoint`]).
 
 pub mod blip2_config;
+mod blip2_legacy;
 pub mod checkpoint;
 pub mod clip_config;
 pub mod config;
@@ -96,22 +97,30 @@ pub fn load_llava(
 }
 
 /// Open a `Blip2ForConditionalGeneration` / `InstructBlipForConditionalGeneration` directory
-/// (LLaMA-family LM) on `device`.
+/// (LLaMA-family LM) on `device`: transformers 5's layout, or the hub's older one with the
+/// vision attention's `q_bias`/`v_bias` (fused on load).
 pub fn load_blip2(
     dir: &Path,
     device: &Device,
 ) -> Result<(Blip2, Blip2Config, LoadReport), HfError> {
-    let pick = |c: &HfModelConfig| match c {
-        HfModelConfig::Blip2(c) => Some(c.clone()),
-        _ => None,
+    let found = read_config(dir)?;
+    let HfModelConfig::Blip2(config) = found else {
+        return Err(HfError::Kind {
+            dir: dir.display().to_string(),
+            expected: "BLIP-2",
+            found: kind(&found),
+        });
     };
-    open(
-        dir,
-        "BLIP-2",
-        pick,
-        |c: &Blip2Config| c.init(device),
-        &crate::blip2::hf_key_map(),
-    )
+    let mut model = config.init(device);
+    // Missing and unexpected tensors are checked by the legacy pass (which fuses the
+    // pre-transformers-5 `q_bias`/`v_bias` pairs and refuses anything else).
+    let options = LoadOptions {
+        allow_missing: true,
+        allow_unexpected: true,
+    };
+    let mut report = load_weights(&mut model, dir, &crate::blip2::hf_key_map(), &options)?;
+    blip2_legacy::fuse_legacy_qkv_bias(&mut model, dir, &mut report)?;
+    Ok((model, config, report))
 }
 
 /// Open a `LlamaForCausalLM` / `Qwen2ForCausalLM` directory on `device`.
