@@ -24,7 +24,7 @@ fn layer_of(key: &str, suffix: &str) -> Option<usize> {
 }
 
 /// A tensor of a safetensors file, as f32 (F32, F16 or BF16), or `None` when the file lacks it.
-fn read_tensor(file: &Path, key: &str) -> Result<Option<(Vec<usize>, Vec<f32>)>, LoadError> {
+fn read_tensor(file: &Path, key: &str) -> Result<Option<Vec<f32>>, LoadError> {
     let err = |m: String| LoadError::File {
         path: file.to_path_buf(),
         message: m,
@@ -66,17 +66,17 @@ fn read_tensor(file: &Path, key: &str) -> Result<Option<(Vec<usize>, Vec<f32>)>,
     f.seek(SeekFrom::Start(8 + n as u64 + start))
         .and_then(|_| f.read_exact(&mut bytes))
         .map_err(|e| err(format!("{key}: {e}")))?;
-    let data = TensorData::from_bytes_vec(bytes, shape.clone(), dtype).convert::<f32>();
+    let data = TensorData::from_bytes_vec(bytes, shape, dtype).convert::<f32>();
     let values = data
         .try_into_vec::<f32>()
         .map_err(|e| err(format!("{key}: {e:?}")))?;
-    Ok(Some((shape, values)))
+    Ok(Some(values))
 }
 
 /// The tensor `key` from whichever weight file of `dir` holds it.
 fn find(files: &[std::path::PathBuf], key: &str) -> Result<Vec<f32>, LoadError> {
     for file in files {
-        if let Some((_, v)) = read_tensor(file, key)? {
+        if let Some(v) = read_tensor(file, key)? {
             return Ok(v);
         }
     }
