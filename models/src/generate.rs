@@ -88,45 +88,34 @@ pub trait Generator {
     ) -> Vec<Vec<u32>>;
 }
 
-impl Generator for Llava {
-    fn generation_device(&self) -> Device {
-        self.language_model
-            .embed_tokens
-            .weight
-            .val()
-            .inner()
-            .device()
-    }
+/// `Generator` for a model whose `valid()` copy has `generate` and whose decoder is
+/// `language_model`.
+macro_rules! generator {
+    ($model:ty) => {
+        impl Generator for $model {
+            fn generation_device(&self) -> Device {
+                self.language_model
+                    .embed_tokens
+                    .weight
+                    .val()
+                    .inner()
+                    .device()
+            }
 
-    fn generate_no_grad(
-        &self,
-        prompts: &[Vec<u32>],
-        images: Option<Tensor<4>>,
-        config: &GenerationConfig,
-    ) -> Vec<Vec<u32>> {
-        self.valid().generate(prompts, images, config)
-    }
+            fn generate_no_grad(
+                &self,
+                prompts: &[Vec<u32>],
+                images: Option<Tensor<4>>,
+                config: &GenerationConfig,
+            ) -> Vec<Vec<u32>> {
+                self.valid().generate(prompts, images, config)
+            }
+        }
+    };
 }
 
-impl Generator for crate::blip2::Blip2 {
-    fn generation_device(&self) -> Device {
-        self.language_model
-            .embed_tokens
-            .weight
-            .val()
-            .inner()
-            .device()
-    }
-
-    fn generate_no_grad(
-        &self,
-        prompts: &[Vec<u32>],
-        images: Option<Tensor<4>>,
-        config: &GenerationConfig,
-    ) -> Vec<Vec<u32>> {
-        self.valid().generate(prompts, images, config)
-    }
-}
+generator!(Llava);
+generator!(crate::blip2::Blip2);
 
 /// The generation loop of every model that splices visual tokens into a decoder's input:
 /// `splice` turns the left-padded prompt ids and their layout into the first step's
