@@ -435,7 +435,7 @@ pub fn run(
                 start = freeze_all_but_wformer(start);
             }
         }
-        let trainable = crate::seva_train::trainable_params(&start);
+        let trainable = vlalign_train::trainable_params(&start);
         eprintln!(
             "seed {}: {name}, {} steps",
             config.seed, config.compare.steps

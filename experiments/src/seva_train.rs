@@ -50,7 +50,7 @@ pub fn train_dpo(
             config.lora.apply(base.clone()).map_err(|e| e.to_string())?
         }
     };
-    let trainable = trainable_params(&policy);
+    let trainable = vlalign_train::trainable_params(&policy);
     eprintln!(
         "{name}: {} steps on {} pairs, {trainable} trainable parameters",
         tc.steps,
@@ -68,23 +68,6 @@ pub fn train_dpo(
     };
     let (trained, report) = opts.fit_stage(trainee, data, batcher.clone(), &tc, name, DPO_SHOWN)?;
     Ok((trained.model, report, trainable))
-}
-
-/// Parameters that receive gradients.
-pub fn trainable_params(model: &impl burn::module::Module) -> usize {
-    use burn::module::{ModuleVisitor, Param};
-    use burn::tensor::Tensor;
-    struct Count(usize);
-    impl ModuleVisitor for Count {
-        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-            if param.is_require_grad() {
-                self.0 += param.shape().num_elements();
-            }
-        }
-    }
-    let mut c = Count(0);
-    model.visit(&mut c);
-    c.0
 }
 
 /// `model` (a LoRA model with its adapters merged into the weights) saved as a transformers

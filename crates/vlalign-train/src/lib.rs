@@ -188,6 +188,23 @@ impl TrainReport {
     }
 }
 
+/// Parameters that receive gradients (a frozen or `no_grad` module counts none).
+pub fn trainable_params(model: &impl burn::module::Module) -> usize {
+    use burn::module::{ModuleVisitor, Param};
+    use burn::tensor::Tensor;
+    struct Count(usize);
+    impl ModuleVisitor for Count {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            if param.is_require_grad() {
+                self.0 += param.shape().num_elements();
+            }
+        }
+    }
+    let mut c = Count(0);
+    model.visit(&mut c);
+    c.0
+}
+
 /// Where and how a stage runs, beyond its [`TrainConfig`].
 pub struct Stage<'a> {
     /// The stage directory.
