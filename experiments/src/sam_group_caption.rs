@@ -220,6 +220,8 @@ impl SamGroupCaptionConfig {
     pub fn quick() -> Self {
         let mut c = Self::default();
         c.seeds = 1;
+        // The quick world's small vocabulary spells words in more tokens.
+        c.max_len = 256;
         c.world = WorldSection {
             dir: PathBuf::from("data/world-groups-quick"),
             images: 100,
@@ -480,7 +482,8 @@ fn grounding(
         batch_size: config.eval.batch_size,
         verbose: opts.verbose,
     };
-    stage1_captions(base, captions, &run, &opts.out.join("base"), "base")
+    let label = format!("seed {}: base", config.seed);
+    stage1_captions(base, captions, &run, &opts.out.join("base"), &label)
 }
 
 /// The model with everything but the W-Former frozen (SAM's public default).
@@ -502,7 +505,20 @@ fn train(
 ) -> Result<(Blip2, TrainReport), String> {
     let objective: Arc<dyn Objective<Blip2>> = Arc::new(MleObjective);
     let trainee = Blip2Trainee::new(model, objective);
+    let started = std::time::Instant::now();
     let (trained, report) = opts.fit_stage(trainee, data, batcher.clone(), tc, name, &[])?;
+    // With seeds in parallel the per-step renderer is off: say when each stage ends.
+    let tail: Vec<f64> = report.steps.iter().rev().take(50).map(|s| s.loss).collect();
+    eprintln!(
+        "{}: {name} done, {} steps in {:.1} min, loss (last 50 steps) {:.3}, held-out {}",
+        opts.out.display(),
+        report.steps.len(),
+        started.elapsed().as_secs_f64() / 60.0,
+        tail.iter().sum::<f64>() / tail.len().max(1) as f64,
+        report
+            .valid_loss
+            .map_or("–".to_string(), |v| format!("{v:.3}"))
+    );
     Ok((trained.model, report))
 }
 
