@@ -266,6 +266,9 @@ pub struct SamRun {
     pub trainable_params: usize,
     /// Median step time of the continuation, ms.
     pub step_ms: f64,
+    /// SAM: Frobenius norms of the trained bridges (main → second, second → main); both start
+    /// at zero, so they say how far training moved the model away from the plain Q-Former.
+    pub bridge_norms: Option<[f64; 2]>,
 }
 
 /// One seed's results.
@@ -456,6 +459,17 @@ pub fn run(
             scores: score(&model, name)?,
             trainable_params: trainable,
             step_ms: report.median_step_ms().unwrap_or(0.0),
+            bridge_norms: model.wformer.as_ref().map(|w| {
+                let norm = |l: &burn::nn::Linear| {
+                    l.weight
+                        .val()
+                        .powf_scalar(2.0)
+                        .sum()
+                        .into_scalar::<f64>()
+                        .sqrt()
+                };
+                [norm(&w.bridge_in), norm(&w.bridge_out)]
+            }),
         });
     }
     Ok(SamOutcome {

@@ -90,6 +90,7 @@ pub fn summary(config: &SamGroupCaptionConfig, outcomes: &[SamOutcome]) -> serde
                     "change_accuracy": r.scores.change_accuracy.accuracy,
                     "trainable_params": r.trainable_params,
                     "step_ms": r.step_ms,
+                    "bridge_norms": r.bridge_norms,
                 })
             })
         })
@@ -200,6 +201,21 @@ pub fn markdown(config: &SamGroupCaptionConfig, outcomes: &[SamOutcome], command
                 format!("{:.0}", r.step_ms),
             ]);
         }
+    }
+    let norms: Vec<String> = outcomes
+        .iter()
+        .filter_map(|o| {
+            let r = o.runs.iter().find(|r| r.model == "sam")?;
+            let [a, b] = r.bridge_norms?;
+            Some(format!("seed {}: {a:.3} / {b:.3}", o.seed))
+        })
+        .collect();
+    if !norms.is_empty() {
+        let _ = writeln!(
+            s,
+            "Trained bridge norms (‖main → second‖ / ‖second → main‖, both start at 0): {}.\n",
+            norms.join("; ")
+        );
     }
     let _ = writeln!(
         s,
