@@ -146,3 +146,23 @@ fn others_pooling_differs_from_all() {
     );
     assert!(d > 1e-4, "{d}");
 }
+
+#[test]
+fn exchange_layers_are_configurable() {
+    let imgs = images(3);
+    let last = sam(Pooling::All);
+    let mut early = last.clone();
+    early.wformer.as_mut().unwrap().inject_layer = Some(0);
+    let d = max_abs_diff(
+        tokens(&last, imgs.clone(), &[3]),
+        tokens(&early, imgs.clone(), &[3]),
+    );
+    assert!(d > 1e-4, "{d}");
+    // Returning before injecting is refused: the main stream would never reach the second.
+    let mut bad = last.clone();
+    bad.wformer.as_mut().unwrap().return_layer = Some(0);
+    bad.wformer.as_mut().unwrap().inject_layer = Some(1);
+    let refused =
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| tokens(&bad, imgs, &[3])));
+    assert!(refused.is_err());
+}

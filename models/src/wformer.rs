@@ -179,6 +179,11 @@ impl WFormer {
         let last = qformer.num_layers() - 1;
         let inject = self.inject_layer.unwrap_or(last).min(last);
         let ret = self.return_layer.unwrap_or(last).min(last);
+        assert!(
+            inject <= ret,
+            "the W-Former's inject_layer ({inject}) comes after its return_layer ({ret}): the \
+             main stream would never reach the second"
+        );
         for i in 0..qformer.num_layers() {
             main = qformer.run_layer(i, main, features.clone());
             if i <= ret {
