@@ -4,7 +4,8 @@
 # For each backend: build the experiments with that feature (cuda after tools/setup_llvm.sh,
 # offline), `device_check`, the backend parity tests (tests/backends.rs: the transformers
 # fixtures' logits, 5 training steps against flex, CAL's contrast pass and generation),
-# `cal_llava --quick` and `bench` (tiny and small presets) on the device. A step that fails is
+# `cal_llava --quick` and `bench` (tiny and small presets) on the device, and with two or more
+# NVIDIA GPUs a data-parallel `cal_llava --quick --devices cuda:0,cuda:1`. A step that fails is
 # reported as failed and the script goes on; it exits non-zero if any failed.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -66,6 +67,11 @@ for backend in $backends; do
         --world "$work/world-quick" --out "$work/cal-$backend"
     run "$backend: bench tiny,small" "$bin/bench" --preset tiny,small --device "$dev" \
         --out "$work/bench-$backend.json"
+    gpus=$(nvidia-smi -L 2>/dev/null | wc -l)
+    if [ "$backend" = cuda ] && [ "$gpus" -ge 2 ]; then
+        run "cuda: data-parallel cal_llava --quick on 2 GPUs" "$bin/cal_llava" --quick --quiet \
+            --devices cuda:0,cuda:1 --world "$work/world-quick" --out "$work/cal-dp"
+    fi
 done
 
 echo "report: $report"

@@ -36,6 +36,7 @@ pub fn rescore(
         out: run_dir.to_path_buf(),
         resume: false,
         verbose,
+        devices: Vec::new(),
     };
     let inputs = world_inputs(config.spec(), &opts)?;
     let (val_records, val) = held_out_qa(&config, &inputs)?;

@@ -116,6 +116,9 @@ pub struct RunOptions {
     pub resume: bool,
     /// Show progress bars and burn-train's renderer.
     pub verbose: bool,
+    /// Data-parallel training on these devices (`--devices`; the first is `device`); empty:
+    /// `device` alone.
+    pub devices: Vec<Device>,
 }
 
 /// CAL's diagnostics, shown live for a CAL stage.
@@ -176,6 +179,7 @@ impl RunOptions {
             } else {
                 Some(vlalign_train::quiet_renderer())
             },
+            devices: &self.devices,
         };
         let (trained, report) = fit(trainee, train, valid, batcher, &self.device, tc, stage)
             .map_err(|e| format!("{name}: {e}"))?;
@@ -255,17 +259,40 @@ pub struct RunArgs {
     #[arg(long)]
     pub world: Option<PathBuf>,
     /// Device: flex | ndarray | wgpu | cuda[:N] (default: BURN_DEVICE, else the first compiled).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "devices")]
     pub device: Option<String>,
+    /// Data-parallel training on several devices, e.g. `cuda:0,cuda:1` (each step's batches run
+    /// on all at once; the first holds the optimizer and evaluates).
+    #[arg(long, value_delimiter = ',')]
+    pub devices: Option<Vec<String>>,
     /// Quiet: no progress bars or per-step lines.
     #[arg(long)]
     pub quiet: bool,
 }
 
 impl RunArgs {
-    /// The device `--device` names (else the default), its warning printed.
+    /// The devices `--devices` names (empty without it).
+    pub fn devices(&self) -> Result<Vec<Device>, String> {
+        let names = self.devices.as_deref().unwrap_or_default();
+        if names.len() == 1 {
+            return Err("--devices: give two or more (one device is --device)".into());
+        }
+        names
+            .iter()
+            .map(|n| {
+                select_device(Some(n))
+                    .map(|s| s.device)
+                    .map_err(|e| format!("--devices: {e}"))
+            })
+            .collect()
+    }
+
+    /// The device `--device` names (the first of `--devices`; else the default), its warning
+    /// printed.
     pub fn select_device(&self) -> Result<SelectedDevice, String> {
-        let selected = select_device(self.device.as_deref()).map_err(|e| e.to_string())?;
+        let first = self.devices.as_ref().and_then(|d| d.first());
+        let name = self.device.as_deref().or(first.map(String::as_str));
+        let selected = select_device(name).map_err(|e| e.to_string())?;
         if let Some(w) = &selected.warning {
             eprintln!("warning: {w}");
         }

@@ -64,6 +64,7 @@ impl ModelArgs {
             out: self.out.parent().map(PathBuf::from).unwrap_or_default(),
             resume: false,
             verbose: !run.quiet,
+            devices: Vec::new(),
         };
         let c = CalLlavaConfig {
             max_len: self.max_len,

@@ -58,6 +58,7 @@ fn dpo_trains_from_a_precomputed_or_a_live_reference_alike_and_resumes_exactly()
                 stop_after,
                 show: &[],
                 renderer: Some(quiet_renderer()),
+                devices: &[],
             },
         )
     };
@@ -132,6 +133,7 @@ fn fit_quietly(
         stop_after: None,
         show: &[],
         renderer: Some(quiet_renderer()),
+        devices: &[],
     };
     fit(
         trainee,

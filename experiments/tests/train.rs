@@ -40,6 +40,7 @@ fn run(
             stop_after,
             show: &[],
             renderer: Some(quiet_renderer()),
+            devices: &[],
         },
     )
     .map(|(_, report)| report)
@@ -209,6 +210,7 @@ fn a_clip_pair_trains_and_resumes_exactly_through_the_same_trainer() {
                 stop_after,
                 show: &[],
                 renderer: Some(quiet_renderer()),
+                devices: &[],
             },
         )
         .map(|(_, report)| report)
@@ -234,4 +236,69 @@ fn a_clip_pair_trains_and_resumes_exactly_through_the_same_trainer() {
     let resumed = run(&cut, true, None).unwrap();
     assert_eq!(resumed.resumed_from, Some(4));
     assert_eq!(csv_losses(&full), csv_losses(&cut), "resumed losses differ");
+}
+
+/// The losses of `steps` steps and the final weights, on `devices` (empty: one device) with
+/// `accumulation` batches per device per step.
+fn parallel_run(
+    s: &Setup,
+    dir: &Path,
+    devices: &[Device],
+    accumulation: usize,
+) -> (Vec<f64>, Vec<f32>) {
+    use burn::module::Module;
+    let mut tc = config(5);
+    tc.accumulation = accumulation;
+    let (trained, report) = fit(
+        Trainee::new(model(s), Arc::new(MleObjective)),
+        s.train.clone(),
+        s.valid.clone(),
+        s.batcher.clone(),
+        &Device::flex(),
+        &tc,
+        Stage {
+            dir,
+            label: "test",
+            resume: false,
+            stop_after: None,
+            show: &[],
+            renderer: Some(quiet_renderer()),
+            devices,
+        },
+    )
+    .unwrap();
+    let weights = trained.model.valid().multi_modal_projector.layers[0]
+        .weight
+        .val()
+        .into_data()
+        .convert::<f32>()
+        .try_into_vec::<f32>()
+        .unwrap();
+    (report.steps.iter().map(|r| r.loss).collect(), weights)
+}
+
+#[test]
+fn data_parallel_on_two_devices_equals_one_device_accumulating_their_batches() {
+    // flex has one device (its id is always 0): two handles to it still run the data-parallel
+    // path — a batch per device at once, each on its own fork of the model, gradients gathered
+    // and accumulated on the first — which must equal one device accumulating both batches.
+    let tmp = tempfile::tempdir().unwrap();
+    let s = setup(&tmp.path().join("world"));
+    let two = [Device::flex(), Device::flex()];
+    let (parallel, w_parallel) = parallel_run(&s, &tmp.path().join("two"), &two, 1);
+    let (single, w_single) = parallel_run(&s, &tmp.path().join("one"), &[], 2);
+    assert_eq!(parallel.len(), 5);
+    for (step, (a, b)) in parallel.iter().zip(&single).enumerate() {
+        assert!(
+            (a - b).abs() <= 1e-5,
+            "step {step}: parallel {a} vs single {b}"
+        );
+    }
+    let d = w_parallel
+        .iter()
+        .zip(&w_single)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max);
+    assert!(d <= 1e-5, "weights after 5 steps differ by {d}");
+    assert!(parallel[4] < parallel[0], "{parallel:?}");
 }

@@ -41,7 +41,7 @@ pub use metrics::DiagnosticMetric;
 pub use optim::OptimConfig;
 pub use step::{StepOutput, Trainable, Trainee};
 pub use strategy::{RunLog, StepPlan, StepStrategy};
-pub use stream::StepStream;
+pub use stream::{DeviceShare, StepStream};
 
 /// Why training could not run or stopped.
 #[derive(Debug, thiserror::Error)]
@@ -219,6 +219,10 @@ pub struct Stage<'a> {
     pub show: &'a [(&'static str, &'static str)],
     /// burn-train's renderer; `None` = its default (TUI on a terminal, else plain lines).
     pub renderer: Option<Box<dyn MetricsRenderer>>,
+    /// Data-parallel training on these devices (the first holds the optimizer): each step's
+    /// `accumulation` batches run on every device at once, so a step sees
+    /// `batch_size · accumulation · devices` items. Empty: `device` alone.
+    pub devices: &'a [Device],
 }
 
 /// A renderer that prints nothing (tests).
@@ -296,15 +300,33 @@ where
         return Ok((trainee, report));
     }
 
-    trainee.set_loss_scale(1.0 / config.accumulation as f32);
+    let n = stage.devices.len().max(1);
+    let accumulation = config.accumulation * n;
+    trainee.set_loss_scale(1.0 / accumulation as f32);
     let (optim, scheduler) = config.optim.init(config.steps)?;
-    let items = config.steps * config.batch_size * config.accumulation;
-    let stream = StepStream::new(train, items, config.seed, true);
-    let train_loader = DataLoaderBuilder::new(batcher.clone())
-        .batch_size(config.batch_size)
-        .num_workers(config.num_workers.max(1))
-        .set_device(device.clone())
-        .build(stream);
+    let items = config.steps * config.batch_size * accumulation;
+    let stream: Arc<dyn Dataset<I>> = Arc::new(StepStream::new(train, items, config.seed, true));
+    let loader = |data: Arc<dyn Dataset<I>>, on: &Device| {
+        DataLoaderBuilder::new(batcher.clone())
+            .batch_size(config.batch_size)
+            .num_workers(config.num_workers.max(1))
+            .set_device(on.clone())
+            .build(ArcDataset(data))
+    };
+    let train_loader = loader(stream.clone(), device);
+    let shares = if n > 1 {
+        stage
+            .devices
+            .iter()
+            .enumerate()
+            .map(|(k, d)| {
+                let share = DeviceShare::new(stream.clone(), config.batch_size, n, k);
+                (d.clone(), loader(Arc::new(share), d))
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
     let valid_loader = DataLoaderBuilder::new(batcher)
         .batch_size(config.batch_size)
         .num_workers(config.num_workers.max(1))
@@ -314,7 +336,7 @@ where
     let log = Arc::new(Mutex::new(RunLog::default()));
     let plan = StepPlan {
         total_steps: config.steps,
-        accumulation: config.accumulation,
+        accumulation,
         batch_size: config.batch_size,
         checkpoint_every: config.checkpoint_every,
         keep: config.keep_checkpoints,
@@ -323,7 +345,9 @@ where
         resume,
         stop_after: stage.stop_after,
     };
-    let strategy = StepStrategy::new(device.clone().autodiff(), plan, log.clone());
+    let main = stage.devices.first().unwrap_or(device);
+    let strategy =
+        StepStrategy::new(main.clone().autodiff(), plan, log.clone()).with_shares(shares);
     let mut training = SupervisedTraining::new(stage.dir, train_loader, valid_loader)
         .with_training_strategy(TrainingStrategy::Custom(Arc::new(strategy)))
         .with_custom_checkpointers(

@@ -15,7 +15,8 @@ use burn::optim::GradientsAccumulator;
 use burn::tensor::Device;
 use burn::train::{
     EventProcessorTraining, Learner, LearnerEvent, SupervisedLearningStrategy,
-    SupervisedTrainingEventProcessor, TrainLoader, TrainingComponents, TrainingItem, ValidLoader,
+    SupervisedTrainingEventProcessor, TrainLoader, TrainOutput, TrainStep, TrainingComponents,
+    TrainingItem, ValidLoader,
 };
 
 use crate::checkpoint::{Manifest, prune};
@@ -72,17 +73,83 @@ impl<T> Default for RunLog<T> {
 }
 
 /// The strategy (see the module docs).
-pub struct StepStrategy<T> {
+pub struct StepStrategy<T: Trainable> {
     device: Device,
     plan: StepPlan,
     log: Arc<Mutex<RunLog<T>>>,
+    shares: Vec<(Device, TrainLoader<T>)>,
 }
 
-impl<T> StepStrategy<T> {
+impl<T: Trainable> StepStrategy<T> {
     /// A strategy on `device` following `plan`, reporting into `log`.
     pub fn new(device: Device, plan: StepPlan, log: Arc<Mutex<RunLog<T>>>) -> Self {
-        Self { device, plan, log }
+        Self {
+            device,
+            plan,
+            log,
+            shares: Vec::new(),
+        }
     }
+
+    /// Data-parallel: each device with its share of the batches ([`crate::DeviceShare`]); the
+    /// batches of one round run at once, one per device, and their gradients are accumulated on
+    /// the strategy's device. `plan.accumulation` counts every device's batches.
+    pub fn with_shares(mut self, shares: Vec<(Device, TrainLoader<T>)>) -> Self {
+        self.shares = shares;
+        self
+    }
+}
+
+/// A device and its share's batch iterator.
+type Share<'a, T> = (
+    Device,
+    Box<dyn burn::data::dataloader::DataLoaderIterator<<T as TrainStep>::Input> + 'a>,
+);
+
+/// The outputs of one data-parallel round, `None` when a share is exhausted.
+type Round<T> = Option<Result<Vec<TrainOutput<<T as TrainStep>::Output>>, String>>;
+
+/// One round of data-parallel steps: a batch per device, run at once on a copy of the model
+/// forked to each device, gradients moved to `main`.
+fn parallel_round<T>(model: &T, main: &Device, iterators: &mut [Share<'_, T>]) -> Round<T>
+where
+    T: Trainable + Send,
+    <T as TrainStep>::Input: Send,
+{
+    let mut batches = Vec::new();
+    for (device, it) in iterators.iter_mut() {
+        match it.next()? {
+            Ok(b) => batches.push((device.clone(), b)),
+            Err(e) => return Some(Err(e.to_string())),
+        }
+    }
+    let outputs = std::thread::scope(|scope| {
+        let handles: Vec<_> = batches
+            .into_iter()
+            .map(|(device, batch)| {
+                let model = model.clone();
+                scope.spawn(move || {
+                    let model = model.fork(&device.autodiff());
+                    TrainStep::step(&model, batch)
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .map_err(|_| "a device's training step panicked".to_string())
+            })
+            .collect::<Result<Vec<_>, _>>()
+    });
+    Some(outputs.map(|outs| {
+        outs.into_iter()
+            .map(|mut out| {
+                out.grads = out.grads.to_device(main, model);
+                out
+            })
+            .collect()
+    }))
 }
 
 /// The CSV log: created with a header, or on resume cut back to the resumed step.
@@ -195,108 +262,134 @@ impl<T: Trainable> SupervisedLearningStrategy<T> for StepStrategy<T> {
         let mut step_diag: Vec<(&'static str, f64)> = Vec::new();
         let mut last_checkpoint = plan.resume.as_ref().map(|m| m.step);
         let mut iterator = train.iter();
+        let share_loaders: Vec<_> = self
+            .shares
+            .iter()
+            .map(|(d, l)| {
+                let total = l.num_items();
+                let start = (start_item / self.shares.len()).min(total);
+                (d.clone(), l.slice(start, total).to_device(d))
+            })
+            .collect();
+        let mut shares: Vec<_> = share_loaders
+            .iter()
+            .map(|(d, l)| (d.clone(), l.iter()))
+            .collect();
 
-        while step < plan.total_steps {
-            let Some(batch) = iterator.next() else { break };
-            let batch = match batch {
-                Ok(b) => b,
-                Err(e) => {
-                    self.log.lock().expect("log").failure = Some(TrainError::Data(e.to_string()));
-                    break;
+        'steps: while step < plan.total_steps {
+            let outputs = if shares.is_empty() {
+                let Some(batch) = iterator.next() else { break };
+                match batch {
+                    Ok(b) => vec![learner.train_step(b)],
+                    Err(e) => {
+                        self.log.lock().expect("log").failure =
+                            Some(TrainError::Data(e.to_string()));
+                        break;
+                    }
                 }
-            };
-            let out = learner.train_step(batch);
-            items += out.item.ids.len();
-            let loss = out.item.loss_value;
-            if !loss.is_finite() {
-                self.log.lock().expect("log").failure = Some(TrainError::NonFinite {
-                    step: step + 1,
-                    loss,
-                    ids: out.item.ids.clone(),
-                    last_checkpoint,
-                    checkpoint_dir: plan.checkpoint_dir.clone(),
-                });
-                interrupter.stop(Some("non-finite loss"));
-                break;
-            }
-            step_loss += loss / plan.accumulation as f64;
-            for (k, v) in &out.item.diagnostics {
-                match step_diag.iter_mut().find(|(n, _)| n == k) {
-                    Some((_, acc)) => *acc += v / plan.accumulation as f64,
-                    None => step_diag.push((k, v / plan.accumulation as f64)),
-                }
-            }
-            in_step += 1;
-            let grads = if plan.accumulation > 1 {
-                accumulator.accumulate(&learner.model(), out.grads);
-                if in_step < plan.accumulation {
-                    continue;
-                }
-                accumulator.grads()
             } else {
-                out.grads
-            };
-            learner.lr_step();
-            learner.optimizer_step(grads);
-            step += 1;
-            in_step = 0;
-
-            let lr = learner.lr_current();
-            let record = StepRecord {
-                step,
-                loss: step_loss,
-                lr: lr.base(),
-                step_ms: step_start.elapsed().as_secs_f64() * 1e3,
-                diagnostics: step_diag.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
-            };
-            if csv.is_none() {
-                let mut names = diag_names.clone();
-                names.extend(step_diag.iter().map(|(k, _)| *k));
-                match Csv::open(&plan.csv, start_step, &names) {
-                    Ok(c) => csv = Some(c),
-                    Err(e) => {
-                        csv_error(e);
+                match parallel_round(&learner.model(), &self.device, &mut shares) {
+                    None => break,
+                    Some(Ok(outs)) => outs,
+                    Some(Err(e)) => {
+                        self.log.lock().expect("log").failure = Some(TrainError::Data(e));
                         break;
                     }
                 }
-            }
-            if let Some(c) = csv.as_mut() {
-                c.row(&record);
-            }
-            let progress = Progress::new(step, plan.total_steps, Some("steps".into()));
-            let mut item = out.item;
-            item.loss_value = step_loss;
-            interrupter.fail_on_error(processor.process_train(LearnerEvent::ProcessedItem(
-                TrainingItem::new(item, progress, Some(step), Some(lr)),
-            )));
-            self.log.lock().expect("log").steps.push(record);
-            step_loss = 0.0;
-            step_diag.clear();
+            };
+            for out in outputs {
+                items += out.item.ids.len();
+                let loss = out.item.loss_value;
+                if !loss.is_finite() {
+                    self.log.lock().expect("log").failure = Some(TrainError::NonFinite {
+                        step: step + 1,
+                        loss,
+                        ids: out.item.ids.clone(),
+                        last_checkpoint,
+                        checkpoint_dir: plan.checkpoint_dir.clone(),
+                    });
+                    interrupter.stop(Some("non-finite loss"));
+                    break 'steps;
+                }
+                step_loss += loss / plan.accumulation as f64;
+                for (k, v) in &out.item.diagnostics {
+                    match step_diag.iter_mut().find(|(n, _)| n == k) {
+                        Some((_, acc)) => *acc += v / plan.accumulation as f64,
+                        None => step_diag.push((k, v / plan.accumulation as f64)),
+                    }
+                }
+                in_step += 1;
+                let grads = if plan.accumulation > 1 {
+                    accumulator.accumulate(&learner.model(), out.grads);
+                    if in_step < plan.accumulation {
+                        continue;
+                    }
+                    accumulator.grads()
+                } else {
+                    out.grads
+                };
+                learner.lr_step();
+                learner.optimizer_step(grads);
+                step += 1;
+                in_step = 0;
 
-            let due = plan.checkpoint_every > 0 && step.is_multiple_of(plan.checkpoint_every);
-            if (due || step == plan.total_steps)
-                && let Some(cp) = checkpointer.as_mut()
-            {
-                // Hand the records over; the strategy's no-op delete returns once they are
-                // written, then the manifest commits them.
-                cp.checkpoint(&learner, step, &components.event_store);
-                match Manifest::describe(&plan.checkpoint_dir, step, items)
-                    .and_then(|m| m.commit(&plan.checkpoint_dir))
+                let lr = learner.lr_current();
+                let record = StepRecord {
+                    step,
+                    loss: step_loss,
+                    lr: lr.base(),
+                    step_ms: step_start.elapsed().as_secs_f64() * 1e3,
+                    diagnostics: step_diag.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
+                };
+                if csv.is_none() {
+                    let mut names = diag_names.clone();
+                    names.extend(step_diag.iter().map(|(k, _)| *k));
+                    match Csv::open(&plan.csv, start_step, &names) {
+                        Ok(c) => csv = Some(c),
+                        Err(e) => {
+                            csv_error(e);
+                            break 'steps;
+                        }
+                    }
+                }
+                if let Some(c) = csv.as_mut() {
+                    c.row(&record);
+                }
+                let progress = Progress::new(step, plan.total_steps, Some("steps".into()));
+                let mut item = out.item;
+                item.loss_value = step_loss;
+                interrupter.fail_on_error(processor.process_train(LearnerEvent::ProcessedItem(
+                    TrainingItem::new(item, progress, Some(step), Some(lr)),
+                )));
+                self.log.lock().expect("log").steps.push(record);
+                step_loss = 0.0;
+                step_diag.clear();
+
+                let due = plan.checkpoint_every > 0 && step.is_multiple_of(plan.checkpoint_every);
+                if (due || step == plan.total_steps)
+                    && let Some(cp) = checkpointer.as_mut()
                 {
-                    Ok(()) => {
-                        last_checkpoint = Some(step);
-                        prune(&plan.checkpoint_dir, plan.keep);
-                    }
-                    Err(e) => {
-                        self.log.lock().expect("log").failure = Some(e);
-                        break;
+                    // Hand the records over; the strategy's no-op delete returns once they are
+                    // written, then the manifest commits them.
+                    cp.checkpoint(&learner, step, &components.event_store);
+                    match Manifest::describe(&plan.checkpoint_dir, step, items)
+                        .and_then(|m| m.commit(&plan.checkpoint_dir))
+                    {
+                        Ok(()) => {
+                            last_checkpoint = Some(step);
+                            prune(&plan.checkpoint_dir, plan.keep);
+                        }
+                        Err(e) => {
+                            self.log.lock().expect("log").failure = Some(e);
+                            break 'steps;
+                        }
                     }
                 }
+                if interrupter.should_stop() || plan.stop_after.is_some_and(|s| step >= s) {
+                    break 'steps;
+                }
+                step_start = Instant::now();
             }
-            if interrupter.should_stop() || plan.stop_after.is_some_and(|s| step >= s) {
-                break;
-            }
-            step_start = Instant::now();
         }
         self.log.lock().expect("log").last_checkpoint = last_checkpoint;
         interrupter.fail_on_error(processor.process_train(LearnerEvent::EndSplit(1)));

@@ -52,3 +52,34 @@ impl<I: Send + Sync> Dataset<I> for StepStream<I> {
         self.order.len()
     }
 }
+
+/// Device `k`'s share of a step stream trained on `n` devices at once: batches `k`, `k + n`,
+/// `k + 2n`, … of `batch` items each, so that the `n` devices together see what one device
+/// accumulating `n` batches per step would, in the same order.
+pub struct DeviceShare<I> {
+    inner: Arc<dyn Dataset<I>>,
+    batch: usize,
+    n: usize,
+    k: usize,
+}
+
+impl<I> DeviceShare<I> {
+    /// The `k`-th of `n` shares of `inner` in batches of `batch`.
+    pub fn new(inner: Arc<dyn Dataset<I>>, batch: usize, n: usize, k: usize) -> Self {
+        assert!(k < n && batch > 0, "share {k} of {n}, batch {batch}");
+        Self { inner, batch, n, k }
+    }
+}
+
+impl<I: Send + Sync> Dataset<I> for DeviceShare<I> {
+    fn get(&self, index: usize) -> Result<I, burn::data::dataset::DatasetError> {
+        let b = self.batch;
+        self.inner
+            .get(((index / b) * self.n + self.k) * b + index % b)
+    }
+
+    fn len(&self) -> usize {
+        let whole = self.inner.len() / (self.batch * self.n);
+        whole * self.batch
+    }
+}

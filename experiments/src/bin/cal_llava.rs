@@ -164,6 +164,7 @@ fn run_seeds(
             out: dir.clone(),
             resume: opts.resume,
             verbose: opts.verbose,
+            devices: opts.devices.clone(),
         };
         let outcome = run(&c, real, &seed_opts)?;
         cal_report::write_all(&dir, &c, &outcome, command, device)?;
@@ -236,6 +237,7 @@ fn main_inner(args: &Args) -> Result<(), String> {
         out: out.clone(),
         resume: args.run.resume,
         verbose: !args.run.quiet,
+        devices: args.run.devices()?,
     };
     let command = std::env::args().collect::<Vec<_>>().join(" ");
     let outcomes = run_seeds(&config, real.as_ref(), &opts, &command, &device_name)?;

@@ -62,6 +62,7 @@ fn main_inner(args: &Args) -> Result<(), String> {
         out: out.clone(),
         resume: args.run.resume,
         verbose: !args.run.quiet,
+        devices: args.run.devices()?,
     };
     let outcome = run(&config, &opts)?;
     let command = std::env::args().collect::<Vec<_>>().join(" ");

@@ -103,6 +103,7 @@ fn main_inner(args: &Args) -> Result<(), String> {
                 out: out.join(format!("seed-{}", seeded.seed)),
                 resume: args.run.resume,
                 verbose: !args.run.quiet && jobs == 1,
+                devices: args.run.devices()?,
             };
             let start = start(&seeded, &opts)?;
             work.push((seeded, opts, start));

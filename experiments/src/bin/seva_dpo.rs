@@ -165,6 +165,7 @@ fn main_inner(args: &Args) -> Result<(), String> {
         out: out.clone(),
         resume: args.run.resume,
         verbose: !args.run.quiet,
+        devices: args.run.devices()?,
     };
     let real = args.data.as_ref().map(|data| RealData {
         data: data.clone(),
