@@ -246,6 +246,17 @@ fn parallel_run(
     devices: &[Device],
     accumulation: usize,
 ) -> (Vec<f64>, Vec<f32>) {
+    parallel_run_with(s, dir, devices, accumulation, false, None)
+}
+
+fn parallel_run_with(
+    s: &Setup,
+    dir: &Path,
+    devices: &[Device],
+    accumulation: usize,
+    resume: bool,
+    stop_after: Option<usize>,
+) -> (Vec<f64>, Vec<f32>) {
     use burn::module::Module;
     let mut tc = config(5);
     tc.accumulation = accumulation;
@@ -259,8 +270,8 @@ fn parallel_run(
         Stage {
             dir,
             label: "test",
-            resume: false,
-            stop_after: None,
+            resume,
+            stop_after,
             show: &[],
             renderer: Some(quiet_renderer()),
             devices,
@@ -301,4 +312,12 @@ fn data_parallel_on_two_devices_equals_one_device_accumulating_their_batches() {
         .fold(0.0f32, f32::max);
     assert!(d <= 1e-5, "weights after 5 steps differ by {d}");
     assert!(parallel[4] < parallel[0], "{parallel:?}");
+
+    // Stopped after step 4 (a checkpoint: `config` saves every 4 steps), then resumed: the
+    // devices' shares restart where they were.
+    let cut = tmp.path().join("cut");
+    parallel_run_with(&s, &cut, &two, 1, false, Some(4));
+    let (resumed, w_resumed) = parallel_run_with(&s, &cut, &two, 1, true, None);
+    assert_eq!(resumed, parallel, "a resumed data-parallel run differs");
+    assert_eq!(w_resumed, w_parallel);
 }
