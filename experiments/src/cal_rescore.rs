@@ -41,9 +41,7 @@ pub fn rescore(
     let inputs = world_inputs(config.spec(), &opts)?;
     let (val_records, val) = held_out_qa(&config, &inputs)?;
     let val: Arc<dyn Dataset<Item>> = Arc::new(val);
-    let mut runs = Vec::new();
-    let mut tokens = Vec::new();
-    let mut curves = Vec::new();
+    let (mut runs, mut tokens, mut curves) = (Vec::new(), Vec::new(), Vec::new());
     for dir in stage_dirs(run_dir)? {
         let name = dir
             .file_name()

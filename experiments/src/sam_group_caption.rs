@@ -294,6 +294,20 @@ struct Setup {
     batcher: VlmBatcher,
 }
 
+impl Setup {
+    /// How the group tasks are answered and scored.
+    fn group_eval(&self, config: &SamGroupCaptionConfig, opts: &RunOptions) -> GroupEval<'_> {
+        GroupEval {
+            encoder: &self.enc.chat,
+            processor: &self.processor,
+            image_folder: &self.images,
+            batch_size: config.eval.batch_size,
+            max_new_tokens: config.eval.max_new_tokens,
+            verbose: opts.verbose,
+        }
+    }
+}
+
 /// One seed's starting point, made on the calling thread so that seeds can then train in
 /// parallel: the inputs, the freshly initialised base and W-Former (materialised, so that
 /// the device's seeded random stream is not shared between threads).
@@ -418,14 +432,7 @@ pub fn run(
         held_out("groups", config.eval.groups)?,
         held_out("changes", config.eval.changes)?,
     );
-    let eval = GroupEval {
-        encoder: &setup.enc.chat,
-        processor: &setup.processor,
-        image_folder: &setup.images,
-        batch_size: config.eval.batch_size,
-        max_new_tokens: config.eval.max_new_tokens,
-        verbose: opts.verbose,
-    };
+    let eval = setup.group_eval(config, opts);
     let score = |model: &Blip2, name: &str| {
         score_groups(model, &groups, &changes, &eval, &opts.out.join(name))
     };
@@ -459,17 +466,7 @@ pub fn run(
             scores: score(&model, name)?,
             trainable_params: trainable,
             step_ms: report.median_step_ms().unwrap_or(0.0),
-            bridge_norms: model.wformer.as_ref().map(|w| {
-                let norm = |l: &burn::nn::Linear| {
-                    l.weight
-                        .val()
-                        .powf_scalar(2.0)
-                        .sum()
-                        .into_scalar::<f64>()
-                        .sqrt()
-                };
-                [norm(&w.bridge_in), norm(&w.bridge_out)]
-            }),
+            bridge_norms: bridge_norms(&model),
         });
     }
     Ok(SamOutcome {
@@ -498,6 +495,20 @@ fn grounding(
     };
     let label = format!("seed {}: base", config.seed);
     stage1_captions(base, captions, &run, &opts.out.join("base"), &label)
+}
+
+/// SAM's trained bridges' Frobenius norms (main → second, second → main).
+fn bridge_norms(model: &Blip2) -> Option<[f64; 2]> {
+    let norm = |l: &burn::nn::Linear| {
+        l.weight
+            .val()
+            .powf_scalar(2.0)
+            .sum()
+            .into_scalar::<f64>()
+            .sqrt()
+    };
+    let w = model.wformer.as_ref()?;
+    Some([norm(&w.bridge_in), norm(&w.bridge_out)])
 }
 
 /// The model with everything but the W-Former frozen (SAM's public default).

@@ -145,6 +145,25 @@ fn grounding(s: &mut String, outcomes: &[SamOutcome]) {
     let _ = writeln!(s, "{t}");
 }
 
+/// The trained bridges' norms of each seed's SAM run.
+fn bridges(s: &mut String, outcomes: &[SamOutcome]) {
+    let norms: Vec<String> = outcomes
+        .iter()
+        .filter_map(|o| {
+            let r = o.runs.iter().find(|r| r.model == "sam")?;
+            let [a, b] = r.bridge_norms?;
+            Some(format!("seed {}: {a:.3} / {b:.3}", o.seed))
+        })
+        .collect();
+    if !norms.is_empty() {
+        let _ = writeln!(
+            s,
+            "Trained bridge norms (‖main → second‖ / ‖second → main‖, both start at 0): {}.\n",
+            norms.join("; ")
+        );
+    }
+}
+
 /// `report.md`.
 pub fn markdown(config: &SamGroupCaptionConfig, outcomes: &[SamOutcome], command: &str) -> String {
     let mut s = String::new();
@@ -202,21 +221,7 @@ pub fn markdown(config: &SamGroupCaptionConfig, outcomes: &[SamOutcome], command
             ]);
         }
     }
-    let norms: Vec<String> = outcomes
-        .iter()
-        .filter_map(|o| {
-            let r = o.runs.iter().find(|r| r.model == "sam")?;
-            let [a, b] = r.bridge_norms?;
-            Some(format!("seed {}: {a:.3} / {b:.3}", o.seed))
-        })
-        .collect();
-    if !norms.is_empty() {
-        let _ = writeln!(
-            s,
-            "Trained bridge norms (‖main → second‖ / ‖second → main‖, both start at 0): {}.\n",
-            norms.join("; ")
-        );
-    }
+    bridges(&mut s, outcomes);
     let _ = writeln!(
         s,
         "Cost (seed {}):\n\n{t}",
