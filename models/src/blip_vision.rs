@@ -12,7 +12,7 @@ use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Device, Distribution, Tensor};
 
-use crate::vit::VisionActivation;
+use crate::vit::{VisionActivation, check_tower};
 
 /// Configuration of a [`BlipVisionModel`] (field names as HF's `Blip2VisionConfig`).
 #[derive(Config, Debug, PartialEq)]
@@ -54,17 +54,11 @@ impl BlipVisionConfig {
 
     /// Initialise the tower on `device`.
     pub fn init(&self, device: &Device) -> BlipVisionModel {
-        assert!(
-            self.image_size.is_multiple_of(self.patch_size),
-            "image_size {} is not a multiple of patch_size {}",
+        check_tower(
             self.image_size,
-            self.patch_size
-        );
-        assert!(
-            self.hidden_size.is_multiple_of(self.num_attention_heads),
-            "hidden_size {} is not a multiple of num_attention_heads {}",
+            self.patch_size,
             self.hidden_size,
-            self.num_attention_heads
+            self.num_attention_heads,
         );
         let d = self.hidden_size;
         let normal = Distribution::Normal(0.0, 0.02);

@@ -74,17 +74,11 @@ impl VisionConfig {
 
     /// Initialise the tower on `device`.
     pub fn init(&self, device: &Device) -> VisionTransformer {
-        assert!(
-            self.image_size.is_multiple_of(self.patch_size),
-            "image_size {} is not a multiple of patch_size {}",
+        check_tower(
             self.image_size,
-            self.patch_size
-        );
-        assert!(
-            self.hidden_size.is_multiple_of(self.num_attention_heads),
-            "hidden_size {} is not a multiple of num_attention_heads {}",
+            self.patch_size,
             self.hidden_size,
-            self.num_attention_heads
+            self.num_attention_heads,
         );
         let d = self.hidden_size;
         let layers = EncoderLayer::stack(
@@ -119,6 +113,19 @@ impl VisionConfig {
                 .init(device),
         }
     }
+}
+
+/// A ViT's shape must tile the image into whole patches and the width into whole heads
+/// (CLIP's and BLIP's towers alike).
+pub(crate) fn check_tower(image_size: usize, patch_size: usize, hidden: usize, heads: usize) {
+    assert!(
+        image_size.is_multiple_of(patch_size),
+        "image_size {image_size} is not a multiple of patch_size {patch_size}"
+    );
+    assert!(
+        hidden.is_multiple_of(heads),
+        "hidden_size {hidden} is not a multiple of num_attention_heads {heads}"
+    );
 }
 
 /// One pre-norm encoder layer: `x + attn(ln1(x))`, then `x + fc2(act(fc1(ln2(x))))`.
