@@ -261,7 +261,9 @@ impl<T: Trainable> SupervisedLearningStrategy<T> for StepStrategy<T> {
         let mut step_loss = 0.0f64;
         let mut step_diag: Vec<(&'static str, f64)> = Vec::new();
         let mut last_checkpoint = plan.resume.as_ref().map(|m| m.step);
-        let mut iterator = train.iter();
+        // Data-parallel runs read their devices' shares only: the main loader is not started
+        // (its workers would load every batch for nothing).
+        let mut iterator = self.shares.is_empty().then(|| train.iter());
         let share_loaders: Vec<_> = self
             .shares
             .iter()
@@ -278,7 +280,9 @@ impl<T: Trainable> SupervisedLearningStrategy<T> for StepStrategy<T> {
 
         'steps: while step < plan.total_steps {
             let outputs = if shares.is_empty() {
-                let Some(batch) = iterator.next() else { break };
+                let Some(batch) = iterator.as_mut().and_then(|it| it.next()) else {
+                    break;
+                };
                 match batch {
                     Ok(b) => vec![learner.train_step(b)],
                     Err(e) => {
