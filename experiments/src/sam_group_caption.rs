@@ -218,17 +218,19 @@ impl Default for SamGroupCaptionConfig {
 impl SamGroupCaptionConfig {
     /// The CI smoke profile: a small world and model, a few steps, one seed.
     pub fn quick() -> Self {
-        let mut c = Self::default();
-        c.seeds = 1;
-        // The quick world's small vocabulary spells words in more tokens.
-        c.max_len = 256;
-        c.world = WorldSection {
-            dir: PathBuf::from("data/world-groups-quick"),
-            images: 100,
-            groups: Some(60),
-            changes: 40,
-            vocab: 300,
-            ..WorldSection::default()
+        let mut c = Self {
+            seeds: 1,
+            // The quick world's small vocabulary spells words in more tokens.
+            max_len: 256,
+            world: WorldSection {
+                dir: PathBuf::from("data/world-groups-quick"),
+                images: 100,
+                groups: Some(60),
+                changes: 40,
+                vocab: 300,
+                ..WorldSection::default()
+            },
+            ..Self::default()
         };
         c.model.image_size = 32;
         c.model.width = 64;
