@@ -11,6 +11,7 @@ use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Bool, Device, Tensor};
 
+use crate::plora::{LayerPLora, PLoraAdapter, adapted};
 use crate::rope::RotaryCache;
 
 /// Which keys each query may attend to.
@@ -118,10 +119,30 @@ impl SelfAttention {
         masking: &Masking,
         cache: Option<&mut Option<LayerCache>>,
     ) -> Tensor<3> {
+        self.forward_adapted(x, rope, masking, cache, None)
+    }
+
+    /// [`forward`](Self::forward) with PLoRA adapters on the projections, applied at the
+    /// positions where `adapters.1` (`[batch, seq, 1]`) is 1 (see [`crate::plora`]).
+    pub fn forward_adapted(
+        &self,
+        x: Tensor<3>,
+        rope: Option<&RotaryCache>,
+        masking: &Masking,
+        cache: Option<&mut Option<LayerCache>>,
+        adapters: Option<(&LayerPLora, &Tensor<3>)>,
+    ) -> Tensor<3> {
         let [batch, seq, _] = x.dims();
-        let q = self.heads(self.q_proj.forward(x.clone()), self.n_heads);
-        let k = self.heads(self.k_proj.forward(x.clone()), self.n_kv_heads);
-        let v = self.heads(self.v_proj.forward(x), self.n_kv_heads);
+        let image = adapters.map(|(_, m)| m);
+        let project = |linear: &Linear, pick: fn(&LayerPLora) -> Option<&PLoraAdapter>, x| {
+            adapted(linear, adapters.and_then(|(a, _)| pick(a)), x, image)
+        };
+        let q = project(&self.q_proj, |a| a.q_proj.as_ref(), x.clone());
+        let k = project(&self.k_proj, |a| a.k_proj.as_ref(), x.clone());
+        let v = project(&self.v_proj, |a| a.v_proj.as_ref(), x);
+        let q = self.heads(q, self.n_heads);
+        let k = self.heads(k, self.n_kv_heads);
+        let v = self.heads(v, self.n_kv_heads);
         let (q, k) = match rope {
             Some(rope) => (rope.apply(q), rope.apply(k)),
             None => (q, k),
@@ -144,8 +165,9 @@ impl SelfAttention {
             None => (k, v),
         };
         let groups = self.n_heads / self.n_kv_heads;
+        let out = |context: Tensor<3>| project(&self.o_proj, |a| a.o_proj.as_ref(), context);
         if seq == 1 && groups > 1 {
-            return self.decode_grouped(q, k, v, masking, batch);
+            return out(self.decode_grouped(q, k, v, masking, batch));
         }
         let k = repeat_kv(k, groups);
         let v = repeat_kv(v, groups);
@@ -163,13 +185,14 @@ impl SelfAttention {
         let context = context
             .swap_dims(1, 2)
             .reshape([batch, seq, self.n_heads * self.head_dim]);
-        self.o_proj.forward(context)
+        out(context)
     }
 
     /// One new token per row (cached decoding) with grouped-query heads: the `groups` query
     /// heads that share a key/value head are laid out as `groups` query rows of that head, so
     /// attention reads the cached keys and values once instead of repeating them per query head.
     /// A single query may see every cached key, so the only mask is an explicit one (padding).
+    /// Returns the context `[batch, 1, n_heads · head_dim]` before the output projection.
     fn decode_grouped(
         &self,
         q: Tensor<4>,
@@ -189,8 +212,7 @@ impl SelfAttention {
             Masking::Full | Masking::Causal => None,
         };
         let context = attention(q, k, v, mask, None, AttentionModuleOptions::default());
-        self.o_proj
-            .forward(context.reshape([batch, 1, self.n_heads * self.head_dim]))
+        context.reshape([batch, 1, self.n_heads * self.head_dim])
     }
 
     /// `[batch, seq, heads·head_dim]` → `[batch, heads, seq, head_dim]`.

@@ -9,7 +9,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
-use crate::llava::{Layout, Llava, int_tensor, lm_step};
+use crate::llava::{Layout, Llava, image_positions, int_tensor, lm_step};
 use crate::llm::{DecoderLm, KvCache};
 
 /// How the next token is chosen.
@@ -156,6 +156,7 @@ pub(crate) fn generate_spliced(
         embeds,
         &layout.positions,
         padded.then_some(valid.as_slice()),
+        image_positions(lm, &layout, &device),
         &mut cache,
     );
     // Image slots are filled by the vision side, never generated.
@@ -187,11 +188,13 @@ pub(crate) fn generate_spliced(
         next_pos.iter_mut().for_each(|p| *p += 1);
         valid.iter_mut().for_each(|row| row.push(true));
         let embeds = lm.embed(int_tensor(&feed, &device));
+        // Generated tokens are text: PLoRA adapters do not act on them.
         logits = lm_step(
             lm,
             embeds,
             &positions,
             padded.then_some(valid.as_slice()),
+            None,
             &mut cache,
         );
     }

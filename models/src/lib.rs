@@ -11,6 +11,7 @@
 //!   batched generation ([`generate`]).
 //! - [`blip_vision`], [`qformer`], [`blip2`]: BLIP-2 / InstructBLIP (a BLIP ViT, the Q-Former's
 //!   learned queries, a decoder LM); with [`wformer`], SAM's multi-image alignment.
+//! - [`plora`]: PLoRA, LoRA on the decoder's linear layers at image-token positions only.
 //! - [`hf`]: building these models from Hugging Face `config.json` files.
 
 pub mod attention;
@@ -22,6 +23,7 @@ pub mod hf;
 pub mod llava;
 pub mod llm;
 pub mod mask;
+pub mod plora;
 pub mod projector;
 pub mod qformer;
 pub mod rope;
@@ -34,6 +36,7 @@ pub use clip::{Clip, ClipConfig, ClipTextConfig, ClipTextTransformer};
 pub use generate::{GenerationConfig, Generator, Sampling};
 pub use llava::{Llava, LlavaConfig, LlavaInput, ModelOutput, TextOnlyOutput};
 pub use llm::{DecoderConfig, DecoderLm, KvCache};
+pub use plora::{PLoraConfig, PLoraError};
 pub use projector::{Projector, ProjectorConfig, ProjectorKind};
 pub use qformer::{QFormer, QFormerConfig, QFormerText};
 pub use vit::{VisionActivation, VisionConfig, VisionTransformer};

@@ -303,10 +303,11 @@ impl Llava {
             .zip(&layout.image)
             .map(|(v, i)| v.iter().zip(i).map(|(&v, &i)| v && !i).collect())
             .collect();
-        let hidden = self.language_model.forward_embeds(
+        let hidden = self.language_model.forward_spliced(
             embeds,
             int_tensor(&layout.positions, &device),
             Some(bool_tensor(&key_valid, &device)),
+            image_positions(&self.language_model, &layout, &device),
             None,
         );
         ModelOutput {
@@ -433,12 +434,23 @@ pub(crate) fn decode(
     let key_valid = layout
         .has_padding()
         .then(|| bool_tensor(&layout.valid, device));
-    lm.forward_embeds(
+    lm.forward_spliced(
         embeds,
         int_tensor(&layout.positions, device),
         key_valid,
+        image_positions(lm, layout, device),
         None,
     )
+}
+
+/// The image slots of `layout` as a device mask, for a decoder with PLoRA adapters (`None`
+/// for one without: they would change nothing).
+pub(crate) fn image_positions(
+    lm: &DecoderLm,
+    layout: &Layout,
+    device: &Device,
+) -> Option<Tensor<2, Bool>> {
+    lm.has_plora().then(|| bool_tensor(&layout.image, device))
 }
 
 /// Run the decoder on spliced embeddings with a cache and return the last position's logits
@@ -448,13 +460,15 @@ pub(crate) fn lm_step(
     embeds: Tensor<3>,
     positions: &[Vec<i64>],
     key_valid: Option<&[Vec<bool>]>,
+    image: Option<Tensor<2, Bool>>,
     cache: &mut KvCache,
 ) -> Tensor<2> {
     let device = embeds.device();
-    let hidden = lm.forward_embeds(
+    let hidden = lm.forward_spliced(
         embeds,
         int_tensor(positions, &device),
         key_valid.map(|v| bool_tensor(v, &device)),
+        image,
         Some(cache),
     );
     let [batch, seq, d] = hidden.dims();

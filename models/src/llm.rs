@@ -10,6 +10,7 @@ use burn::tensor::{Bool, Device, Int, Tensor};
 
 use crate::attention::{LayerCache, Masking, SelfAttention, SelfAttentionConfig};
 use crate::mask::causal_mask;
+use crate::plora::{LayerPLora, PLoraAdapter, adapted};
 use crate::rope::{RopeScaling, RotaryCache, inv_freq};
 
 /// Configuration of a [`DecoderLm`] (field names as in HF's `LlamaConfig` / `Qwen2Config`).
@@ -105,6 +106,7 @@ impl DecoderConfig {
                         .with_bias(self.mlp_bias)
                         .init(device),
                 },
+                plora: None,
             })
             .collect();
         DecoderLm {
@@ -135,9 +137,23 @@ pub struct SwiGluMlp {
 }
 
 impl SwiGluMlp {
-    fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        let gate = silu(self.gate_proj.forward(x.clone()));
-        self.down_proj.forward(gate * self.up_proj.forward(x))
+    /// The MLP, with PLoRA adapters at the positions where `adapters.1` is 1.
+    fn forward(&self, x: Tensor<3>, adapters: Option<(&LayerPLora, &Tensor<3>)>) -> Tensor<3> {
+        let image = adapters.map(|(_, m)| m);
+        let pick = |f: fn(&LayerPLora) -> Option<&PLoraAdapter>| adapters.and_then(|(a, _)| f(a));
+        let gate = silu(adapted(
+            &self.gate_proj,
+            pick(|a| a.gate_proj.as_ref()),
+            x.clone(),
+            image,
+        ));
+        let up = adapted(&self.up_proj, pick(|a| a.up_proj.as_ref()), x, image);
+        adapted(
+            &self.down_proj,
+            pick(|a| a.down_proj.as_ref()),
+            gate * up,
+            image,
+        )
     }
 }
 
@@ -152,6 +168,8 @@ pub struct DecoderLayer {
     pub post_attention_layernorm: RmsNorm,
     /// SwiGLU MLP.
     pub mlp: SwiGluMlp,
+    /// PLoRA adapters acting at image-token positions only ([`crate::plora`]); `None`: none.
+    pub plora: Option<LayerPLora>,
 }
 
 impl DecoderLayer {
@@ -161,12 +179,21 @@ impl DecoderLayer {
         rope: &RotaryCache,
         masking: &Masking,
         cache: Option<&mut Option<LayerCache>>,
+        image: Option<&Tensor<3>>,
     ) -> Tensor<3> {
+        let adapters = self.plora.as_ref().zip(image);
         let h = x.clone()
+            + self.self_attn.forward_adapted(
+                self.input_layernorm.forward(x),
+                Some(rope),
+                masking,
+                cache,
+                adapters,
+            );
+        h.clone()
             + self
-                .self_attn
-                .forward(self.input_layernorm.forward(x), Some(rope), masking, cache);
-        h.clone() + self.mlp.forward(self.post_attention_layernorm.forward(h))
+                .mlp
+                .forward(self.post_attention_layernorm.forward(h), adapters)
     }
 }
 
@@ -269,8 +296,30 @@ impl DecoderLm {
         embeds: Tensor<3>,
         position_ids: Tensor<2, Int>,
         key_valid: Option<Tensor<2, Bool>>,
+        cache: Option<&mut KvCache>,
+    ) -> Tensor<3> {
+        self.forward_spliced(embeds, position_ids, key_valid, None, cache)
+    }
+
+    /// Whether any layer has PLoRA adapters (then the image positions matter to the decoder).
+    pub fn has_plora(&self) -> bool {
+        self.layers.iter().any(|l| l.plora.is_some())
+    }
+
+    /// [`forward_embeds`](Self::forward_embeds) on a sequence with image tokens spliced in:
+    /// `image` `[batch, seq]` marks them, so that PLoRA adapters act there (and nowhere else).
+    /// Without adapters `image` changes nothing.
+    pub fn forward_spliced(
+        &self,
+        embeds: Tensor<3>,
+        position_ids: Tensor<2, Int>,
+        key_valid: Option<Tensor<2, Bool>>,
+        image: Option<Tensor<2, Bool>>,
         mut cache: Option<&mut KvCache>,
     ) -> Tensor<3> {
+        let image = image
+            .filter(|_| self.has_plora())
+            .map(crate::plora::image_mask);
         let device = embeds.device();
         let seq = embeds.dims()[1];
         let rope = RotaryCache::new(position_ids, &self.inv_freq, &device);
@@ -286,7 +335,7 @@ impl DecoderLm {
         let mut x = embeds;
         for (i, layer) in self.layers.iter().enumerate() {
             let slot = cache.as_deref_mut().map(|c| &mut c.layers[i]);
-            x = layer.forward(x, &rope, &masking, slot);
+            x = layer.forward(x, &rope, &masking, slot, image.as_ref());
         }
         self.norm.forward(x)
     }
