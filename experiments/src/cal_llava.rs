@@ -188,6 +188,52 @@ pub fn mle_base(
     inputs: &Inputs,
     opts: &RunOptions,
 ) -> Result<MleBase, String> {
+    let Stage1Base {
+        model,
+        stage1,
+        mut curves,
+        data,
+        val_records: _,
+    } = stage1_base(config, inputs, opts)?;
+    let name = "finetune-mle-noise0";
+    eprintln!("{name}: {} steps", config.finetune.steps);
+    let (model, report) = opts.train_stage(
+        &inputs.batcher,
+        model,
+        Arc::new(MleObjective),
+        data,
+        &config.finetune,
+        name,
+    )?;
+    curves.push((name.into(), loss_curve(&report)));
+    Ok(MleBase {
+        model,
+        stage1,
+        curves,
+    })
+}
+
+/// The stage-1 model of `cal_llava`'s recipe (in the run's `pretrain/`, reused on resume) and
+/// what stage 2 trains on: the world's training QA (no label noise) and held-out QA.
+pub struct Stage1Base {
+    /// The stage-1 model, its vision tower frozen unless `finetune_vision`.
+    pub model: Llava,
+    /// Its held-out caption accuracy (own images and swapped).
+    pub stage1: Vec<(String, CaptionAccuracy)>,
+    /// Stage 1's losses.
+    pub curves: Vec<(String, Vec<(usize, f64)>)>,
+    /// Stage 2's training and validation data.
+    pub data: (Arc<dyn Dataset<Item>>, Arc<dyn Dataset<Item>>),
+    /// The held-out QA records (at most `eval.records`).
+    pub val_records: Vec<Record>,
+}
+
+/// Train (or, on resume, load) [`Stage1Base`] on the world of `config` (CAL is off).
+pub fn stage1_base(
+    config: &CalLlavaConfig,
+    inputs: &Inputs,
+    opts: &RunOptions,
+) -> Result<Stage1Base, String> {
     let mut c = config.clone();
     c.cal_stages.clear();
     let objectives = Objectives {
@@ -202,21 +248,12 @@ pub fn mle_base(
     if !config.finetune_vision {
         model.vision_tower = model.vision_tower.no_grad();
     }
-    let name = "finetune-mle-noise0";
-    eprintln!("{name}: {} steps", plan.config.steps);
-    let (model, report) = opts.train_stage(
-        &inputs.batcher,
-        model,
-        objectives.mle.clone(),
-        (data, val),
-        plan.config,
-        name,
-    )?;
-    log.curves.push((name.into(), loss_curve(&report)));
-    Ok(MleBase {
+    Ok(Stage1Base {
         model,
         stage1: log.stage1,
         curves: log.curves,
+        data: (data, val),
+        val_records: plan.val,
     })
 }
 

@@ -23,6 +23,8 @@ pub mod run;
 pub mod sam_eval;
 pub mod sam_group_caption;
 pub mod sam_report;
+pub mod seed_ideas;
+pub mod seed_ideas_report;
 pub mod seeds;
 pub mod setup;
 pub mod seva_dpo;

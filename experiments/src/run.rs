@@ -107,6 +107,7 @@ pub enum StageKind {
 }
 
 /// Options that are not part of the experiment's definition.
+#[derive(Clone)]
 pub struct RunOptions {
     /// The device (without autodiff).
     pub device: Device,

@@ -13,8 +13,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use burn::data::dataset::Dataset;
-use burn::module::{Module, ModuleVisitor, Param};
-use burn::tensor::Tensor;
+use burn::module::Module;
 use serde::{Deserialize, Serialize};
 use vlalign_align::{MleObjective, Objective};
 use vlalign_data::{Encoder, ImageProcessor, Item, Record, Template, VlmBatcher};
@@ -29,7 +28,7 @@ use crate::eval::captions::{CaptionAccuracy, CaptionRun};
 use crate::inputs::{ensure_world, read_valid};
 use crate::run::{RunOptions, WorldSection};
 use crate::sam_eval::{GroupEval, GroupScores, score_groups};
-use crate::setup::Encoders;
+use crate::setup::{Encoders, draw_now};
 
 /// The model's sizes.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -319,18 +318,6 @@ pub struct Start {
     wformer: WFormer,
 }
 
-/// Every parameter drawn now rather than at first use.
-fn materialize<M: Module>(module: M) -> M {
-    struct Touch;
-    impl ModuleVisitor for Touch {
-        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-            let _ = param.val();
-        }
-    }
-    module.visit(&mut Touch);
-    module
-}
-
 /// The inputs and initial weights of `config`'s seed (the world must exist: [`ensure_world`]).
 pub fn start(config: &SamGroupCaptionConfig, opts: &RunOptions) -> Result<Start, String> {
     let err = |e: &dyn std::fmt::Display| e.to_string();
@@ -348,13 +335,13 @@ pub fn start(config: &SamGroupCaptionConfig, opts: &RunOptions) -> Result<Start,
         .blip2(tokenizer.vocab_size(), enc.chat.image_token_id() as usize);
     let device = opts.device.clone().autodiff();
     opts.device.seed(config.seed);
-    let init = materialize(model.init(&device));
+    let init = draw_now(model.init(&device));
     let s = &config.sam;
     let wformer = WFormerConfig::new(model.vision.hidden_size, model.qformer.hidden_size)
         .with_pooling(s.pooling)
         .with_inject_layer(s.inject_layer)
         .with_return_layer(s.return_layer);
-    let wformer = materialize(wformer.init(&device));
+    let wformer = draw_now(wformer.init(&device));
     let setup = Setup {
         processor: ImageProcessor::clip(config.model.image_size),
         images: config.world.dir.join("images"),

@@ -145,3 +145,19 @@ pub fn add_label_noise(records: &mut [Record], r: f64, seed: u64) -> usize {
     }
     n
 }
+
+/// `module` with every parameter drawn now rather than at first use (burn initialises
+/// parameters lazily): weights drawn on one thread in a fixed order stay reproducible when the
+/// models then train on several threads at once.
+pub fn draw_now<M: burn::module::Module>(module: M) -> M {
+    use burn::module::{ModuleVisitor, Param};
+    use burn::tensor::Tensor;
+    struct Touch;
+    impl ModuleVisitor for Touch {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            let _ = param.val();
+        }
+    }
+    module.visit(&mut Touch);
+    module
+}

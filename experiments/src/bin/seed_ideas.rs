@@ -1,0 +1,128 @@
+//! The survey's other alignment ideas on the world, against the plain model (so far: PLoRA vs
+//! LoRA vs full finetuning in stage 2).
+//!
+//! ```text
+//! cargo run --release -p experiments --bin seed_ideas                  # default (CPU)
+//! cargo run --release -p experiments --bin seed_ideas -- --quick       # CI smoke run
+//! cargo run --release -p experiments --bin seed_ideas -- --base-run runs/cal_llava/default
+//! ```
+//! Trains (or takes `--base-run`'s) stage-1 model of `cal_llava`'s recipe, then stage 2 per
+//! seed and tuning, and writes `runs/seed_ideas/<time>/`: `report.md`, `summary.json`
+//! (`{"plora": {"runs", "aggregate", "differences"}}`), `loss.png`, `pretrain/` and
+//! `seed-<s>/<tuning>/` (metrics, checkpoints, `predictions.jsonl`).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use experiments::cal_llava::CalLlavaConfig;
+use experiments::run::{RunArgs, RunOptions, exit_code, prepare_run_dir, read_config, run_dir};
+use experiments::seed_ideas::{SeedIdeasConfig, Tuning, run};
+use experiments::seed_ideas_report::{markdown, write_all};
+
+#[derive(Parser, Debug)]
+#[command(about = "The survey's other alignment ideas (PLoRA, …) against the plain model")]
+struct Args {
+    #[command(flatten)]
+    run: RunArgs,
+    /// Stage-2 runs per tuning (data order and adapter init).
+    #[arg(long)]
+    seeds: Option<usize>,
+    /// Stage-2 steps (overrides the config).
+    #[arg(long)]
+    steps: Option<usize>,
+    /// What stage 2 compares: full, lora, plora (comma separated).
+    #[arg(long, value_delimiter = ',')]
+    tunings: Option<Vec<String>>,
+    /// Adapter rank of LoRA and PLoRA.
+    #[arg(long)]
+    rank: Option<usize>,
+    /// Start from the stage-1 model (`pretrain/`) of this finished `cal_llava` or `seed_ideas`
+    /// run instead of training one (its configuration becomes the base recipe).
+    #[arg(long)]
+    base_run: Option<PathBuf>,
+    /// Stage-2 runs trained at once (each keeps about one core busy on flex).
+    #[arg(long, default_value_t = 2)]
+    jobs: usize,
+}
+
+fn resolve(args: &Args) -> Result<SeedIdeasConfig, String> {
+    let mut c = args
+        .run
+        .config(SeedIdeasConfig::quick, SeedIdeasConfig::default)?;
+    if let Some(dir) = &args.base_run {
+        let path = dir.join("config.toml");
+        let base = read_config::<CalLlavaConfig>(&path).or_else(|cal_err| {
+            read_config::<SeedIdeasConfig>(&path)
+                .map(|c| c.base)
+                .map_err(|_| format!("--base-run: not a cal_llava or seed_ideas run ({cal_err})"))
+        })?;
+        // Stage 1 and the world come from the base run; stage 2 stays this run's.
+        c.base = CalLlavaConfig {
+            finetune: c.base.finetune,
+            eval: c.base.eval,
+            ..base
+        };
+        c.base_run = Some(dir.clone());
+    }
+    if let Some(w) = &args.run.world {
+        c.base.world.dir = w.clone();
+    }
+    if let Some(n) = args.seeds {
+        if n == 0 {
+            return Err("--seeds: at least 1".into());
+        }
+        c.seeds = n;
+    }
+    if let Some(s) = args.steps {
+        c.base.finetune.steps = s;
+    }
+    if let Some(t) = &args.tunings {
+        c.plora.tunings = t
+            .iter()
+            .map(|s| Tuning::parse(s).map_err(|e| format!("--tunings: {e}")))
+            .collect::<Result<_, _>>()?;
+    }
+    if let Some(r) = args.rank {
+        if r == 0 {
+            return Err("--rank: at least 1".into());
+        }
+        c.plora.lora.rank = r;
+        c.plora.plora.rank = r;
+    }
+    Ok(c)
+}
+
+fn main() -> ExitCode {
+    experiments::alloc::keep_freed_memory();
+    exit_code(main_inner(&Args::parse()))
+}
+
+fn main_inner(args: &Args) -> Result<(), String> {
+    let config = resolve(args)?;
+    let selected = args.run.select_device()?;
+    let out = run_dir(args.run.out.as_deref(), "seed_ideas");
+    prepare_run_dir(&out, &config, args.run.resume, |_, _| {})?;
+    eprintln!(
+        "seed_ideas on {}, {} seed(s), writing {}",
+        selected.spec,
+        config.seeds,
+        out.display()
+    );
+    let opts = RunOptions {
+        device: selected.device.clone(),
+        out: out.clone(),
+        resume: args.run.resume,
+        verbose: !args.run.quiet,
+        devices: args.run.devices()?,
+    };
+    let outcome = run(&config, &opts, args.jobs)?;
+    let command = std::env::args().collect::<Vec<_>>().join(" ");
+    write_all(&out, &config, &outcome, &command)?;
+    println!(
+        "\n{}\nwrote {}",
+        markdown(&config, &outcome, &command),
+        out.join("report.md").display()
+    );
+    Ok(())
+}

@@ -1,0 +1,373 @@
+//! The survey's other alignment ideas on the world (DESIGN §6b), each against the plain model
+//! from the same start. Built so far: **PLoRA** — stage 2 of `cal_llava`'s recipe from one
+//! stage-1 model, three ways (full finetuning of projector + LLM; LoRA on the LLM's linear
+//! layers + the projector; PLoRA, the same adapters acting at image tokens only, + the
+//! projector), the same steps and data order per seed; held-out grounded-slot accuracy,
+//! trainable parameters and step time. The stage-1 model reads the image (its held-out
+//! caption accuracy, own images vs swapped, is reported). Seeds move stage 2's data order and
+//! the adapters' init; stage 1 is shared.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use burn::module::Module;
+use serde::{Deserialize, Serialize};
+use vlalign_align::{CalConfig, MleObjective};
+use vlalign_models::Llava;
+use vlalign_train::{LoraConfig, PLoraTraining, TrainConfig, trainable_params};
+
+use crate::cal_eval::{EvalContext, slots_written};
+use crate::cal_llava::{CalLlavaConfig, Stage1Base, loss_curve, stage1_base};
+use crate::eval::captions::CaptionAccuracy;
+use crate::inputs::{Inputs, world_inputs};
+use crate::run::RunOptions;
+use crate::setup::draw_now;
+
+/// How stage 2 tunes the stage-1 model.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Tuning {
+    /// Projector and LLM, every weight (LLaVA's stage 2).
+    Full,
+    /// LoRA on the LLM's linear layers (every token), the projector trained fully.
+    Lora,
+    /// PLoRA on the same layers (image tokens only), the projector trained fully.
+    Plora,
+}
+
+impl Tuning {
+    /// `full` / `lora` / `plora`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Tuning::Full => "full",
+            Tuning::Lora => "lora",
+            Tuning::Plora => "plora",
+        }
+    }
+
+    /// Parse a `--tunings` entry.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        match s {
+            "full" => Ok(Tuning::Full),
+            "lora" => Ok(Tuning::Lora),
+            "plora" => Ok(Tuning::Plora),
+            other => Err(format!("expected full|lora|plora, got {other}")),
+        }
+    }
+}
+
+/// The PLoRA comparison.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PLoraSection {
+    /// What is compared.
+    pub tunings: Vec<Tuning>,
+    /// LoRA's rank, scale and targets (the same as PLoRA's by default).
+    pub lora: LoraConfig,
+    /// PLoRA's rank, scale, targets; `with_projector` for the projector.
+    pub plora: PLoraTraining,
+    /// Learning rate of the LoRA and PLoRA runs (the full run takes `base.finetune`'s).
+    pub adapter_lr: f64,
+}
+
+impl Default for PLoraSection {
+    fn default() -> Self {
+        let plora = PLoraTraining {
+            with_projector: true,
+            ..PLoraTraining::default()
+        };
+        Self {
+            tunings: vec![Tuning::Full, Tuning::Lora, Tuning::Plora],
+            lora: LoraConfig {
+                rank: plora.rank,
+                alpha: plora.alpha,
+                targets: plora.targets.clone(),
+            },
+            plora,
+            adapter_lr: 2e-3,
+        }
+    }
+}
+
+/// Everything the experiment does; written to the run directory as `config.toml`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SeedIdeasConfig {
+    /// `cal_llava`'s recipe: the world, the sizes, stage 1 and stage 2 (`finetune`).
+    pub base: CalLlavaConfig,
+    /// Start from the `pretrain/` stage of this finished `cal_llava` (or `seed_ideas`) run
+    /// instead of training stage 1 (its `config.toml` becomes `base`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub base_run: Option<PathBuf>,
+    /// PLoRA vs LoRA vs full finetuning.
+    pub plora: PLoraSection,
+    /// Stage-2 runs per tuning: data order and adapter init `finetune.seed + k`.
+    pub seeds: usize,
+}
+
+impl Default for SeedIdeasConfig {
+    fn default() -> Self {
+        let mut base = CalLlavaConfig::default();
+        base.finetune.steps = 400;
+        base.finetune.optim.warmup_steps = 20;
+        Self {
+            base,
+            base_run: None,
+            plora: PLoraSection::default(),
+            seeds: 3,
+        }
+    }
+}
+
+impl SeedIdeasConfig {
+    /// The CI smoke profile: `cal_llava --quick`'s world, model and steps, two seeds.
+    pub fn quick() -> Self {
+        Self {
+            base: CalLlavaConfig::quick(),
+            seeds: 2,
+            ..Self::default()
+        }
+    }
+}
+
+/// One stage-2 run.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PLoraRun {
+    /// `full`, `lora` or `plora`.
+    pub tuning: Tuning,
+    /// Stage 2's seed.
+    pub seed: u64,
+    /// Held-out grounded-slot accuracy (all slots).
+    pub slot_accuracy: f64,
+    /// Per slot kind (color, shape, count, …).
+    pub slots_by_kind: Vec<(String, f64)>,
+    /// Trainable parameters.
+    pub trainable_params: usize,
+    /// Median optimizer step time, ms.
+    pub step_ms: f64,
+    /// Stage 2's last training loss.
+    pub final_loss: f64,
+}
+
+/// What the experiment produced.
+pub struct SeedIdeasOutcome {
+    /// The stage-1 model's held-out caption accuracy (own images and swapped).
+    pub stage1: Vec<(String, CaptionAccuracy)>,
+    /// Loss curves of every stage.
+    pub curves: Vec<Curve>,
+    /// The PLoRA comparison.
+    pub plora: Vec<PLoraRun>,
+    /// Seconds of the whole run.
+    pub seconds: f64,
+}
+
+/// Run the experiment (module docs) into `opts.out`, `jobs` stage-2 runs at a time.
+pub fn run(
+    config: &SeedIdeasConfig,
+    opts: &RunOptions,
+    jobs: usize,
+) -> Result<SeedIdeasOutcome, String> {
+    let started = Instant::now();
+    let inputs = world_inputs(config.base.spec(), opts)?;
+    if let Some(dir) = &config.base_run {
+        adopt_stage1(dir, &opts.out)?;
+    }
+    // A finished stage 1 (this run's on --resume, or --base-run's) is loaded, not retrained.
+    let stage1_opts = RunOptions {
+        device: opts.device.clone(),
+        out: opts.out.clone(),
+        resume: opts.resume || config.base_run.is_some(),
+        verbose: opts.verbose,
+        devices: opts.devices.clone(),
+    };
+    let base = stage1_base(&config.base, &inputs, &stage1_opts)?;
+    let mut curves = base.curves.clone();
+    let mut runs = Vec::new();
+    let work: Vec<(usize, Tuning)> = (0..config.seeds)
+        .flat_map(|k| config.plora.tunings.iter().map(move |&t| (k, t)))
+        .collect();
+    for chunk in work.chunks(jobs.max(1)) {
+        // Each run's adapters are drawn here, in a fixed order; the runs of a chunk then train
+        // at once (a flex run keeps about one core busy).
+        let starts = chunk
+            .iter()
+            .map(|&(k, tuning)| {
+                let tc = stage2_config(config, tuning, k);
+                opts.device.seed(tc.seed);
+                let model = draw_now(tuned_start(&config.plora, tuning, &base.model)?);
+                Ok((tuning, tc, model))
+            })
+            .collect::<Result<Vec<_>, String>>()?;
+        let quiet = RunOptions {
+            verbose: opts.verbose && chunk.len() == 1,
+            ..opts.clone()
+        };
+        let results: Vec<Result<(PLoraRun, Curve), String>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = starts
+                .into_iter()
+                .map(|(tuning, tc, model)| {
+                    let (base, inputs, quiet) = (&base, &inputs, &quiet);
+                    scope.spawn(move || plora_run(config, tuning, tc, model, base, inputs, quiet))
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join()
+                        .unwrap_or_else(|_| Err("a run's thread panicked".into()))
+                })
+                .collect()
+        });
+        for result in results {
+            let (run, curve) = result?;
+            eprintln!(
+                "seed {}: {:<5} slot accuracy {:.1} %, {} trainable parameters, {:.0} ms/step",
+                run.seed,
+                run.tuning.name(),
+                100.0 * run.slot_accuracy,
+                run.trainable_params,
+                run.step_ms
+            );
+            if run.seed == config.base.finetune.seed {
+                curves.push(curve);
+            }
+            runs.push(run);
+        }
+    }
+    Ok(SeedIdeasOutcome {
+        stage1: base.stage1,
+        curves,
+        plora: runs,
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+/// Stage 2's training settings for `tuning` and the `k`-th seed.
+fn stage2_config(config: &SeedIdeasConfig, tuning: Tuning, k: usize) -> TrainConfig {
+    let mut tc = config.base.finetune.clone();
+    tc.seed += k as u64;
+    if tuning != Tuning::Full {
+        tc.optim.lr = config.plora.adapter_lr;
+    }
+    tc
+}
+
+/// The model stage 2 tunes: the stage-1 model with `tuning`'s trainable parts.
+pub fn tuned_start(section: &PLoraSection, tuning: Tuning, start: &Llava) -> Result<Llava, String> {
+    Ok(match tuning {
+        Tuning::Full => start.clone(),
+        Tuning::Lora => {
+            let mut m = section
+                .lora
+                .apply(start.clone())
+                .map_err(|e| e.to_string())?;
+            m.multi_modal_projector = m.multi_modal_projector.set_require_grad(true);
+            m
+        }
+        Tuning::Plora => section
+            .plora
+            .apply(start.clone())
+            .map_err(|e| e.to_string())?,
+    })
+}
+
+/// A labelled loss curve.
+type Curve = (String, Vec<(usize, f64)>);
+
+/// Stage 2 of `model` (the stage-1 model with `tuning`'s trainable parts) with `tc`, and its
+/// held-out slot accuracy.
+fn plora_run(
+    config: &SeedIdeasConfig,
+    tuning: Tuning,
+    tc: TrainConfig,
+    model: Llava,
+    base: &Stage1Base,
+    inputs: &Inputs,
+    opts: &RunOptions,
+) -> Result<(PLoraRun, Curve), String> {
+    let trainable = trainable_params(&model);
+    let name = format!("seed-{}/{}", tc.seed, tuning.name());
+    eprintln!(
+        "{name}: {} steps, {trainable} trainable parameters",
+        tc.steps
+    );
+    let (model, report) = opts.train_stage(
+        &inputs.batcher,
+        model,
+        Arc::new(MleObjective),
+        base.data.clone(),
+        &tc,
+        &name,
+    )?;
+    let slots = slot_scores(config, &model, base, inputs, opts, &opts.out.join(&name))?;
+    let run = PLoraRun {
+        tuning,
+        seed: tc.seed,
+        slot_accuracy: slots.overall(),
+        slots_by_kind: slots
+            .by_kind
+            .keys()
+            .filter_map(|kind| slots.kind(kind).map(|a| (kind.clone(), a)))
+            .collect(),
+        trainable_params: trainable,
+        step_ms: report.median_step_ms().unwrap_or(0.0),
+        final_loss: report.steps.last().map_or(f64::NAN, |s| s.loss),
+    };
+    let label = format!("finetune-{}", tuning.name());
+    Ok((run, (label, loss_curve(&report))))
+}
+
+/// Held-out slot accuracy of `model`, its answers written into `dir`.
+fn slot_scores(
+    config: &SeedIdeasConfig,
+    model: &Llava,
+    base: &Stage1Base,
+    inputs: &Inputs,
+    opts: &RunOptions,
+    dir: &Path,
+) -> Result<crate::eval::slots::SlotScores, String> {
+    let cal = CalConfig::default();
+    let ctx = EvalContext {
+        eval: &config.base.eval,
+        cal: &cal,
+        world_dir: &config.base.world.dir,
+        inputs,
+        device: &opts.device,
+        verbose: opts.verbose,
+        world: true,
+        val_records: &base.val_records,
+        val: base.data.1.clone(),
+    };
+    slots_written(model, &ctx, dir)?.ok_or_else(|| "no held-out single-turn question".into())
+}
+
+/// Copy `base_run/pretrain` (a finished stage 1) into `out/pretrain` unless it is there.
+fn adopt_stage1(base_run: &Path, out: &Path) -> Result<(), String> {
+    let (from, to) = (base_run.join("pretrain"), out.join("pretrain"));
+    if to.exists() {
+        return Ok(());
+    }
+    if !from.join("checkpoints").is_dir() {
+        return Err(format!(
+            "--base-run: {} has no stage-1 checkpoints",
+            from.display()
+        ));
+    }
+    copy_dir(&from, &to)
+}
+
+fn copy_dir(from: &Path, to: &Path) -> Result<(), String> {
+    let err = |p: &Path, e: std::io::Error| format!("{}: {e}", p.display());
+    std::fs::create_dir_all(to).map_err(|e| err(to, e))?;
+    for entry in std::fs::read_dir(from).map_err(|e| err(from, e))? {
+        let entry = entry.map_err(|e| err(from, e))?;
+        let target = to.join(entry.file_name());
+        if entry.path().is_dir() {
+            copy_dir(&entry.path(), &target)?;
+        } else {
+            std::fs::copy(entry.path(), &target).map_err(|e| err(&target, e))?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,214 @@
+//! `seed_ideas`'s outputs: `summary.json` (`{"plora": {...}}`), `report.md` (the stage-1
+//! grounding check; PLoRA vs LoRA vs full finetuning as mean ± 95 % interval over seeds, with
+//! paired per-seed differences) and `loss.png`.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use serde_json::json;
+use vlalign_eval::stats::Interval;
+
+use crate::seed_ideas::{PLoraRun, SeedIdeasConfig, SeedIdeasOutcome, Tuning};
+use crate::table::{Table, pct};
+
+/// Slot kinds shown as columns (the world's grounded answer kinds).
+const KINDS: [&str; 5] = ["count", "color", "shape", "size", "position"];
+
+fn runs(outcome: &SeedIdeasOutcome, tuning: Tuning) -> Vec<&PLoraRun> {
+    outcome
+        .plora
+        .iter()
+        .filter(|r| r.tuning == tuning)
+        .collect()
+}
+
+fn kind(r: &PLoraRun, k: &str) -> Option<f64> {
+    r.slots_by_kind
+        .iter()
+        .find(|(name, _)| name == k)
+        .map(|x| x.1)
+}
+
+/// Per seed, `a − b` of `f` (runs paired by seed).
+fn paired(
+    outcome: &SeedIdeasOutcome,
+    a: Tuning,
+    b: Tuning,
+    f: impl Fn(&PLoraRun) -> Option<f64>,
+) -> Vec<f64> {
+    runs(outcome, a)
+        .iter()
+        .filter_map(|ra| {
+            let rb = runs(outcome, b).into_iter().find(|rb| rb.seed == ra.seed)?;
+            Some(f(ra)? - f(rb)?)
+        })
+        .collect()
+}
+
+fn show(v: &[f64], scale: f64, digits: usize) -> String {
+    Interval::of(v).map_or("–".into(), |i| i.show(scale, digits))
+}
+
+/// The PLoRA comparison as JSON: every run, the aggregate per tuning and the paired
+/// differences of PLoRA to the others.
+fn plora_summary(config: &SeedIdeasConfig, outcome: &SeedIdeasOutcome) -> serde_json::Value {
+    let mut aggregate = serde_json::Map::new();
+    for &t in &config.plora.tunings {
+        let rs = runs(outcome, t);
+        let acc: Vec<f64> = rs.iter().map(|r| r.slot_accuracy).collect();
+        let ms: Vec<f64> = rs.iter().map(|r| r.step_ms).collect();
+        aggregate.insert(
+            t.name().into(),
+            json!({
+                "slot_accuracy": Interval::of(&acc),
+                "step_ms": Interval::of(&ms),
+                "trainable_params": rs.first().map(|r| r.trainable_params),
+            }),
+        );
+    }
+    let mut differences = serde_json::Map::new();
+    for other in [Tuning::Lora, Tuning::Full] {
+        let d = paired(outcome, Tuning::Plora, other, |r| Some(r.slot_accuracy));
+        differences.insert(format!("plora-{}", other.name()), json!(Interval::of(&d)));
+    }
+    json!({
+        "runs": outcome.plora,
+        "aggregate": aggregate,
+        "differences": differences,
+        "rank": config.plora.plora.rank,
+        "targets": config.plora.plora.targets,
+        "steps": config.base.finetune.steps,
+    })
+}
+
+/// `summary.json`.
+pub fn summary(config: &SeedIdeasConfig, outcome: &SeedIdeasOutcome) -> serde_json::Value {
+    let stage1: Vec<serde_json::Value> = outcome
+        .stage1
+        .iter()
+        .map(|(name, a)| {
+            json!({
+                "stage": name,
+                "caption_accuracy": a.caption_accuracy.all,
+                "caption_accuracy_images_swapped": a.blind_caption_accuracy.all,
+                "captions": a.captions,
+            })
+        })
+        .collect();
+    json!({
+        "stage1": stage1,
+        "plora": plora_summary(config, outcome),
+        "seconds": outcome.seconds,
+    })
+}
+
+/// `report.md`.
+pub fn markdown(config: &SeedIdeasConfig, outcome: &SeedIdeasOutcome, command: &str) -> String {
+    let mut s = String::new();
+    let p = &config.plora;
+    let _ = writeln!(
+        s,
+        "# seed_ideas\n\n`{command}`\n\n({:.0} s.) Stage 1 of `cal_llava`'s recipe ({} steps), \
+         then stage 2 ({} steps, {} seeds of data order and adapter init) three ways from that \
+         one model: `full` (projector + LLM, lr {:e}), `lora` (LoRA rank {} on {} of every \
+         decoder layer, every token, + the projector) and `plora` (the same adapters at image \
+         tokens only, + the projector), adapters at lr {:e}.\n",
+        outcome.seconds,
+        config.base.pretrain.steps,
+        config.base.finetune.steps,
+        config.seeds,
+        config.base.finetune.optim.lr,
+        p.lora.rank,
+        p.lora.targets.join(", "),
+        p.adapter_lr,
+    );
+    for (name, a) in &outcome.stage1 {
+        let _ = writeln!(
+            s,
+            "Does the stage-1 model read the image? ({name}) held-out caption attributes {} with \
+             its own images vs {} with the images swapped between records ({} captions).\n",
+            pct(a.caption_accuracy.all),
+            pct(a.blind_caption_accuracy.all),
+            a.captions
+        );
+    }
+    let _ = writeln!(
+        s,
+        "## PLoRA vs LoRA vs full finetuning\n\nHeld-out grounded-slot accuracy (%), mean ± 95 % \
+         t-interval over seeds; the difference rows are intervals of the per-seed differences.\n"
+    );
+    let mut header = vec!["stage 2", "slots %"];
+    header.extend(KINDS);
+    header.extend(["trainable parameters", "median step ms"]);
+    let mut t = Table::new(header);
+    for &tuning in &p.tunings {
+        let rs = runs(outcome, tuning);
+        let mut row = vec![
+            tuning.name().to_string(),
+            show(
+                &rs.iter().map(|r| r.slot_accuracy).collect::<Vec<_>>(),
+                100.0,
+                1,
+            ),
+        ];
+        for k in KINDS {
+            row.push(show(
+                &rs.iter().filter_map(|r| kind(r, k)).collect::<Vec<_>>(),
+                100.0,
+                1,
+            ));
+        }
+        row.push(
+            rs.first()
+                .map_or("–".into(), |r| r.trainable_params.to_string()),
+        );
+        row.push(show(
+            &rs.iter().map(|r| r.step_ms).collect::<Vec<_>>(),
+            1.0,
+            0,
+        ));
+        t.row(row);
+    }
+    for other in [Tuning::Lora, Tuning::Full] {
+        let mut row = vec![
+            format!("plora − {}", other.name()),
+            show(
+                &paired(outcome, Tuning::Plora, other, |r| Some(r.slot_accuracy)),
+                100.0,
+                1,
+            ),
+        ];
+        for k in KINDS {
+            row.push(show(
+                &paired(outcome, Tuning::Plora, other, |r| kind(r, k)),
+                100.0,
+                1,
+            ));
+        }
+        row.extend(["".to_string(), "".to_string()]);
+        t.row(row);
+    }
+    let _ = writeln!(
+        s,
+        "{t}\nEach run's answers: `seed-<s>/<tuning>/predictions.jsonl`; loss curves of the \
+         first seed in `loss.png`."
+    );
+    s
+}
+
+/// Write `summary.json`, `report.md` and `loss.png` into `out`.
+pub fn write_all(
+    out: &Path,
+    config: &SeedIdeasConfig,
+    outcome: &SeedIdeasOutcome,
+    command: &str,
+) -> Result<(), String> {
+    let path = out.join("summary.json");
+    let text =
+        serde_json::to_string_pretty(&summary(config, outcome)).map_err(|e| e.to_string())?;
+    std::fs::write(&path, text).map_err(|e| format!("{}: {e}", path.display()))?;
+    let path = out.join("report.md");
+    std::fs::write(&path, markdown(config, outcome, command))
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    crate::plot::loss_curves(&out.join("loss.png"), "seed_ideas", &outcome.curves)
+}
