@@ -213,6 +213,21 @@ pub fn mle_base(
     })
 }
 
+/// The `cal_llava` recipe of the finished run in `dir` (`--base-run`): its `config.toml` as a
+/// `cal_llava` configuration, or the `base` of experiment `other`'s configuration `C`.
+pub fn base_recipe<C: serde::de::DeserializeOwned>(
+    dir: &Path,
+    other: &str,
+    base_of: impl Fn(C) -> CalLlavaConfig,
+) -> Result<CalLlavaConfig, String> {
+    let path = dir.join("config.toml");
+    crate::run::read_config(&path).or_else(|cal_err| {
+        crate::run::read_config::<C>(&path)
+            .map(base_of)
+            .map_err(|_| format!("--base-run: not a cal_llava or {other} run ({cal_err})"))
+    })
+}
+
 /// The stage-1 model of `cal_llava`'s recipe (in the run's `pretrain/`, reused on resume) and
 /// what stage 2 trains on: the world's training QA (no label noise) and held-out QA.
 pub struct Stage1Base {

@@ -15,8 +15,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use experiments::cal_llava::CalLlavaConfig;
-use experiments::run::{RunArgs, RunOptions, exit_code, prepare_run_dir, read_config, run_dir};
+use experiments::cal_llava::{CalLlavaConfig, base_recipe};
+use experiments::run::{RunArgs, RunOptions, exit_code, prepare_run_dir, run_dir};
 use experiments::seed_ideas::{SeedIdeasConfig, Tuning, run};
 use experiments::seed_ideas_report::{markdown, write_all};
 
@@ -51,12 +51,7 @@ fn resolve(args: &Args) -> Result<SeedIdeasConfig, String> {
         .run
         .config(SeedIdeasConfig::quick, SeedIdeasConfig::default)?;
     if let Some(dir) = &args.base_run {
-        let path = dir.join("config.toml");
-        let base = read_config::<CalLlavaConfig>(&path).or_else(|cal_err| {
-            read_config::<SeedIdeasConfig>(&path)
-                .map(|c| c.base)
-                .map_err(|_| format!("--base-run: not a cal_llava or seed_ideas run ({cal_err})"))
-        })?;
+        let base = base_recipe(dir, "seed_ideas", |c: SeedIdeasConfig| c.base)?;
         // Stage 1 and the world come from the base run; stage 2 stays this run's.
         c.base = CalLlavaConfig {
             finetune: c.base.finetune,

@@ -20,9 +20,10 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use clap::{Parser, Subcommand};
+use experiments::cal_llava::base_recipe;
 use experiments::inputs::RealData;
+use experiments::run::run_dir;
 use experiments::run::{RunArgs, RunOptions, StageKind, exit_code, prepare_run_dir};
-use experiments::run::{read_config, run_dir};
 use experiments::seva_dpo::{SevaDpoConfig, Variant, run};
 use experiments::seva_report;
 
@@ -86,7 +87,8 @@ fn resolve(args: &Args) -> Result<SevaDpoConfig, String> {
         .run
         .config(SevaDpoConfig::quick, SevaDpoConfig::default)?;
     if let Some(dir) = &args.base_run {
-        c.base = base_config(dir)?;
+        // Both keep the stage-2 MLE model in `finetune-mle-noise0/`.
+        c.base = base_recipe(dir, "seva_dpo", |c: SevaDpoConfig| c.base)?;
         c.base_run = Some(dir.clone());
     }
     if let Some(w) = &args.run.world {
@@ -125,17 +127,6 @@ fn resolve(args: &Args) -> Result<SevaDpoConfig, String> {
         c.seeds = n;
     }
     Ok(c)
-}
-
-/// The recipe of the model in `dir`: a `cal_llava` run's configuration, or a `seva_dpo` run's
-/// `base` (both keep the stage-2 MLE model in `finetune-mle-noise0/`).
-fn base_config(dir: &std::path::Path) -> Result<experiments::cal_llava::CalLlavaConfig, String> {
-    let path = dir.join("config.toml");
-    read_config(&path).or_else(|cal_err| {
-        read_config::<SevaDpoConfig>(&path)
-            .map(|c| c.base)
-            .map_err(|_| format!("--base-run: not a cal_llava or seva_dpo run ({cal_err})"))
-    })
 }
 
 fn main() -> ExitCode {
