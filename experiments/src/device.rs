@@ -88,6 +88,31 @@ pub enum DeviceError {
         /// What this build has.
         compiled: String,
     },
+    /// The backend is compiled in but its device could not be opened (no driver, no GPU).
+    #[error("device '{spec}' could not be opened: {reason}")]
+    Unavailable {
+        /// What was asked for.
+        spec: DeviceSpec,
+        /// What the backend said.
+        reason: String,
+    },
+}
+
+/// Run `f`, turning a panic into its message (the backends' device set-up panics where a
+/// driver is missing, e.g. cudarc without `libcuda`), with the panic hook silenced meanwhile.
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+fn without_panicking<T>(f: impl FnOnce() -> T + std::panic::UnwindSafe) -> Result<T, String> {
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let result = std::panic::catch_unwind(f);
+    std::panic::set_hook(hook);
+    result.map_err(|payload| {
+        payload
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_else(|| "the backend panicked".into())
+    })
 }
 
 /// A parsed `--device` value: a backend and, for CUDA, a device index.
@@ -222,9 +247,17 @@ fn open(spec: DeviceSpec) -> Result<SelectedDevice, DeviceError> {
         Backend::Cuda => {
             #[cfg(feature = "cuda")]
             {
-                let device = Device::cuda(spec.index);
-                let name = device.identity().map(|i| i.name);
-                return Ok(selected(device, name, None));
+                let index = spec.index;
+                // cudarc panics where the CUDA driver library cannot be loaded: say so instead.
+                let opened = without_panicking(move || {
+                    let device = Device::cuda(index);
+                    let name = device.identity().map(|i| i.name);
+                    (device, name)
+                });
+                return match opened {
+                    Ok((device, name)) => Ok(selected(device, name, None)),
+                    Err(reason) => Err(DeviceError::Unavailable { spec, reason }),
+                };
             }
         }
     }
@@ -263,6 +296,9 @@ mod tests {
 
     #[test]
     fn missing_backend_is_an_error_naming_the_feature() {
+        let caught = without_panicking(|| panic!("no driver")).unwrap_err();
+        assert_eq!(caught, "no driver");
+        assert_eq!(without_panicking(|| 3), Ok(3));
         if !cfg!(feature = "cuda") {
             let e = select_device(Some("cuda")).unwrap_err().to_string();
             assert!(e.contains("--features cuda"), "{e}");
