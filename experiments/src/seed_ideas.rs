@@ -150,10 +150,34 @@ pub struct PLoraRun {
     pub final_loss: f64,
 }
 
+/// Held-out grounded-slot accuracy, overall and per slot kind.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Slots {
+    /// All slots.
+    pub slot_accuracy: f64,
+    /// Per slot kind (color, shape, count, …).
+    pub slots_by_kind: Vec<(String, f64)>,
+}
+
+impl Slots {
+    fn of(scores: &crate::eval::slots::SlotScores) -> Self {
+        Self {
+            slot_accuracy: scores.overall(),
+            slots_by_kind: scores
+                .by_kind
+                .keys()
+                .filter_map(|kind| scores.kind(kind).map(|a| (kind.clone(), a)))
+                .collect(),
+        }
+    }
+}
+
 /// What the experiment produced.
 pub struct SeedIdeasOutcome {
     /// The stage-1 model's held-out caption accuracy (own images and swapped).
     pub stage1: Vec<(String, CaptionAccuracy)>,
+    /// The stage-1 model's own slot accuracy (stage 1 trains on QA too): where stage 2 starts.
+    pub stage1_slots: Slots,
     /// Loss curves of every stage.
     pub curves: Vec<Curve>,
     /// The PLoRA comparison.
@@ -182,6 +206,18 @@ pub fn run(
         devices: opts.devices.clone(),
     };
     let base = stage1_base(&config.base, &inputs, &stage1_opts)?;
+    let stage1_slots = Slots::of(&slot_scores(
+        config,
+        &base.model,
+        &base,
+        &inputs,
+        opts,
+        &opts.out.join("pretrain"),
+    )?);
+    eprintln!(
+        "stage 1: slot accuracy {:.1} %",
+        100.0 * stage1_slots.slot_accuracy
+    );
     let mut curves = base.curves.clone();
     let mut runs = Vec::new();
     let work: Vec<(usize, Tuning)> = (0..config.seeds)
@@ -237,6 +273,7 @@ pub fn run(
     }
     Ok(SeedIdeasOutcome {
         stage1: base.stage1,
+        stage1_slots,
         curves,
         plora: runs,
         seconds: started.elapsed().as_secs_f64(),
@@ -301,15 +338,15 @@ fn plora_run(
         &name,
     )?;
     let slots = slot_scores(config, &model, base, inputs, opts, &opts.out.join(&name))?;
+    let Slots {
+        slot_accuracy,
+        slots_by_kind,
+    } = Slots::of(&slots);
     let run = PLoraRun {
         tuning,
         seed: tc.seed,
-        slot_accuracy: slots.overall(),
-        slots_by_kind: slots
-            .by_kind
-            .keys()
-            .filter_map(|kind| slots.kind(kind).map(|a| (kind.clone(), a)))
-            .collect(),
+        slot_accuracy,
+        slots_by_kind,
         trainable_params: trainable,
         step_ms: report.median_step_ms().unwrap_or(0.0),
         final_loss: report.steps.last().map_or(f64::NAN, |s| s.loss),

@@ -12,7 +12,7 @@ use crate::seed_ideas::{PLoraRun, SeedIdeasConfig, SeedIdeasOutcome, Tuning};
 use crate::table::{Table, pct};
 
 /// Slot kinds shown as columns (the world's grounded answer kinds).
-const KINDS: [&str; 5] = ["count", "color", "shape", "size", "position"];
+const KINDS: [&str; 6] = ["count", "color", "shape", "size", "position", "yesno"];
 
 fn runs(outcome: &SeedIdeasOutcome, tuning: Tuning) -> Vec<&PLoraRun> {
     outcome
@@ -72,6 +72,7 @@ fn plora_summary(config: &SeedIdeasConfig, outcome: &SeedIdeasOutcome) -> serde_
         differences.insert(format!("plora-{}", other.name()), json!(Interval::of(&d)));
     }
     json!({
+        "stage1_slots": outcome.stage1_slots,
         "runs": outcome.plora,
         "aggregate": aggregate,
         "differences": differences,
@@ -125,8 +126,9 @@ pub fn markdown(config: &SeedIdeasConfig, outcome: &SeedIdeasOutcome, command: &
     for (name, a) in &outcome.stage1 {
         let _ = writeln!(
             s,
-            "Does the stage-1 model read the image? ({name}) held-out caption attributes {} with \
-             its own images vs {} with the images swapped between records ({} captions).\n",
+            "Does the stage-1 model read the image? ({name}) held-out caption attributes {} % \
+             with its own images vs {} % with the images swapped between records ({} \
+             captions).\n",
             pct(a.caption_accuracy.all),
             pct(a.blind_caption_accuracy.all),
             a.captions
@@ -141,6 +143,17 @@ pub fn markdown(config: &SeedIdeasConfig, outcome: &SeedIdeasOutcome, command: &
     header.extend(KINDS);
     header.extend(["trainable parameters", "median step ms"]);
     let mut t = Table::new(header);
+    let start = &outcome.stage1_slots;
+    let mut row = vec![
+        "none (the stage-1 model)".to_string(),
+        pct(start.slot_accuracy),
+    ];
+    for k in KINDS {
+        let v = start.slots_by_kind.iter().find(|(n, _)| n == k);
+        row.push(v.map_or("–".into(), |(_, a)| pct(*a)));
+    }
+    row.extend(["0".to_string(), "".to_string()]);
+    t.row(row);
     for &tuning in &p.tunings {
         let rs = runs(outcome, tuning);
         let mut row = vec![
@@ -190,7 +203,8 @@ pub fn markdown(config: &SeedIdeasConfig, outcome: &SeedIdeasOutcome, command: &
     }
     let _ = writeln!(
         s,
-        "{t}\nEach run's answers: `seed-<s>/<tuning>/predictions.jsonl`; loss curves of the \
+        "{t}\nStep times are medians of each run's optimizer steps; runs train `--jobs` at a time, \
+         so compare them within one run directory only.\n\nEach run's answers: `seed-<s>/<tuning>/predictions.jsonl`; loss curves of the \
          first seed in `loss.png`."
     );
     s

@@ -59,6 +59,8 @@ fn quick_run_compares_plora_lora_and_full_finetuning() {
     }
     assert!(summary["plora"]["differences"]["plora-lora"]["n"] == 2);
     assert!(summary["stage1"][0]["caption_accuracy_images_swapped"].is_number());
+    assert!(summary["plora"]["stage1_slots"]["slot_accuracy"].is_number());
+    assert!(out.join("pretrain").join("predictions.jsonl").is_file());
     let report = std::fs::read_to_string(out.join("report.md")).unwrap();
     assert!(report.contains("plora − lora") && report.contains("images swapped"));
 
