@@ -235,26 +235,7 @@ pub fn run(
                 Ok((tuning, tc, model))
             })
             .collect::<Result<Vec<_>, String>>()?;
-        let quiet = RunOptions {
-            verbose: opts.verbose && chunk.len() == 1,
-            ..opts.clone()
-        };
-        let results: Vec<Result<(PLoraRun, Curve), String>> = std::thread::scope(|scope| {
-            let handles: Vec<_> = starts
-                .into_iter()
-                .map(|(tuning, tc, model)| {
-                    let (base, inputs, quiet) = (&base, &inputs, &quiet);
-                    scope.spawn(move || plora_run(config, tuning, tc, model, base, inputs, quiet))
-                })
-                .collect();
-            handles
-                .into_iter()
-                .map(|h| {
-                    h.join()
-                        .unwrap_or_else(|_| Err("a run's thread panicked".into()))
-                })
-                .collect()
-        });
+        let results = train_at_once(config, starts, &base, &inputs, opts);
         for result in results {
             let (run, curve) = result?;
             eprintln!(
@@ -277,6 +258,36 @@ pub fn run(
         curves,
         plora: runs,
         seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+/// Stage 2 of each start at once, one thread each (progress shown only for a single run).
+fn train_at_once(
+    config: &SeedIdeasConfig,
+    starts: Vec<(Tuning, TrainConfig, Llava)>,
+    base: &Stage1Base,
+    inputs: &Inputs,
+    opts: &RunOptions,
+) -> Vec<Result<(PLoraRun, Curve), String>> {
+    let quiet = RunOptions {
+        verbose: opts.verbose && starts.len() == 1,
+        ..opts.clone()
+    };
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = starts
+            .into_iter()
+            .map(|(tuning, tc, model)| {
+                let quiet = &quiet;
+                scope.spawn(move || plora_run(config, tuning, tc, model, base, inputs, quiet))
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err("a run's thread panicked".into()))
+            })
+            .collect()
     })
 }
 

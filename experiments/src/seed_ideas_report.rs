@@ -139,6 +139,18 @@ pub fn markdown(config: &SeedIdeasConfig, outcome: &SeedIdeasOutcome, command: &
         "## PLoRA vs LoRA vs full finetuning\n\nHeld-out grounded-slot accuracy (%), mean ± 95 % \
          t-interval over seeds; the difference rows are intervals of the per-seed differences.\n"
     );
+    let t = comparison(config, outcome);
+    let _ = writeln!(
+        s,
+        "{t}\nStep times are medians of each run's optimizer steps; runs train `--jobs` at a time, \
+         so compare them within one run directory only.\n\nEach run's answers: `seed-<s>/<tuning>/predictions.jsonl`; loss curves of the \
+         first seed in `loss.png`."
+    );
+    s
+}
+
+/// The comparison table: the stage-1 model, each tuning over seeds, PLoRA's paired differences.
+fn comparison(config: &SeedIdeasConfig, outcome: &SeedIdeasOutcome) -> Table {
     let mut header = vec!["stage 2", "slots %"];
     header.extend(KINDS);
     header.extend(["trainable parameters", "median step ms"]);
@@ -154,7 +166,7 @@ pub fn markdown(config: &SeedIdeasConfig, outcome: &SeedIdeasOutcome, command: &
     }
     row.extend(["0".to_string(), "".to_string()]);
     t.row(row);
-    for &tuning in &p.tunings {
+    for &tuning in &config.plora.tunings {
         let rs = runs(outcome, tuning);
         let mut row = vec![
             tuning.name().to_string(),
@@ -201,13 +213,7 @@ pub fn markdown(config: &SeedIdeasConfig, outcome: &SeedIdeasOutcome, command: &
         row.extend(["".to_string(), "".to_string()]);
         t.row(row);
     }
-    let _ = writeln!(
-        s,
-        "{t}\nStep times are medians of each run's optimizer steps; runs train `--jobs` at a time, \
-         so compare them within one run directory only.\n\nEach run's answers: `seed-<s>/<tuning>/predictions.jsonl`; loss curves of the \
-         first seed in `loss.png`."
-    );
-    s
+    t
 }
 
 /// Write `summary.json`, `report.md` and `loss.png` into `out`.
