@@ -11,6 +11,7 @@
 //!   batched generation ([`generate`]).
 //! - [`blip_vision`], [`qformer`], [`blip2`]: BLIP-2 / InstructBLIP (a BLIP ViT, the Q-Former's
 //!   learned queries, a decoder LM); with [`wformer`], SAM's multi-image alignment.
+//! - [`pixel_head`]: PixelLLM's per-token localisation head (a point in the image per token).
 //! - [`plora`]: PLoRA, LoRA on the decoder's linear layers at image-token positions only.
 //! - [`hf`]: building these models from Hugging Face `config.json` files.
 
@@ -23,6 +24,7 @@ pub mod hf;
 pub mod llava;
 pub mod llm;
 pub mod mask;
+pub mod pixel_head;
 pub mod plora;
 pub mod projector;
 pub mod qformer;
@@ -36,6 +38,7 @@ pub use clip::{Clip, ClipConfig, ClipTextConfig, ClipTextTransformer};
 pub use generate::{GenerationConfig, Generator, Sampling};
 pub use llava::{Llava, LlavaConfig, LlavaInput, ModelOutput, TextOnlyOutput};
 pub use llm::{DecoderConfig, DecoderLm, KvCache};
+pub use pixel_head::{PixelHead, PixelHeadConfig};
 pub use plora::{PLoraConfig, PLoraError};
 pub use projector::{Projector, ProjectorConfig, ProjectorKind};
 pub use qformer::{QFormer, QFormerConfig, QFormerText};

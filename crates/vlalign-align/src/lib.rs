@@ -11,6 +11,7 @@ pub mod clip;
 pub mod dpo;
 pub mod mle;
 pub mod model;
+pub mod pixel_head;
 pub mod token;
 pub mod vig;
 
@@ -22,6 +23,7 @@ pub use dpo::{
 };
 pub use mle::MleObjective;
 pub use model::{AlignModel, TextOnlyLogits};
+pub use pixel_head::{localisation_l1, mean_pixel_error};
 
 use burn::tensor::Tensor;
 use vlalign_data::VlmBatch;
