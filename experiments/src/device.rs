@@ -98,19 +98,28 @@ pub enum DeviceError {
     },
 }
 
-/// Run `f`, turning a panic into its message (the backends' device set-up panics where a
-/// driver is missing, e.g. cudarc without `libcuda`), with the panic hook silenced meanwhile.
+/// Run `f`, turning a panic into a message (the backends' device set-up panics where a driver
+/// is missing, e.g. cudarc without `libcuda`, often on a runtime thread of their own so that the
+/// caller sees only a closed channel): the first panic message of any thread while `f` runs,
+/// with the panic hook silenced meanwhile.
 #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
 fn without_panicking<T>(f: impl FnOnce() -> T + std::panic::UnwindSafe) -> Result<T, String> {
+    use std::sync::{Arc, Mutex};
+    let seen: Arc<Mutex<Vec<String>>> = Arc::default();
     let hook = std::panic::take_hook();
-    std::panic::set_hook(Box::new(|_| {}));
+    let record = seen.clone();
+    std::panic::set_hook(Box::new(move |info| {
+        let message = info.payload_as_str().unwrap_or("the backend panicked");
+        if let Ok(mut seen) = record.lock() {
+            seen.push(message.to_string());
+        }
+    }));
     let result = std::panic::catch_unwind(f);
     std::panic::set_hook(hook);
-    result.map_err(|payload| {
-        payload
-            .downcast_ref::<String>()
-            .cloned()
-            .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
+    result.map_err(|_| {
+        seen.lock()
+            .ok()
+            .and_then(|s| s.first().cloned())
             .unwrap_or_else(|| "the backend panicked".into())
     })
 }
@@ -298,6 +307,17 @@ mod tests {
     fn missing_backend_is_an_error_naming_the_feature() {
         let caught = without_panicking(|| panic!("no driver")).unwrap_err();
         assert_eq!(caught, "no driver");
+        // A runtime thread's panic is the cause, not the caller's closed channel.
+        let caught = without_panicking(|| {
+            let (tx, rx) = std::sync::mpsc::channel::<()>();
+            std::thread::spawn(move || {
+                let _tx = tx;
+                panic!("Unable to dynamically load the cuda shared library");
+            });
+            rx.recv().unwrap()
+        })
+        .unwrap_err();
+        assert_eq!(caught, "Unable to dynamically load the cuda shared library");
         assert_eq!(without_panicking(|| 3), Ok(3));
         if !cfg!(feature = "cuda") {
             let e = select_device(Some("cuda")).unwrap_err().to_string();
