@@ -199,11 +199,8 @@ pub fn run(
     }
     // A finished stage 1 (this run's on --resume, or --base-run's) is loaded, not retrained.
     let stage1_opts = RunOptions {
-        device: opts.device.clone(),
-        out: opts.out.clone(),
         resume: opts.resume || config.base_run.is_some(),
-        verbose: opts.verbose,
-        devices: opts.devices.clone(),
+        ..opts.clone()
     };
     let base = stage1_base(&config.base, &inputs, &stage1_opts)?;
     let stage1_slots = Slots::of(&slot_scores(
