@@ -61,6 +61,7 @@ fn setup() -> (Fixed, VlmBatch) {
         attention_mask: Tensor::<2, Bool>::from_data(TensorData::new(vec![true; 8], [2, 4]), &d),
         token_weights: None,
         truth: vec![vec![None; 4]; 2],
+        boxes: Vec::new(),
         lengths: vec![4, 4],
         padding: Padding::Right,
     };
@@ -185,6 +186,7 @@ fn cal_on_llava_trains_through_the_image_pass_only() {
         attention_mask: Tensor::<2, Bool>::from_data(TensorData::new(vec![true; t], [1, t]), &d),
         token_weights: None,
         truth: vec![vec![None; t]],
+        boxes: Vec::new(),
         lengths: vec![t],
         padding: Padding::Right,
     };
@@ -282,6 +284,7 @@ fn head_at_supervised_positions_only_gives_the_full_loss_and_gradient() {
         attention_mask: Tensor::<2, Bool>::from_data(TensorData::new(mask, [2, t]), &d),
         token_weights: None,
         truth: vec![vec![None; t]; 2],
+        boxes: Vec::new(),
         lengths: vec![t, t - 3],
         padding: Padding::Right,
     };

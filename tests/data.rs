@@ -223,6 +223,35 @@ fn word_truth_reaches_tokens_through_offsets() {
 }
 
 #[test]
+fn object_words_carry_their_objects_box() {
+    let tk = tokenizer();
+    let e = Encoder::new(tk.clone(), Template::VicunaV1, 1, 512, None).unwrap();
+    let mut record = two_turn_record();
+    let bbox = [0.1, 0.2, 0.5, 0.6];
+    record.truth[0].bbox = Some(bbox);
+    let out = e.encode(&record).unwrap();
+    assert_eq!(out.boxes.len(), out.ids.len());
+    let mut boxed = String::new();
+    for (t, b) in out.boxes.iter().enumerate() {
+        match b {
+            Some(b) => {
+                assert_eq!(*b, bbox);
+                assert_eq!(out.truth[t].unwrap().kind, WordKind::Color);
+                boxed.push_str(tk.decode(&[out.ids[t]]).unwrap().trim());
+            }
+            // The count word names no object: it has truth but no box.
+            None => assert!(out.truth[t].is_none_or(|x| x.kind != WordKind::Color)),
+        }
+    }
+    assert_eq!(boxed, "red", "the box sits on the color word's tokens only");
+    // Truncation keeps the boxes aligned with the tokens.
+    let cut = Encoder::new(tk, Template::VicunaV1, 1, out.ids.len() - 3, None).unwrap();
+    let short = cut.encode(&record).unwrap();
+    assert_eq!(short.boxes.len(), short.ids.len());
+    assert_eq!(short.boxes[..], out.boxes[..short.ids.len()]);
+}
+
+#[test]
 fn truncation_never_cuts_inside_image_slots() {
     let tk = tokenizer();
     let record = two_turn_record();
@@ -408,7 +437,9 @@ fn batches_pad_right_for_training_and_left_for_generation() {
         .save(dir.path().join("a.png"))
         .unwrap();
     let e = Encoder::new(tk.clone(), Template::VicunaV1, 2, 512, None).unwrap();
-    let mut short = two_turn_record();
+    let mut boxed = two_turn_record();
+    boxed.truth[0].bbox = Some([0.1, 0.2, 0.3, 0.4]);
+    let mut short = boxed.clone();
     short.turns.truncate(2);
     let text_only = Record {
         id: "t".into(),
@@ -420,7 +451,7 @@ fn batches_pad_right_for_training_and_left_for_generation() {
         truth: vec![],
     };
     let (samples, report) = prepare(
-        vec![Ok(two_turn_record()), Ok(text_only), Ok(short)],
+        vec![Ok(boxed), Ok(text_only), Ok(short)],
         &e,
         dir.path(),
         ImageCheck::Decode,
@@ -438,6 +469,9 @@ fn batches_pad_right_for_training_and_left_for_generation() {
         assert_eq!(b.input_ids.dims(), [3, width]);
         assert_eq!(b.images.as_ref().unwrap().dims(), [2, 3, 4, 4]);
         assert_eq!(b.image_sample, vec![0, 2]);
+        let boxed_tokens = |row: usize| b.boxes[row].iter().flatten().count();
+        assert!(boxed_tokens(0) > 0 && boxed_tokens(0) == boxed_tokens(2));
+        assert_eq!(boxed_tokens(1), 0);
         let mask: Vec<bool> = b.attention_mask.to_data().try_into_vec().unwrap();
         let labels: Vec<i64> = b.labels.to_data().convert::<i64>().try_into_vec().unwrap();
         for row in 0..3 {
@@ -453,6 +487,11 @@ fn batches_pad_right_for_training_and_left_for_generation() {
                 if !real[t] {
                     assert_eq!(labels[row * width + t], IGNORE);
                     assert!(b.truth[row][t].is_none());
+                    assert!(b.boxes[row][t].is_none());
+                }
+                // A box sits on a token that names an object, wherever padding moved it.
+                if b.boxes[row][t].is_some() {
+                    assert_eq!(b.truth[row][t].unwrap().kind, WordKind::Color);
                 }
             }
         }

@@ -5,10 +5,14 @@
 mod common;
 
 use burn::optim::{AdamConfig, GradientsParams};
-use burn::tensor::{Distribution, Tensor, TensorData};
+use burn::tensor::{Bool, Device, Distribution, Int, Tensor, TensorData};
 use common::*;
-use vlalign::align::{localisation_l1, mean_pixel_error};
-use vlalign::models::PixelHeadConfig;
+use vlalign::align::{
+    LocateModel, MleObjective, Objective, PixelObjective, box_centre, localisation_l1,
+    mean_pixel_error,
+};
+use vlalign::data::{IGNORE, Padding, VlmBatch};
+use vlalign::models::{PixelHeadConfig, PixelLlava};
 
 #[test]
 fn the_head_gives_a_point_in_the_image_per_token() {
@@ -96,4 +100,125 @@ fn pixel_error_is_the_mean_euclidean_distance_in_pixels() {
     let e = mean_pixel_error(&[[0.0, 0.0]], &[[0.5, 0.5]], 6.0, 16.0);
     assert!((e - 73f64.sqrt()).abs() < 1e-5, "{e}");
     assert_eq!(mean_pixel_error(&[], &[], 10.0, 10.0), 0.0);
+}
+
+/// Two rows of the tiny LLaVA: text, an image, a supervised answer; boxes on some answer tokens
+/// and one on a prompt token (not supervised, so it must not count).
+fn located_batch(device: &Device) -> VlmBatch {
+    let rows = [
+        row(&[5, 6, 7, 8, 9, 10, 11, 12], 2),
+        row(&[13, 14, 15, 16, 17, 18], 1),
+    ];
+    let width = rows.iter().map(Vec::len).max().unwrap();
+    let answer_from = |r: usize| rows[r].len() - 4;
+    let (mut ids, mut labels, mut mask) = (Vec::new(), Vec::new(), Vec::new());
+    let mut boxes = Vec::new();
+    for (r, tokens) in rows.iter().enumerate() {
+        let mut bx = vec![None; width];
+        for t in 0..width {
+            let real = t < tokens.len();
+            ids.push(if real { tokens[t] } else { PAD });
+            mask.push(real);
+            labels.push(if real && t >= answer_from(r) {
+                tokens[t]
+            } else {
+                IGNORE
+            });
+        }
+        let a = answer_from(r);
+        bx[a] = Some([0.1, 0.2, 0.3, 0.6]);
+        bx[a + 2] = Some([0.5 + 0.1 * r as f32, 0.0, 0.9, 0.4]);
+        bx[1] = Some([0.0, 0.0, 1.0, 1.0]);
+        boxes.push(bx);
+    }
+    VlmBatch {
+        ids: vec!["a".into(), "b".into()],
+        images: Some(images(2, device)),
+        image_index: None,
+        image_sample: vec![0, 1],
+        input_ids: Tensor::<2, Int>::from_data(TensorData::new(ids, [2, width]), device),
+        labels: Tensor::<2, Int>::from_data(TensorData::new(labels, [2, width]), device),
+        attention_mask: Tensor::<2, Bool>::from_data(TensorData::new(mask, [2, width]), device),
+        token_weights: None,
+        truth: vec![vec![None; width]; 2],
+        boxes,
+        lengths: rows.iter().map(Vec::len).collect(),
+        padding: Padding::Right,
+    }
+}
+
+fn pixel_llava(device: &Device) -> PixelLlava {
+    let llava = tiny_llava(device);
+    let d = llava.language_model.hidden_size();
+    PixelLlava::new(llava, &PixelHeadConfig::new(d).with_hidden(16))
+}
+
+#[test]
+fn the_objective_is_the_lm_loss_plus_the_weighted_l1_of_supervised_object_words() {
+    let device = device();
+    let model = pixel_llava(&device);
+    let batch = located_batch(&device);
+    let mle = MleObjective.loss(&model, &batch).loss.into_scalar::<f32>();
+    let zero = PixelObjective { weight: 0.0 }.loss(&model, &batch);
+    assert!((zero.loss.into_scalar::<f32>() - mle).abs() < 1e-6);
+    // By hand: the point of token t + 1 is read at t; the prompt token's box does not count.
+    let points = to_vec(model.points_no_grad(&batch));
+    let width = batch.boxes[0].len();
+    let (mut sum, mut n) = (0.0f32, 0);
+    for (r, row) in batch.boxes.iter().enumerate() {
+        for (t, b) in row.iter().enumerate().skip(2) {
+            let Some(b) = b else { continue };
+            let c = box_centre(*b);
+            let at = 2 * (r * width + t - 1);
+            sum += (points[at] - c[0]).abs() + (points[at + 1] - c[1]).abs();
+            n += 1;
+        }
+    }
+    assert_eq!(n, 4);
+    let l1 = sum / (2.0 * n as f32);
+    let out = PixelObjective { weight: 0.5 }.loss(&model, &batch);
+    let located = out.diagnostics.iter().find(|d| d.0 == "located_tokens");
+    assert_eq!(located.map(|d| d.1), Some(4.0));
+    let got = out.loss.into_scalar::<f32>();
+    assert!((got - mle - 0.5 * l1).abs() < 1e-5, "{got} vs {mle} + 0.5·{l1}");
+    assert!(l1 > 0.01, "the hand L1 is not trivially 0: {l1}");
+}
+
+#[test]
+fn the_localisation_loss_trains_the_head_and_the_llm() {
+    let device = device().autodiff();
+    let model = pixel_llava(&device);
+    let batch = located_batch(&device);
+    let head_grad = |weight: f32| {
+        let grads = PixelObjective { weight }.loss(&model, &batch).loss.backward();
+        let g = model.head.fc1.weight.grad(&grads).map(|g| to_vec(g.into()));
+        let lm = model.llava.language_model.layers[0]
+            .mlp
+            .down_proj
+            .weight
+            .grad(&grads)
+            .map(|g| to_vec(g.into()));
+        (g, lm)
+    };
+    let (none, lm0) = head_grad(0.0);
+    assert!(none.is_none_or(|g| g.iter().all(|v| *v == 0.0)), "weight 0: no head gradient");
+    let (some, lm1) = head_grad(2.0);
+    assert!(some.unwrap().iter().any(|v| *v != 0.0), "the head learns");
+    let (lm0, lm1) = (lm0.unwrap(), lm1.unwrap());
+    let moved = lm0.iter().zip(&lm1).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+    assert!(moved > 0.0, "the L1 reaches the LLM's weights");
+}
+
+#[test]
+fn the_head_leaves_the_logits_alone() {
+    let device = device();
+    let model = pixel_llava(&device);
+    let batch = located_batch(&device);
+    let rows = [3i64, 9, 17];
+    let (logits, points) = model.logits_and_points_at(&batch, &rows);
+    let plain = vlalign::align::AlignModel::logits_at(&model.llava, &batch, &rows);
+    assert_eq!(max_abs_diff(logits, plain), 0.0);
+    assert_eq!(points.dims(), [3, 2]);
+    let picked = vlalign::align::model::select_rows(model.points_no_grad(&batch), &rows);
+    assert!(max_abs_diff(points, picked) < 1e-6);
 }

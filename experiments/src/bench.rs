@@ -309,6 +309,7 @@ pub fn training_batch(preset: &Preset, seed: u64, device: &Device) -> VlmBatch {
         ),
         token_weights: None,
         truth: vec![vec![None; t]; b],
+        boxes: Vec::new(),
         lengths: vec![t; b],
         padding: Padding::Right,
     }

@@ -14,7 +14,7 @@ use std::time::Instant;
 use burn::module::Module;
 use serde::{Deserialize, Serialize};
 use vlalign_align::{CalConfig, MleObjective};
-use vlalign_models::Llava;
+use vlalign_models::{Llava, PixelHeadConfig, PixelLlava};
 use vlalign_train::{LoraConfig, PLoraTraining, TrainConfig, trainable_params};
 
 use crate::cal_eval::{EvalContext, slots_written};
@@ -22,6 +22,7 @@ use crate::cal_llava::{CalLlavaConfig, Stage1Base, loss_curve, stage1_base};
 use crate::eval::captions::CaptionAccuracy;
 use crate::inputs::{Inputs, world_inputs};
 use crate::run::RunOptions;
+use crate::seed_ideas_pixel::{PixelOutcome, PixelRun, PixelSection, picture, pixel_run};
 use crate::setup::draw_now;
 
 /// How stage 2 tunes the stage-1 model.
@@ -102,6 +103,8 @@ pub struct SeedIdeasConfig {
     pub base_run: Option<PathBuf>,
     /// PLoRA vs LoRA vs full finetuning.
     pub plora: PLoraSection,
+    /// PixelLLM's localisation head on the plain (full) stage 2.
+    pub pixel_head: PixelSection,
     /// Stage-2 runs per tuning: data order and adapter init `finetune.seed + k`.
     pub seeds: usize,
 }
@@ -115,6 +118,7 @@ impl Default for SeedIdeasConfig {
             base,
             base_run: None,
             plora: PLoraSection::default(),
+            pixel_head: PixelSection::default(),
             seeds: 3,
         }
     }
@@ -182,6 +186,8 @@ pub struct SeedIdeasOutcome {
     pub curves: Vec<Curve>,
     /// The PLoRA comparison.
     pub plora: Vec<PLoraRun>,
+    /// The pixel-head runs.
+    pub pixel_head: Vec<PixelRun>,
     /// Seconds of the whole run.
     pub seconds: f64,
 }
@@ -216,37 +222,55 @@ pub fn run(
         100.0 * stage1_slots.slot_accuracy
     );
     let mut curves = base.curves.clone();
-    let mut runs = Vec::new();
-    let work: Vec<(usize, Tuning)> = (0..config.seeds)
-        .flat_map(|k| config.plora.tunings.iter().map(move |&t| (k, t)))
-        .collect();
+    let (mut runs, mut pixel_runs) = (Vec::new(), Vec::new());
+    let mut work: Vec<(usize, Job)> = Vec::new();
+    for k in 0..config.seeds {
+        work.extend(config.plora.tunings.iter().map(|&t| (k, Job::Tune(t))));
+        if config.pixel_head.run {
+            work.push((k, Job::Pixel));
+        }
+    }
     for chunk in work.chunks(jobs.max(1)) {
-        // Each run's adapters are drawn here, in a fixed order; the runs of a chunk then train
-        // at once (a flex run keeps about one core busy).
+        // Each run's adapters (or head) are drawn here, in a fixed order; the runs of a chunk
+        // then train at once (a flex run keeps about one core busy).
         let starts = chunk
             .iter()
-            .map(|&(k, tuning)| {
-                let tc = stage2_config(config, tuning, k);
-                opts.device.seed(tc.seed);
-                let model = draw_now(tuned_start(&config.plora, tuning, &base.model)?);
-                Ok((tuning, tc, model))
-            })
+            .map(|&(k, job)| start(config, job, k, &base.model, opts))
             .collect::<Result<Vec<_>, String>>()?;
-        let results = train_at_once(config, starts, &base, &inputs, opts);
-        for result in results {
-            let (run, curve) = result?;
-            eprintln!(
-                "seed {}: {:<5} slot accuracy {:.1} %, {} trainable parameters, {:.0} ms/step",
-                run.seed,
-                run.tuning.name(),
-                100.0 * run.slot_accuracy,
-                run.trainable_params,
-                run.step_ms
-            );
-            if run.seed == config.base.finetune.seed {
-                curves.push(curve);
+        for result in train_at_once(config, starts, &base, &inputs, opts) {
+            match result? {
+                Finished::Tuned(run, curve) => {
+                    eprintln!(
+                        "seed {}: {:<5} slot accuracy {:.1} %, {} trainable parameters, {:.0} ms/step",
+                        run.seed,
+                        run.tuning.name(),
+                        100.0 * run.slot_accuracy,
+                        run.trainable_params,
+                        run.step_ms
+                    );
+                    if run.seed == config.base.finetune.seed {
+                        curves.push(curve);
+                    }
+                    runs.push(run);
+                }
+                Finished::Pixel(outcome) => {
+                    let run = outcome.run;
+                    eprintln!(
+                        "seed {}: pixel head {:.1} px mean centre error ({:.1} px with swapped \
+                         images), slot accuracy {:.1} %",
+                        run.seed,
+                        run.own.all.mean_px,
+                        run.swapped.all.mean_px,
+                        100.0 * run.slot_accuracy
+                    );
+                    if run.seed == config.base.finetune.seed {
+                        curves.push(outcome.curve);
+                        let png = opts.out.join("pixel_head.png");
+                        picture(&png, &config.base.world.dir, &inputs.images, &outcome.placed)?;
+                    }
+                    pixel_runs.push(run);
+                }
             }
-            runs.push(run);
         }
     }
     Ok(SeedIdeasOutcome {
@@ -254,28 +278,84 @@ pub fn run(
         stage1_slots,
         curves,
         plora: runs,
+        pixel_head: pixel_runs,
         seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+/// One stage-2 run of the comparison.
+#[derive(Clone, Copy, Debug)]
+enum Job {
+    /// PLoRA / LoRA / full.
+    Tune(Tuning),
+    /// The plain (full) run with PixelLLM's head.
+    Pixel,
+}
+
+/// A stage-2 run's start: its settings and its model, adapters or head drawn.
+enum Start {
+    Tuned(Tuning, TrainConfig, Llava),
+    Pixel(TrainConfig, PixelLlava),
+}
+
+/// A finished stage-2 run.
+enum Finished {
+    Tuned(PLoraRun, Curve),
+    Pixel(Box<PixelOutcome>),
+}
+
+/// The start of `job` for the `k`-th seed from the stage-1 model.
+fn start(
+    config: &SeedIdeasConfig,
+    job: Job,
+    k: usize,
+    stage1: &Llava,
+    opts: &RunOptions,
+) -> Result<Start, String> {
+    Ok(match job {
+        Job::Tune(tuning) => {
+            let tc = stage2_config(config, tuning, k);
+            opts.device.seed(tc.seed);
+            let model = draw_now(tuned_start(&config.plora, tuning, stage1)?);
+            Start::Tuned(tuning, tc, model)
+        }
+        Job::Pixel => {
+            let tc = stage2_config(config, Tuning::Full, k);
+            opts.device.seed(tc.seed);
+            let head = PixelHeadConfig::new(stage1.language_model.hidden_size())
+                .with_hidden(config.pixel_head.hidden);
+            Start::Pixel(tc, draw_now(PixelLlava::new(stage1.clone(), &head)))
+        }
     })
 }
 
 /// Stage 2 of each start at once, one thread each (progress shown only for a single run).
 fn train_at_once(
     config: &SeedIdeasConfig,
-    starts: Vec<(Tuning, TrainConfig, Llava)>,
+    starts: Vec<Start>,
     base: &Stage1Base,
     inputs: &Inputs,
     opts: &RunOptions,
-) -> Vec<Result<(PLoraRun, Curve), String>> {
+) -> Vec<Result<Finished, String>> {
     let quiet = RunOptions {
         verbose: opts.verbose && starts.len() == 1,
         ..opts.clone()
     };
+    let quiet = &quiet;
     std::thread::scope(|scope| {
         let handles: Vec<_> = starts
             .into_iter()
-            .map(|(tuning, tc, model)| {
-                let quiet = &quiet;
-                scope.spawn(move || plora_run(config, tuning, tc, model, base, inputs, quiet))
+            .map(|start| {
+                scope.spawn(move || match start {
+                    Start::Tuned(tuning, tc, model) => {
+                        plora_run(config, tuning, tc, model, base, inputs, quiet)
+                            .map(|(run, curve)| Finished::Tuned(run, curve))
+                    }
+                    Start::Pixel(tc, model) => {
+                        pixel_slots(config, tc, model, base, inputs, quiet)
+                            .map(|o| Finished::Pixel(Box::new(o)))
+                    }
+                })
             })
             .collect();
         handles
@@ -286,6 +366,22 @@ fn train_at_once(
             })
             .collect()
     })
+}
+
+/// A pixel-head run and its model's held-out slot accuracy.
+fn pixel_slots(
+    config: &SeedIdeasConfig,
+    tc: TrainConfig,
+    model: PixelLlava,
+    base: &Stage1Base,
+    inputs: &Inputs,
+    opts: &RunOptions,
+) -> Result<PixelOutcome, String> {
+    let dir = opts.out.join(format!("seed-{}/pixel", tc.seed));
+    let mut outcome = pixel_run(&config.pixel_head, tc, model, base, inputs, opts)?;
+    let slots = slot_scores(config, &outcome.model.llava, base, inputs, opts, &dir)?;
+    outcome.run.slot_accuracy = slots.overall();
+    Ok(outcome)
 }
 
 /// Stage 2's training settings for `tuning` and the `k`-th seed.

@@ -9,6 +9,7 @@ use serde_json::json;
 use vlalign_eval::stats::Interval;
 
 use crate::seed_ideas::{PLoraRun, SeedIdeasConfig, SeedIdeasOutcome, Tuning};
+use crate::seed_ideas_pixel::{Located, Localisation, PixelRun};
 use crate::table::{Table, pct};
 
 /// Slot kinds shown as columns (the world's grounded answer kinds).
@@ -99,6 +100,7 @@ pub fn summary(config: &SeedIdeasConfig, outcome: &SeedIdeasOutcome) -> serde_js
     json!({
         "stage1": stage1,
         "plora": plora_summary(config, outcome),
+        "pixel_head": (config.pixel_head.run).then(|| pixel_summary(config, outcome)),
         "seconds": outcome.seconds,
     })
 }
@@ -144,8 +146,11 @@ pub fn markdown(config: &SeedIdeasConfig, outcome: &SeedIdeasOutcome, command: &
         s,
         "{t}\nStep times are medians of each run's optimizer steps; runs train `--jobs` at a time, \
          so compare them within one run directory only.\n\nEach run's answers: `seed-<s>/<tuning>/predictions.jsonl`; loss curves of the \
-         first seed in `loss.png`."
+         first seed in `loss.png`.\n"
     );
+    if config.pixel_head.run {
+        s.push_str(&pixel_markdown(config, outcome));
+    }
     s
 }
 
@@ -231,4 +236,146 @@ pub fn write_all(
     std::fs::write(&path, markdown(config, outcome, command))
         .map_err(|e| format!("{}: {e}", path.display()))?;
     crate::plot::loss_curves(&out.join("loss.png"), "seed_ideas", &outcome.curves)
+}
+
+/// The word kinds a pixel run reports, `all` first.
+fn pixel_kinds(outcome: &SeedIdeasOutcome) -> Vec<String> {
+    let mut kinds = vec!["all".to_string()];
+    if let Some(r) = outcome.pixel_head.first() {
+        kinds.extend(r.own.by_kind.iter().map(|(k, _)| k.clone()));
+    }
+    kinds
+}
+
+/// One localisation number of every pixel run for word kind `kind` (`all`: every token).
+fn located(
+    outcome: &SeedIdeasOutcome,
+    kind: &str,
+    which: impl Fn(&PixelRun) -> &Localisation,
+    f: impl Fn(&Located) -> f64,
+) -> Vec<f64> {
+    outcome
+        .pixel_head
+        .iter()
+        .filter_map(|r| {
+            let l = which(r);
+            if kind == "all" {
+                return Some(f(&l.all));
+            }
+            l.by_kind.iter().find(|(k, _)| k == kind).map(|(_, x)| f(x))
+        })
+        .collect()
+}
+
+/// `"pixel_head"` of `summary.json`.
+fn pixel_summary(config: &SeedIdeasConfig, outcome: &SeedIdeasOutcome) -> serde_json::Value {
+    let mut by_kind = serde_json::Map::new();
+    for kind in pixel_kinds(outcome) {
+        let mut entry = serde_json::Map::new();
+        for (name, which) in PIXEL_INPUTS {
+            let px = located(outcome, &kind, which, |l| l.mean_px);
+            let inside = located(outcome, &kind, which, |l| l.within_box);
+            entry.insert(
+                name.into(),
+                json!({"mean_px": Interval::of(&px), "within_box": Interval::of(&inside)}),
+            );
+        }
+        by_kind.insert(kind, entry.into());
+    }
+    let slots: Vec<f64> = outcome.pixel_head.iter().map(|r| r.slot_accuracy).collect();
+    let full_slots = pixel_minus_full(outcome);
+    json!({
+        "runs": outcome.pixel_head,
+        "aggregate": {
+            "localisation": by_kind,
+            "slot_accuracy": Interval::of(&slots),
+            "trainable_params": outcome.pixel_head.first().map(|r| r.trainable_params),
+        },
+        "differences": {"slot_accuracy_pixel-full": Interval::of(&full_slots)},
+        "weight": config.pixel_head.weight,
+        "hidden": config.pixel_head.hidden,
+    })
+}
+
+/// Per seed, slot accuracy with the head minus the plain `full` run's.
+fn pixel_minus_full(outcome: &SeedIdeasOutcome) -> Vec<f64> {
+    outcome
+        .pixel_head
+        .iter()
+        .filter_map(|p| {
+            let full = runs(outcome, Tuning::Full)
+                .into_iter()
+                .find(|r| r.seed == p.seed)?;
+            Some(p.slot_accuracy - full.slot_accuracy)
+        })
+        .collect()
+}
+
+/// What the head saw: the records' own images, swapped images, or nothing (the mean centre).
+type Which = fn(&PixelRun) -> &Localisation;
+const PIXEL_INPUTS: [(&str, Which); 3] = [
+    ("own_images", |r| &r.own),
+    ("images_swapped", |r| &r.swapped),
+    ("mean_centre", |r| &r.constant),
+];
+
+/// The pixel head's section of `report.md`.
+fn pixel_markdown(config: &SeedIdeasConfig, outcome: &SeedIdeasOutcome) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "## PixelLLM localisation head\n\nStage 2 `full` (same seeds, steps and data order) with \
+         a head (MLP, hidden {}) on the LLM's last hidden state, trained by LM loss + {} · L1 of \
+         the point written with each word that names an object (target: the object's box \
+         centre). Held-out words, teacher forced; error in the world image's pixels, mean ± 95 % \
+         t over seeds. `images swapped`: each record gets another record's image; `mean \
+         centre`: the same point (the mean true centre) for every word.\n",
+        config.pixel_head.hidden, config.pixel_head.weight,
+    );
+    let mut t = Table::new(vec![
+        "words",
+        "tokens",
+        "error px (own)",
+        "error px (swapped)",
+        "error px (mean centre)",
+        "in box % (own)",
+        "in box % (swapped)",
+        "in box % (mean centre)",
+    ]);
+    for kind in pixel_kinds(outcome) {
+        let tokens = located(outcome, &kind, |r| &r.own, |l| l.tokens as f64);
+        let mut row = vec![
+            kind.clone(),
+            tokens.first().map_or("–".into(), |n| format!("{n:.0}")),
+        ];
+        for (_, which) in PIXEL_INPUTS {
+            row.push(show(&located(outcome, &kind, which, |l| l.mean_px), 1.0, 1));
+        }
+        for (_, which) in PIXEL_INPUTS {
+            row.push(show(
+                &located(outcome, &kind, which, |l| l.within_box),
+                100.0,
+                1,
+            ));
+        }
+        t.row(row);
+    }
+    let slots: Vec<f64> = outcome.pixel_head.iter().map(|r| r.slot_accuracy).collect();
+    let _ = writeln!(
+        s,
+        "{t}\nHeld-out slot accuracy with the head {} % (plain `full`: {} %; with − without, \
+         paired by seed: {} points). Predicted vs true centres on held-out images: \
+         `pixel_head.png`.\n",
+        show(&slots, 100.0, 1),
+        show(
+            &runs(outcome, Tuning::Full)
+                .iter()
+                .map(|r| r.slot_accuracy)
+                .collect::<Vec<_>>(),
+            100.0,
+            1
+        ),
+        show(&pixel_minus_full(outcome), 100.0, 1),
+    );
+    s
 }

@@ -38,7 +38,7 @@ pub use clip::{Clip, ClipConfig, ClipTextConfig, ClipTextTransformer};
 pub use generate::{GenerationConfig, Generator, Sampling};
 pub use llava::{Llava, LlavaConfig, LlavaInput, ModelOutput, TextOnlyOutput};
 pub use llm::{DecoderConfig, DecoderLm, KvCache};
-pub use pixel_head::{PixelHead, PixelHeadConfig};
+pub use pixel_head::{PixelHead, PixelHeadConfig, PixelLlava};
 pub use plora::{PLoraConfig, PLoraError};
 pub use projector::{Projector, ProjectorConfig, ProjectorKind};
 pub use qformer::{QFormer, QFormerConfig, QFormerText};

@@ -10,6 +10,8 @@ use burn::nn::{Linear, LinearConfig};
 use burn::tensor::activation::{gelu, sigmoid};
 use burn::tensor::{Device, Tensor};
 
+use crate::llava::{Llava, LlavaInput};
+
 /// Configuration of a [`PixelHead`].
 #[derive(Config, Debug, PartialEq)]
 pub struct PixelHeadConfig {
@@ -43,5 +45,43 @@ impl PixelHead {
     /// Points `[batch, seq, 2]` (x, y in `[0, 1]`) for hidden states `[batch, seq, d_model]`.
     pub fn forward(&self, hidden: Tensor<3>) -> Tensor<3> {
         sigmoid(self.fc2.forward(gelu(self.fc1.forward(hidden))))
+    }
+}
+
+/// LLaVA with a PixelLLM head on its LLM's last hidden states: the same logits as the LLaVA
+/// alone, and a point per token.
+#[derive(Module, Debug)]
+pub struct PixelLlava {
+    /// The vision–language model.
+    pub llava: Llava,
+    /// The localisation head.
+    pub head: PixelHead,
+}
+
+impl PixelLlava {
+    /// `llava` with a fresh head sized to its LLM.
+    pub fn new(llava: Llava, head: &PixelHeadConfig) -> Self {
+        assert_eq!(
+            head.d_model,
+            llava.language_model.hidden_size(),
+            "the head reads the LLM's hidden states"
+        );
+        let device = llava.multi_modal_projector.devices()[0].clone();
+        Self {
+            head: head.init(&device),
+            llava,
+        }
+    }
+
+    /// The LLM's last hidden states `[batch, seq, d_model]` (LLaVA's
+    /// [`forward_hidden`](Llava::forward_hidden)).
+    pub fn forward_hidden(&self, input: LlavaInput) -> Tensor<3> {
+        self.llava.forward_hidden(input)
+    }
+
+    /// Points `[batch, seq, 2]` of every position: the head on the position's hidden state, the
+    /// state that writes the next token (so the point of token `t + 1` sits at `t`).
+    pub fn points(&self, input: LlavaInput) -> Tensor<3> {
+        self.head.forward(self.forward_hidden(input))
     }
 }

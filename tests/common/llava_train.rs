@@ -61,6 +61,7 @@ pub fn batch(device: &Device) -> VlmBatch {
         ),
         token_weights: None,
         truth: vec![vec![None; t]; b],
+        boxes: Vec::new(),
         padding: Padding::Right,
     }
 }

@@ -23,7 +23,9 @@ pub use dpo::{
 };
 pub use mle::MleObjective;
 pub use model::{AlignModel, TextOnlyLogits};
-pub use pixel_head::{localisation_l1, mean_pixel_error};
+pub use pixel_head::{
+    LocateModel, PixelObjective, box_centre, localisation_l1, mean_pixel_error, target_centres,
+};
 
 use burn::tensor::Tensor;
 use vlalign_data::VlmBatch;

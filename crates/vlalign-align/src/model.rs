@@ -50,7 +50,7 @@ pub fn select_rows(x: Tensor<3>, rows: &[i64]) -> Tensor<2> {
 }
 
 /// The batch as LLaVA input; with `inner`, on the device without autodiff (no-grad passes).
-fn input(batch: &VlmBatch, inner: bool) -> LlavaInput {
+pub(crate) fn input(batch: &VlmBatch, inner: bool) -> LlavaInput {
     let x = LlavaInput {
         input_ids: batch.input_ids.clone(),
         attention_mask: batch.attention_mask.clone(),

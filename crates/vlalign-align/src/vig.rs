@@ -68,6 +68,7 @@ pub fn stack_blurred(batch: &VlmBatch, sigma: f32) -> VlmBatch {
     );
     out.token_weights = batch.token_weights.as_ref().map(|w| cat2(w, w));
     out.truth = [batch.truth.clone(), batch.truth.clone()].concat();
+    out.boxes = [batch.boxes.clone(), batch.boxes.clone()].concat();
     out.lengths = [batch.lengths.clone(), batch.lengths.clone()].concat();
     out
 }

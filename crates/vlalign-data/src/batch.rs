@@ -40,6 +40,9 @@ pub struct VlmBatch {
     pub token_weights: Option<Tensor<2>>,
     /// Grounding truth per position (host side; `None` at unsupervised and padding positions).
     pub truth: Vec<Vec<Option<TokenTruth>>>,
+    /// Per position, the box `[x0, y0, x1, y1]` of the object the token names (host side,
+    /// synthetic data; `None` elsewhere, and empty rows when the batch carries no boxes).
+    pub boxes: Vec<Vec<Option<[f32; 4]>>>,
     /// Real length of each row.
     pub lengths: Vec<usize>,
     /// Padding side.
@@ -82,6 +85,7 @@ impl Batcher<Item, VlmBatch> for VlmBatcher {
         let mut weights = Vec::new();
         let any_weights = items.iter().any(|i| i.weights.is_some());
         let mut truth = Vec::with_capacity(batch);
+        let mut boxes = Vec::with_capacity(batch);
         let mut pixels = Vec::new();
         let mut image_sample = Vec::new();
         for (row, item) in items.iter().enumerate() {
@@ -115,6 +119,10 @@ impl Batcher<Item, VlmBatch> for VlmBatcher {
             t.extend(e.truth.iter().copied());
             t.extend(vec![None; after]);
             truth.push(t);
+            let mut bx = vec![None; before];
+            bx.extend(e.boxes.iter().copied());
+            bx.extend(vec![None; after]);
+            boxes.push(bx);
             for p in item.pixels.iter().take(e.image_spans.len()) {
                 pixels.extend_from_slice(p);
                 image_sample.push(row);
@@ -139,6 +147,7 @@ impl Batcher<Item, VlmBatch> for VlmBatcher {
             token_weights: any_weights
                 .then(|| Tensor::from_data(TensorData::new(weights, shape), device)),
             truth,
+            boxes,
             lengths: items.iter().map(|i| i.encoded.ids.len()).collect(),
             padding: self.padding,
         }

@@ -67,6 +67,9 @@ pub struct Encoded {
     pub labels: Vec<i64>,
     /// Grounding truth of each supervised token (synthetic data), `None` elsewhere.
     pub truth: Vec<Option<TokenTruth>>,
+    /// The box `[x0, y0, x1, y1]` (in [0, 1]) of the object each supervised token names
+    /// (synthetic data: the world gives each grounded word its object's box), `None` elsewhere.
+    pub boxes: Vec<Option<[f32; 4]>>,
     /// `(start, len)` of each image's slots.
     pub image_spans: Vec<(usize, usize)>,
     /// Whether truncation shortened the record.
@@ -296,24 +299,26 @@ impl Encoder {
         let piece = format!("{prefix}{text}");
         let (ids, offsets) = self.tokenize(&piece)?;
         let spans: Vec<_> = record.truth.iter().filter(|s| s.turn == turn).collect();
-        let truth: Vec<TokenTruth> = offsets
+        let truth: Vec<(TokenTruth, Option<[f32; 4]>)> = offsets
             .iter()
             .map(|&(s, e)| {
                 let (s, e) = (
                     s.saturating_sub(prefix.len()),
                     e.saturating_sub(prefix.len()),
                 );
-                spans
-                    .iter()
-                    .find(|span| s < span.end && e > span.start)
-                    .map_or(TokenTruth::template(), |span| TokenTruth {
-                        kind: WordKind::parse(&span.kind),
-                        prior: span.prior,
-                    })
+                let span = spans.iter().find(|span| s < span.end && e > span.start);
+                let truth = span.map_or(TokenTruth::template(), |span| TokenTruth {
+                    kind: WordKind::parse(&span.kind),
+                    prior: span.prior,
+                });
+                (truth, span.and_then(|span| span.bbox))
             })
             .collect();
-        for (id, t) in ids.iter().zip(truth) {
+        for (id, (t, bbox)) in ids.iter().zip(truth) {
             b.push(&[*id], Some(t));
+            if let Some(last) = b.boxes.last_mut() {
+                *last = bbox;
+            }
         }
         b.push(&[self.end_of_turn], Some(TokenTruth::template()));
         Ok(())
@@ -348,6 +353,7 @@ impl Encoder {
         enc.ids.truncate(cut);
         enc.labels.truncate(cut);
         enc.truth.truncate(cut);
+        enc.boxes.truncate(cut);
         enc.image_spans.retain(|&(s, n)| s + n <= cut);
         enc.truncated = true;
         if enc.supervised() == 0 {
@@ -365,6 +371,7 @@ struct Builder {
     ids: Vec<u32>,
     labels: Vec<i64>,
     truth: Vec<Option<TokenTruth>>,
+    boxes: Vec<Option<[f32; 4]>>,
     image_spans: Vec<(usize, usize)>,
 }
 
@@ -378,6 +385,7 @@ impl Builder {
                 IGNORE
             });
             self.truth.push(supervised);
+            self.boxes.push(None);
         }
     }
 
@@ -391,6 +399,7 @@ impl Builder {
             ids: self.ids,
             labels: self.labels,
             truth: self.truth,
+            boxes: self.boxes,
             image_spans: self.image_spans,
             truncated: false,
         }
