@@ -180,7 +180,10 @@ fn the_objective_is_the_lm_loss_plus_the_weighted_l1_of_supervised_object_words(
     let located = out.diagnostics.iter().find(|d| d.0 == "located_tokens");
     assert_eq!(located.map(|d| d.1), Some(4.0));
     let got = out.loss.into_scalar::<f32>();
-    assert!((got - mle - 0.5 * l1).abs() < 1e-5, "{got} vs {mle} + 0.5·{l1}");
+    assert!(
+        (got - mle - 0.5 * l1).abs() < 1e-5,
+        "{got} vs {mle} + 0.5·{l1}"
+    );
     assert!(l1 > 0.01, "the hand L1 is not trivially 0: {l1}");
 }
 
@@ -190,7 +193,10 @@ fn the_localisation_loss_trains_the_head_and_the_llm() {
     let model = pixel_llava(&device);
     let batch = located_batch(&device);
     let head_grad = |weight: f32| {
-        let grads = PixelObjective { weight }.loss(&model, &batch).loss.backward();
+        let grads = PixelObjective { weight }
+            .loss(&model, &batch)
+            .loss
+            .backward();
         let g = model.head.fc1.weight.grad(&grads).map(|g| to_vec(g.into()));
         let lm = model.llava.language_model.layers[0]
             .mlp
@@ -201,11 +207,18 @@ fn the_localisation_loss_trains_the_head_and_the_llm() {
         (g, lm)
     };
     let (none, lm0) = head_grad(0.0);
-    assert!(none.is_none_or(|g| g.iter().all(|v| *v == 0.0)), "weight 0: no head gradient");
+    assert!(
+        none.is_none_or(|g| g.iter().all(|v| *v == 0.0)),
+        "weight 0: no head gradient"
+    );
     let (some, lm1) = head_grad(2.0);
     assert!(some.unwrap().iter().any(|v| *v != 0.0), "the head learns");
     let (lm0, lm1) = (lm0.unwrap(), lm1.unwrap());
-    let moved = lm0.iter().zip(&lm1).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+    let moved = lm0
+        .iter()
+        .zip(&lm1)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f32::max);
     assert!(moved > 0.0, "the L1 reaches the LLM's weights");
 }
 

@@ -11,7 +11,7 @@ use vlalign_align::CalConfig;
 use vlalign_data::TextTokenizer;
 use vlalign_data::{Item, Record};
 use vlalign_eval::generation::{GenerationRun, Prediction, generate_split, write_predictions};
-use vlalign_models::{GenerationConfig, Llava};
+use vlalign_models::{GenerationConfig, Generator, Llava};
 
 use crate::eval::captions::CaptionAccuracy;
 use crate::eval::hallucination::{HallucinationRun, HallucinationScores};
@@ -146,7 +146,7 @@ pub fn evaluate_model(
 /// Grounded-slot accuracy of `model` (as [`slot_accuracy`]), its predictions written to
 /// `dir/predictions.jsonl`.
 pub fn slots_written(
-    model: &Llava,
+    model: &impl Generator,
     ctx: &EvalContext<'_>,
     dir: &Path,
 ) -> Result<Option<SlotScores>, String> {
@@ -185,7 +185,7 @@ pub fn hallucination(
 /// Grounded-slot accuracy of `model` on the held-out records' single-turn questions, with the
 /// predictions (`None` when no record has grounding truth).
 pub fn slot_accuracy(
-    model: &Llava,
+    model: &impl Generator,
     ctx: &EvalContext<'_>,
 ) -> Result<Option<(SlotScores, Vec<Prediction>)>, String> {
     let enc = &ctx.inputs.enc;

@@ -14,7 +14,7 @@ use std::time::Instant;
 use burn::module::Module;
 use serde::{Deserialize, Serialize};
 use vlalign_align::{CalConfig, MleObjective};
-use vlalign_models::{Llava, PixelHeadConfig, PixelLlava};
+use vlalign_models::{Generator, LavitLlava, Llava, PixelHeadConfig, PixelLlava};
 use vlalign_train::{LoraConfig, PLoraTraining, TrainConfig, trainable_params};
 
 use crate::cal_eval::{EvalContext, slots_written};
@@ -22,6 +22,7 @@ use crate::cal_llava::{CalLlavaConfig, Stage1Base, loss_curve, stage1_base};
 use crate::eval::captions::CaptionAccuracy;
 use crate::inputs::{Inputs, world_inputs};
 use crate::run::RunOptions;
+use crate::seed_ideas_lavit::{LavitOutcome, LavitRun, LavitSection, lavit_run, lavit_start};
 use crate::seed_ideas_pixel::{PixelOutcome, PixelRun, PixelSection, picture, pixel_run};
 use crate::setup::draw_now;
 
@@ -105,6 +106,8 @@ pub struct SeedIdeasConfig {
     pub plora: PLoraSection,
     /// PixelLLM's localisation head on the plain (full) stage 2.
     pub pixel_head: PixelSection,
+    /// LaVIT's tokenizer between the vision tower and the projector of the plain stage 2.
+    pub lavit: LavitSection,
     /// Stage-2 runs per tuning: data order and adapter init `finetune.seed + k`.
     pub seeds: usize,
 }
@@ -119,6 +122,7 @@ impl Default for SeedIdeasConfig {
             base_run: None,
             plora: PLoraSection::default(),
             pixel_head: PixelSection::default(),
+            lavit: LavitSection::default(),
             seeds: 3,
         }
     }
@@ -129,6 +133,10 @@ impl SeedIdeasConfig {
     pub fn quick() -> Self {
         Self {
             base: CalLlavaConfig::quick(),
+            lavit: LavitSection {
+                tokenizer_steps: 16,
+                ..LavitSection::default()
+            },
             seeds: 2,
             ..Self::default()
         }
@@ -188,6 +196,8 @@ pub struct SeedIdeasOutcome {
     pub plora: Vec<PLoraRun>,
     /// The pixel-head runs.
     pub pixel_head: Vec<PixelRun>,
+    /// The LaVIT runs.
+    pub lavit: Vec<LavitRun>,
     /// Seconds of the whole run.
     pub seconds: f64,
 }
@@ -222,12 +232,15 @@ pub fn run(
         100.0 * stage1_slots.slot_accuracy
     );
     let mut curves = base.curves.clone();
-    let (mut runs, mut pixel_runs) = (Vec::new(), Vec::new());
+    let (mut runs, mut pixel_runs, mut lavit_runs) = (Vec::new(), Vec::new(), Vec::new());
     let mut work: Vec<(usize, Job)> = Vec::new();
     for k in 0..config.seeds {
         work.extend(config.plora.tunings.iter().map(|&t| (k, Job::Tune(t))));
         if config.pixel_head.run {
             work.push((k, Job::Pixel));
+        }
+        if config.lavit.run {
+            work.push((k, Job::Lavit));
         }
     }
     for chunk in work.chunks(jobs.max(1)) {
@@ -266,9 +279,31 @@ pub fn run(
                     if run.seed == config.base.finetune.seed {
                         curves.push(outcome.curve);
                         let png = opts.out.join("pixel_head.png");
-                        picture(&png, &config.base.world.dir, &inputs.images, &outcome.placed)?;
+                        picture(
+                            &png,
+                            &config.base.world.dir,
+                            &inputs.images,
+                            &outcome.placed,
+                        )?;
                     }
                     pixel_runs.push(run);
+                }
+                Finished::Lavit(outcome) => {
+                    let run = outcome.run;
+                    eprintln!(
+                        "seed {}: LaVIT keeps {:.1} of {} tokens per image, codebook \
+                         perplexity {:.1}, reconstruction error {:.3}, slot accuracy {:.1} %",
+                        run.seed,
+                        run.kept_per_image,
+                        run.patches,
+                        run.codebook_perplexity,
+                        run.reconstruction_error,
+                        100.0 * run.slot_accuracy
+                    );
+                    if run.seed == config.base.finetune.seed {
+                        curves.extend(outcome.curves);
+                    }
+                    lavit_runs.push(run);
                 }
             }
         }
@@ -279,6 +314,7 @@ pub fn run(
         curves,
         plora: runs,
         pixel_head: pixel_runs,
+        lavit: lavit_runs,
         seconds: started.elapsed().as_secs_f64(),
     })
 }
@@ -290,18 +326,22 @@ enum Job {
     Tune(Tuning),
     /// The plain (full) run with PixelLLM's head.
     Pixel,
+    /// The plain (full) run reading LaVIT tokens (after the tokenizer's own training).
+    Lavit,
 }
 
 /// A stage-2 run's start: its settings and its model, adapters or head drawn.
 enum Start {
     Tuned(Tuning, TrainConfig, Llava),
     Pixel(TrainConfig, PixelLlava),
+    Lavit(TrainConfig, LavitLlava),
 }
 
 /// A finished stage-2 run.
 enum Finished {
     Tuned(PLoraRun, Curve),
     Pixel(Box<PixelOutcome>),
+    Lavit(Box<LavitOutcome>),
 }
 
 /// The start of `job` for the `k`-th seed from the stage-1 model.
@@ -325,6 +365,12 @@ fn start(
             let head = PixelHeadConfig::new(stage1.language_model.hidden_size())
                 .with_hidden(config.pixel_head.hidden);
             Start::Pixel(tc, draw_now(PixelLlava::new(stage1.clone(), &head)))
+        }
+        Job::Lavit => {
+            let tc = stage2_config(config, Tuning::Full, k);
+            opts.device.seed(tc.seed);
+            let size = config.base.model.image_size;
+            Start::Lavit(tc, draw_now(lavit_start(&config.lavit, stage1, size)))
         }
     })
 }
@@ -351,10 +397,10 @@ fn train_at_once(
                         plora_run(config, tuning, tc, model, base, inputs, quiet)
                             .map(|(run, curve)| Finished::Tuned(run, curve))
                     }
-                    Start::Pixel(tc, model) => {
-                        pixel_slots(config, tc, model, base, inputs, quiet)
-                            .map(|o| Finished::Pixel(Box::new(o)))
-                    }
+                    Start::Pixel(tc, model) => pixel_slots(config, tc, model, base, inputs, quiet)
+                        .map(|o| Finished::Pixel(Box::new(o))),
+                    Start::Lavit(tc, model) => lavit_slots(config, tc, model, base, inputs, quiet)
+                        .map(|o| Finished::Lavit(Box::new(o))),
                 })
             })
             .collect();
@@ -380,6 +426,23 @@ fn pixel_slots(
     let dir = opts.out.join(format!("seed-{}/pixel", tc.seed));
     let mut outcome = pixel_run(&config.pixel_head, tc, model, base, inputs, opts)?;
     let slots = slot_scores(config, &outcome.model.llava, base, inputs, opts, &dir)?;
+    outcome.run.slot_accuracy = slots.overall();
+    Ok(outcome)
+}
+
+/// A LaVIT run and its model's held-out slot accuracy.
+fn lavit_slots(
+    config: &SeedIdeasConfig,
+    tc: TrainConfig,
+    model: LavitLlava,
+    base: &Stage1Base,
+    inputs: &Inputs,
+    opts: &RunOptions,
+) -> Result<LavitOutcome, String> {
+    let dir = opts.out.join(format!("seed-{}/lavit", tc.seed));
+    let world = &config.base.world.dir;
+    let mut outcome = lavit_run(&config.lavit, tc, model, base, inputs, world, opts)?;
+    let slots = slot_scores(config, &outcome.model, base, inputs, opts, &dir)?;
     outcome.run.slot_accuracy = slots.overall();
     Ok(outcome)
 }
@@ -460,9 +523,9 @@ fn plora_run(
 }
 
 /// Held-out slot accuracy of `model`, its answers written into `dir`.
-fn slot_scores(
+pub(crate) fn slot_scores(
     config: &SeedIdeasConfig,
-    model: &Llava,
+    model: &impl Generator,
     base: &Stage1Base,
     inputs: &Inputs,
     opts: &RunOptions,

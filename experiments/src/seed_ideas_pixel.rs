@@ -164,7 +164,10 @@ pub fn pixel_run(
         run,
         curve: ("finetune-pixel".into(), loss_curve(&report)),
         model,
-        placed: placed.into_iter().filter(|p| keep.contains(&p.id)).collect(),
+        placed: placed
+            .into_iter()
+            .filter(|p| keep.contains(&p.id))
+            .collect(),
     })
 }
 

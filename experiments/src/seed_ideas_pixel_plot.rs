@@ -72,14 +72,20 @@ fn overlay(
     let (w, h) = canvas.dimensions();
     let root = BitMapBackend::with_buffer(canvas.as_mut(), (w, h)).into_drawing_area();
     let at = |tile: usize, p: [f32; 2]| {
-        let (x0, y0) = (TILE * (tile as u32 % COLUMNS), TILE * (tile as u32 / COLUMNS));
+        let (x0, y0) = (
+            TILE * (tile as u32 % COLUMNS),
+            TILE * (tile as u32 / COLUMNS),
+        );
         (
             x0 as i32 + (p[0] * TILE as f32) as i32,
             y0 as i32 + (p[1] * TILE as f32) as i32,
         )
     };
     for tile in 0..ids.len() as u32 {
-        let (x, y) = ((TILE * (tile % COLUMNS)) as i32, (TILE * (tile / COLUMNS)) as i32);
+        let (x, y) = (
+            (TILE * (tile % COLUMNS)) as i32,
+            (TILE * (tile / COLUMNS)) as i32,
+        );
         let edge = (x + TILE as i32 - 1, y + TILE as i32 - 1);
         root.draw(&Rectangle::new([(x, y), edge], BLACK.stroke_width(1)))?;
     }

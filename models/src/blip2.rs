@@ -235,7 +235,7 @@ impl Blip2 {
                     image_index: None,
                     qformer_text: None,
                 };
-                self.embeds(input, layout)
+                (self.embeds(input, layout), None)
             },
             config,
         )

@@ -66,7 +66,10 @@ impl Llava {
             prompts,
             |ids, layout| {
                 let device = self.language_model.embed_tokens.weight.device();
-                self.splice(int_tensor(ids, &device), images, None, layout)
+                (
+                    self.splice(int_tensor(ids, &device), images, None, layout),
+                    None,
+                )
             },
             config,
         )
@@ -119,12 +122,13 @@ generator!(crate::blip2::Blip2);
 
 /// The generation loop of every model that splices visual tokens into a decoder's input:
 /// `splice` turns the left-padded prompt ids and their layout into the first step's
-/// embeddings; the rest is the decoder's.
+/// embeddings and, optionally, the prompt positions to hide from attention (LaVIT's dropped
+/// patches); the rest is the decoder's.
 pub(crate) fn generate_spliced(
     lm: &DecoderLm,
     image_token_id: i64,
     prompts: &[Vec<u32>],
-    splice: impl FnOnce(&[Vec<i64>], &Layout) -> Tensor<3>,
+    splice: impl FnOnce(&[Vec<i64>], &Layout) -> (Tensor<3>, Option<Vec<Vec<bool>>>),
     config: &GenerationConfig,
 ) -> Vec<Vec<u32>> {
     if prompts.is_empty() || config.max_new_tokens == 0 {
@@ -147,8 +151,11 @@ pub(crate) fn generate_spliced(
         .map(|p| (0..width).map(|t| t >= width - p.len()).collect())
         .collect();
     let layout = Layout::new(ids.clone(), valid.clone(), image_token_id);
-    let padded = layout.has_padding();
-    let embeds = splice(&ids, &layout);
+    let (embeds, hidden) = splice(&ids, &layout);
+    if let Some(hidden) = hidden {
+        crate::lavit::hide(&mut valid, &hidden);
+    }
+    let padded = valid.iter().flatten().any(|v| !v);
 
     let mut cache = KvCache::new();
     let mut logits = lm_step(

@@ -11,6 +11,7 @@
 //!   batched generation ([`generate`]).
 //! - [`blip_vision`], [`qformer`], [`blip2`]: BLIP-2 / InstructBLIP (a BLIP ViT, the Q-Former's
 //!   learned queries, a decoder LM); with [`wformer`], SAM's multi-image alignment.
+//! - [`lavit`]: LaVIT's dynamic visual tokenizer (keep/drop selector, merger, codebook).
 //! - [`pixel_head`]: PixelLLM's per-token localisation head (a point in the image per token).
 //! - [`plora`]: PLoRA, LoRA on the decoder's linear layers at image-token positions only.
 //! - [`hf`]: building these models from Hugging Face `config.json` files.
@@ -21,6 +22,7 @@ pub mod blip_vision;
 pub mod clip;
 pub mod generate;
 pub mod hf;
+pub mod lavit;
 pub mod llava;
 pub mod llm;
 pub mod mask;
@@ -36,6 +38,7 @@ pub use blip_vision::{BlipVisionConfig, BlipVisionModel};
 pub use blip2::{Blip2, Blip2Config, Blip2Input};
 pub use clip::{Clip, ClipConfig, ClipTextConfig, ClipTextTransformer};
 pub use generate::{GenerationConfig, Generator, Sampling};
+pub use lavit::{Lavit, LavitConfig, LavitLlava, LavitOutput};
 pub use llava::{Llava, LlavaConfig, LlavaInput, ModelOutput, TextOnlyOutput};
 pub use llm::{DecoderConfig, DecoderLm, KvCache};
 pub use pixel_head::{PixelHead, PixelHeadConfig, PixelLlava};

@@ -229,12 +229,16 @@ pub struct Llava {
 }
 
 impl Llava {
+    /// The vision features the projector reads `[images, tokens, d_vision]`.
+    pub fn vision_features(&self, images: Tensor<4>) -> Tensor<3> {
+        self.vision_tower
+            .forward_features(images, self.vision_feature_layer, self.drop_cls)
+    }
+
     /// Projected visual tokens `[images, tokens, d_llm]`.
     pub fn encode_images(&self, images: Tensor<4>) -> Tensor<3> {
-        let features =
-            self.vision_tower
-                .forward_features(images, self.vision_feature_layer, self.drop_cls);
-        self.multi_modal_projector.forward(features)
+        self.multi_modal_projector
+            .forward(self.vision_features(images))
     }
 
     /// Token embeddings with the image slots replaced by projected image features, in order.

@@ -53,7 +53,10 @@ impl LocateModel for PixelLlava {
     fn logits_and_points_at(&self, batch: &VlmBatch, rows: &[i64]) -> (Tensor<2>, Tensor<2>) {
         let hidden = select_rows(self.forward_hidden(input(batch, false)), rows);
         let logits = self.llava.language_model.logits(hidden.clone());
-        let points = self.head.forward(hidden.unsqueeze_dim::<3>(0)).squeeze_dim(0);
+        let points = self
+            .head
+            .forward(hidden.unsqueeze_dim::<3>(0))
+            .squeeze_dim(0);
         (logits, points)
     }
 
@@ -124,9 +127,7 @@ impl<M: LocateModel> Objective<M> for PixelObjective {
 }
 
 fn scalar(x: &Tensor<1>) -> f64 {
-    x.clone()
-        .detach()
-        .into_scalar::<f64>()
+    x.clone().detach().into_scalar::<f64>()
 }
 
 /// The masked L1 loss of `predicted` and `target` points `[batch, seq, 2]` over the tokens

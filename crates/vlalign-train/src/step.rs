@@ -164,3 +164,87 @@ impl InferenceStep for Trainee {
         self.run(&batch).1
     }
 }
+
+/// A trainee for another model family trained by an objective of `vlalign-align` on
+/// [`VlmBatch`]es, as [`Trainee`] is for LLaVA: `objective_trainee!(Name, ObjectiveRefName,
+/// Model, "what it is")` defines the shared-objective handle, the module and its steps.
+macro_rules! objective_trainee {
+    ($trainee:ident, $objective:ident, $model:ty, $what:literal) => {
+        #[doc = concat!("A shared objective of ", $what, " (not a module: no parameters).")]
+        #[derive(Clone)]
+        pub struct $objective(pub std::sync::Arc<dyn vlalign_align::Objective<$model>>);
+
+        impl std::fmt::Debug for $objective {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                write!(f, "Objective({})", self.0.name())
+            }
+        }
+
+        #[doc = concat!("The trainee of ", $what, ": the model under training with its objective.")]
+        #[derive(burn::module::Module, Debug)]
+        pub struct $trainee {
+            /// The model.
+            pub model: $model,
+            /// The training objective.
+            #[module(skip)]
+            pub objective: $objective,
+            /// Loss multiplier (`1 / accumulation steps`).
+            #[module(skip)]
+            pub loss_scale: f32,
+        }
+
+        impl $trainee {
+            /// Pair `model` with `objective`.
+            pub fn new(
+                model: $model,
+                objective: std::sync::Arc<dyn vlalign_align::Objective<$model>>,
+            ) -> Self {
+                Self {
+                    model,
+                    objective: $objective(objective),
+                    loss_scale: 1.0,
+                }
+            }
+
+            fn run(
+                &self,
+                batch: &vlalign_data::VlmBatch,
+            ) -> (burn::tensor::Tensor<1>, $crate::step::StepOutput) {
+                $crate::step::StepOutput::of(self.objective.0.loss(&self.model, batch), &batch.ids)
+            }
+        }
+
+        impl $crate::step::Trainable for $trainee {
+            fn set_loss_scale(&mut self, scale: f32) {
+                self.loss_scale = scale;
+            }
+        }
+
+        impl burn::train::TrainStep for $trainee {
+            type Input = vlalign_data::VlmBatch;
+            type Output = $crate::step::StepOutput;
+
+            fn step(
+                &self,
+                batch: vlalign_data::VlmBatch,
+            ) -> burn::train::TrainOutput<$crate::step::StepOutput> {
+                let (loss, item) = self.run(&batch);
+                burn::train::TrainOutput::new(
+                    self,
+                    $crate::step::backward(loss, self.loss_scale),
+                    item,
+                )
+            }
+        }
+
+        impl burn::train::InferenceStep for $trainee {
+            type Input = vlalign_data::VlmBatch;
+            type Output = $crate::step::StepOutput;
+
+            fn step(&self, batch: vlalign_data::VlmBatch) -> $crate::step::StepOutput {
+                self.run(&batch).1
+            }
+        }
+    };
+}
+pub(crate) use objective_trainee;

@@ -1,0 +1,241 @@
+//! LaVIT's tokenizer and the LLaVA that reads its tokens: hard straight-through selection,
+//! a merger that reads dropped patches only, quantisation to the nearest normalised code, the
+//! LLM equal to LLaVA when every patch is kept and to LLaVA with every image slot hidden when
+//! none is, cached generation equal to the full pass, and the codebook's perplexity.
+
+mod common;
+
+use burn::module::Param;
+use burn::tensor::{Distribution, Tensor, TensorData};
+use common::*;
+use vlalign::align::{LavitLossConfig, codebook_perplexity, tokenizer_loss};
+use vlalign::models::{GenerationConfig, Lavit, LavitConfig, LavitLlava};
+
+/// A tokenizer whose selector keeps (`bias` > 0) or drops (< 0) every patch, or decides by
+/// its weights (`None`).
+fn with_selector_bias(mut lavit: Lavit, bias: Option<f32>) -> Lavit {
+    if let Some(b) = bias {
+        let w = lavit.select_fc2.weight.val();
+        lavit.select_fc2.weight = Param::from_tensor(w.zeros_like());
+        let device = lavit.select_fc2.weight.val().device();
+        lavit.select_fc2.bias = Some(Param::from_tensor(Tensor::from_data(
+            TensorData::new(vec![-b, b], [2]),
+            &device,
+        )));
+    }
+    lavit
+}
+
+fn lavit_llava(device: &burn::tensor::Device, bias: Option<f32>) -> LavitLlava {
+    let llava = tiny_llava(device);
+    let probe = images(1, device);
+    let [_, tokens, d] = llava.vision_features(probe).dims();
+    let tokenizer = LavitConfig::new(d, tokens)
+        .with_hidden(16)
+        .with_d_code(8)
+        .with_codebook_size(16)
+        .init(device);
+    LavitLlava {
+        llava,
+        tokenizer: with_selector_bias(tokenizer, bias),
+    }
+}
+
+fn features(n: usize, t: usize, d: usize, device: &burn::tensor::Device) -> Tensor<3> {
+    Tensor::random([n, t, d], Distribution::Normal(0.0, 1.0), device)
+}
+
+#[test]
+fn selection_is_hard_and_straight_through() {
+    let device = device().autodiff();
+    let lavit = LavitConfig::new(12, 9).init(&device);
+    let x = features(3, 9, 12, &device);
+    let out = lavit.forward(x.clone(), Some(1.0));
+    let keep = to_vec(out.keep.clone().inner());
+    assert!(keep.iter().all(|&k| k == 0.0 || k == 1.0), "{keep:?}");
+    assert!(keep.contains(&0.0) && keep.contains(&1.0));
+    // The keep ratio's gradient reaches the selector through the hard sample.
+    let grads = out.keep.mean().backward();
+    let g = to_vec(lavit.select_fc2.weight.grad(&grads).unwrap().into());
+    assert!(g.iter().any(|v| *v != 0.0));
+    // Without sampling: keep where the keep logit is the larger, deterministically.
+    let a = to_vec(lavit.forward(x.clone(), None).keep.inner());
+    let b = to_vec(lavit.forward(x, None).keep.inner());
+    assert_eq!(a, b);
+}
+
+#[test]
+fn a_token_folds_in_dropped_patches_only() {
+    let device = device();
+    let (t, d) = (9, 12);
+    // Keep everything: nothing to fold in, the features pass through exactly.
+    let all = with_selector_bias(LavitConfig::new(d, t).init(&device), Some(50.0));
+    let x = features(2, t, d, &device);
+    assert_eq!(
+        max_abs_diff(all.forward(x.clone(), None).merged, x.clone()),
+        0.0
+    );
+    // Half kept: changing a kept patch leaves the other kept tokens' merged features alone;
+    // changing a dropped one moves them.
+    let lavit = LavitConfig::new(d, t).init(&device);
+    let keep = to_vec(lavit.forward(x.clone(), None).keep);
+    let kept: Vec<usize> = (0..t).filter(|&j| keep[j] > 0.5).collect();
+    let dropped: Vec<usize> = (0..t).filter(|&j| keep[j] < 0.5).collect();
+    assert!(kept.len() >= 2 && !dropped.is_empty(), "{keep:?}");
+    let nudge = |j: usize| {
+        let mut v = to_vec(x.clone());
+        v[j * d] += 0.01;
+        Tensor::<3>::from_data(TensorData::new(v, [2, t, d]), &device)
+    };
+    let merged = |x: Tensor<3>| to_vec(lavit.forward(x, None).merged);
+    let (base, other) = (merged(x.clone()), kept[1]);
+    let moved = |m: &[f32]| {
+        (0..d)
+            .map(|c| (m[other * d + c] - base[other * d + c]).abs())
+            .fold(0.0, f32::max)
+    };
+    let after_kept = merged(nudge(kept[0]));
+    assert!(to_vec(lavit.forward(nudge(kept[0]), None).keep) == keep);
+    assert_eq!(moved(&after_kept), 0.0);
+    let after_dropped = merged(nudge(dropped[0]));
+    assert!(moved(&after_dropped) > 0.0);
+}
+
+#[test]
+fn every_token_takes_its_nearest_normalised_code() {
+    let device = device();
+    let lavit = LavitConfig::new(12, 9)
+        .with_d_code(6)
+        .with_codebook_size(10)
+        .init(&device);
+    let out = lavit.forward(features(2, 9, 12, &device), None);
+    let enc = to_vec(out.encoded);
+    let q = to_vec(out.quantized);
+    let codes: Vec<i64> = out
+        .codes
+        .into_data()
+        .convert::<i64>()
+        .try_into_vec()
+        .unwrap();
+    let book = to_vec(lavit.codebook.val());
+    let normalised: Vec<Vec<f32>> = book
+        .chunks(6)
+        .map(|c| {
+            let n = c.iter().map(|v| v * v).sum::<f32>().sqrt();
+            c.iter().map(|v| v / n).collect()
+        })
+        .collect();
+    for (i, &code) in codes.iter().enumerate() {
+        let z = &enc[i * 6..(i + 1) * 6];
+        assert!((z.iter().map(|v| v * v).sum::<f32>() - 1.0).abs() < 1e-5);
+        let sim = |c: &[f32]| z.iter().zip(c).map(|(a, b)| a * b).sum::<f32>();
+        let best = (0..10)
+            .max_by(|&a, &b| sim(&normalised[a]).total_cmp(&sim(&normalised[b])))
+            .unwrap();
+        assert_eq!(code as usize, best, "token {i}");
+        let qi = &q[i * 6..(i + 1) * 6];
+        let gap = qi.iter().zip(&normalised[best]).map(|(a, b)| (a - b).abs());
+        assert!(gap.fold(0.0, f32::max) < 1e-6);
+    }
+}
+
+#[test]
+fn the_tokenizer_loss_trains_encoder_codebook_and_decoder() {
+    let device = device().autodiff();
+    let lavit = LavitConfig::new(12, 9).init(&device);
+    let x = features(4, 9, 12, &device);
+    let out = lavit.forward(x.clone(), Some(1.0));
+    let loss = tokenizer_loss(&out, x, &LavitLossConfig::default());
+    assert!(loss.reconstruction > 0.0 && loss.keep_ratio > 0.0 && loss.keep_ratio < 1.0);
+    let grads = loss.loss.backward();
+    let nonzero = |g: Option<Tensor<2>>| to_vec(g.unwrap()).iter().any(|v| *v != 0.0);
+    // The encoder through the straight-through codes, the codebook through its own term.
+    assert!(nonzero(lavit.to_code.weight.grad(&grads).map(Into::into)));
+    assert!(nonzero(lavit.codebook.grad(&grads).map(Into::into)));
+    assert!(nonzero(lavit.dec_fc2.weight.grad(&grads).map(Into::into)));
+    assert!(nonzero(
+        lavit.select_fc1.weight.grad(&grads).map(Into::into)
+    ));
+}
+
+#[test]
+fn keeping_every_patch_is_llava_and_keeping_none_hides_the_image() {
+    let device = device();
+    let rows = [row(&[1, 2, 3, 4, 5], 2), row(&[6, 7, 8], 1)];
+    let input = || input(&rows, false, Some(images(2, &device)), &device);
+    let seed = |m| {
+        device.seed(3);
+        m
+    };
+    let all = seed(lavit_llava(&device, Some(50.0)));
+    let x = input();
+    let plain = all.llava.forward(x.clone()).logits;
+    let lavit = all
+        .llava
+        .language_model
+        .logits(all.forward_hidden(x.clone()));
+    assert!(max_abs_diff(plain, lavit) < 1e-6);
+    let none = LavitLlava {
+        tokenizer: with_selector_bias(all.tokenizer.clone(), Some(-50.0)),
+        llava: all.llava.clone(),
+    };
+    let hidden = none.llava.forward_image_keys_masked(x.clone()).logits;
+    let lavit = none.llava.language_model.logits(none.forward_hidden(x));
+    // Text positions (the image slots' own outputs are not read).
+    let text: Vec<usize> = rows[0]
+        .iter()
+        .enumerate()
+        .filter(|(_, t)| **t != IMAGE)
+        .map(|(i, _)| i)
+        .collect();
+    let (h, l) = (to_vec(hidden), to_vec(lavit));
+    let vocab = VOCAB;
+    for &i in &text {
+        for v in 0..vocab {
+            assert!(
+                (h[i * vocab + v] - l[i * vocab + v]).abs() < 1e-5,
+                "position {i}"
+            );
+        }
+    }
+}
+
+/// Generation hides the dropped patches in the prompt as the full pass does; the tokens it
+/// picks must be the full pass's greedy choices.
+#[test]
+fn cached_generation_agrees_with_the_full_pass() {
+    let device = device();
+    let model = lavit_llava(&device, None);
+    let image = images(1, &device);
+    let (_, keep) = model.tokens(image.clone());
+    assert!(
+        keep[0].iter().any(|&k| k) && keep[0].iter().any(|&k| !k),
+        "{keep:?}"
+    );
+    let prompt: Vec<u32> = row(&[1, 2, 3, 4], 2).iter().map(|&t| t as u32).collect();
+    let config = GenerationConfig::new().with_max_new_tokens(6);
+    let out = model.generate(std::slice::from_ref(&prompt), Some(image.clone()), &config);
+    let mut full: Vec<i64> = prompt.iter().map(|&t| t as i64).collect();
+    full.extend(out[0][..5].iter().map(|&t| t as i64));
+    let hidden = model.forward_hidden(input(&[full], false, Some(image), &device));
+    let logits = to_vec(model.llava.language_model.logits(hidden));
+    for (k, &token) in out[0].iter().enumerate() {
+        let pos = prompt.len() - 1 + k;
+        let row = &logits[pos * VOCAB..(pos + 1) * VOCAB];
+        let best = (0..VOCAB)
+            .filter(|&t| t != IMAGE as usize)
+            .max_by(|&a, &b| row[a].total_cmp(&row[b]))
+            .unwrap();
+        assert_eq!(token as usize, best, "generated token {k}");
+    }
+}
+
+#[test]
+fn perplexity_counts_the_codes_in_use() {
+    assert!((codebook_perplexity(&[3, 3, 3], 8) - 1.0).abs() < 1e-12);
+    assert!((codebook_perplexity(&[0, 1, 2, 3], 8) - 4.0).abs() < 1e-9);
+    // Two codes, used 3:1: exp(−(¾ ln ¾ + ¼ ln ¼)).
+    let h: f64 = -(0.75f64 * 0.75f64.ln() + 0.25 * 0.25f64.ln());
+    assert!((codebook_perplexity(&[5, 5, 5, 1], 8) - h.exp()).abs() < 1e-12);
+    assert_eq!(codebook_perplexity(&[], 8), 0.0);
+}
