@@ -197,13 +197,13 @@ fn the_localisation_loss_trains_the_head_and_the_llm() {
             .loss(&model, &batch)
             .loss
             .backward();
-        let g = model.head.fc1.weight.grad(&grads).map(|g| to_vec(g.into()));
+        let g = model.head.fc1.weight.grad(&grads).map(to_vec);
         let lm = model.llava.language_model.layers[0]
             .mlp
             .down_proj
             .weight
             .grad(&grads)
-            .map(|g| to_vec(g.into()));
+            .map(to_vec);
         (g, lm)
     };
     let (none, lm0) = head_grad(0.0);

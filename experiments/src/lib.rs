@@ -24,6 +24,7 @@ pub mod sam_eval;
 pub mod sam_group_caption;
 pub mod sam_report;
 pub mod seed_ideas;
+pub mod seed_ideas_jobs;
 pub mod seed_ideas_lavit;
 pub mod seed_ideas_pixel;
 pub mod seed_ideas_pixel_plot;

@@ -1,30 +1,29 @@
 //! The survey's other alignment ideas on the world (DESIGN §6b), each against the plain model
-//! from the same start. Built so far: **PLoRA** — stage 2 of `cal_llava`'s recipe from one
-//! stage-1 model, three ways (full finetuning of projector + LLM; LoRA on the LLM's linear
-//! layers + the projector; PLoRA, the same adapters acting at image tokens only, + the
-//! projector), the same steps and data order per seed; held-out grounded-slot accuracy,
-//! trainable parameters and step time. The stage-1 model reads the image (its held-out
-//! caption accuracy, own images vs swapped, is reported). Seeds move stage 2's data order and
-//! the adapters' init; stage 1 is shared.
+//! from the same start: stage 1 of `cal_llava`'s recipe once (it reads the image: its held-out
+//! caption accuracy, own images vs swapped, is reported), then per seed stage 2 with the same
+//! steps and data order as
+//! - **PLoRA** vs LoRA vs full finetuning (adapters on the LLM's linear layers at image tokens
+//!   only / at every token, + the projector; or projector + LLM): held-out grounded-slot
+//!   accuracy, trainable parameters, step time;
+//! - **PixelLLM**: the full run with a localisation head (`seed_ideas_pixel`);
+//! - **LaVIT**: the full run reading a dynamic visual tokenizer's kept tokens
+//!   (`seed_ideas_lavit`).
+//!
+//! Seeds move stage 2's data order and the new parts' init; stage 1 is shared.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Instant;
 
-use burn::module::Module;
 use serde::{Deserialize, Serialize};
-use vlalign_align::{CalConfig, MleObjective};
-use vlalign_models::{Generator, LavitLlava, Llava, PixelHeadConfig, PixelLlava};
-use vlalign_train::{LoraConfig, PLoraTraining, TrainConfig, trainable_params};
+use vlalign_train::{LoraConfig, PLoraTraining};
 
-use crate::cal_eval::{EvalContext, slots_written};
-use crate::cal_llava::{CalLlavaConfig, Stage1Base, loss_curve, stage1_base};
+use crate::cal_llava::{CalLlavaConfig, stage1_base};
 use crate::eval::captions::CaptionAccuracy;
-use crate::inputs::{Inputs, world_inputs};
+use crate::inputs::world_inputs;
 use crate::run::RunOptions;
-use crate::seed_ideas_lavit::{LavitOutcome, LavitRun, LavitSection, lavit_run, lavit_start};
-use crate::seed_ideas_pixel::{PixelOutcome, PixelRun, PixelSection, picture, pixel_run};
-use crate::setup::draw_now;
+use crate::seed_ideas_jobs::{Curve, slot_scores, start, train_at_once, work};
+use crate::seed_ideas_lavit::{LavitRun, LavitSection};
+use crate::seed_ideas_pixel::{PixelRun, PixelSection};
 
 /// How stage 2 tunes the stage-1 model.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -172,7 +171,7 @@ pub struct Slots {
 }
 
 impl Slots {
-    fn of(scores: &crate::eval::slots::SlotScores) -> Self {
+    pub(crate) fn of(scores: &crate::eval::slots::SlotScores) -> Self {
         Self {
             slot_accuracy: scores.overall(),
             slots_by_kind: scores
@@ -231,319 +230,28 @@ pub fn run(
         "stage 1: slot accuracy {:.1} %",
         100.0 * stage1_slots.slot_accuracy
     );
-    let mut curves = base.curves.clone();
-    let (mut runs, mut pixel_runs, mut lavit_runs) = (Vec::new(), Vec::new(), Vec::new());
-    let mut work: Vec<(usize, Job)> = Vec::new();
-    for k in 0..config.seeds {
-        work.extend(config.plora.tunings.iter().map(|&t| (k, Job::Tune(t))));
-        if config.pixel_head.run {
-            work.push((k, Job::Pixel));
-        }
-        if config.lavit.run {
-            work.push((k, Job::Lavit));
-        }
-    }
-    for chunk in work.chunks(jobs.max(1)) {
-        // Each run's adapters (or head) are drawn here, in a fixed order; the runs of a chunk
-        // then train at once (a flex run keeps about one core busy).
+    let mut outcome = SeedIdeasOutcome {
+        stage1: base.stage1.clone(),
+        stage1_slots,
+        curves: base.curves.clone(),
+        plora: Vec::new(),
+        pixel_head: Vec::new(),
+        lavit: Vec::new(),
+        seconds: 0.0,
+    };
+    for chunk in work(config).chunks(jobs.max(1)) {
+        // Each run's adapters (or head, or tokenizer) are drawn here, in a fixed order; the runs
+        // of a chunk then train at once (a flex run keeps about one core busy).
         let starts = chunk
             .iter()
             .map(|&(k, job)| start(config, job, k, &base.model, opts))
             .collect::<Result<Vec<_>, String>>()?;
         for result in train_at_once(config, starts, &base, &inputs, opts) {
-            match result? {
-                Finished::Tuned(run, curve) => {
-                    eprintln!(
-                        "seed {}: {:<5} slot accuracy {:.1} %, {} trainable parameters, {:.0} ms/step",
-                        run.seed,
-                        run.tuning.name(),
-                        100.0 * run.slot_accuracy,
-                        run.trainable_params,
-                        run.step_ms
-                    );
-                    if run.seed == config.base.finetune.seed {
-                        curves.push(curve);
-                    }
-                    runs.push(run);
-                }
-                Finished::Pixel(outcome) => {
-                    let run = outcome.run;
-                    eprintln!(
-                        "seed {}: pixel head {:.1} px mean centre error ({:.1} px with swapped \
-                         images), slot accuracy {:.1} %",
-                        run.seed,
-                        run.own.all.mean_px,
-                        run.swapped.all.mean_px,
-                        100.0 * run.slot_accuracy
-                    );
-                    if run.seed == config.base.finetune.seed {
-                        curves.push(outcome.curve);
-                        let png = opts.out.join("pixel_head.png");
-                        picture(
-                            &png,
-                            &config.base.world.dir,
-                            &inputs.images,
-                            &outcome.placed,
-                        )?;
-                    }
-                    pixel_runs.push(run);
-                }
-                Finished::Lavit(outcome) => {
-                    let run = outcome.run;
-                    eprintln!(
-                        "seed {}: LaVIT keeps {:.1} of {} tokens per image, codebook \
-                         perplexity {:.1}, reconstruction error {:.3}, slot accuracy {:.1} %",
-                        run.seed,
-                        run.kept_per_image,
-                        run.patches,
-                        run.codebook_perplexity,
-                        run.reconstruction_error,
-                        100.0 * run.slot_accuracy
-                    );
-                    if run.seed == config.base.finetune.seed {
-                        curves.extend(outcome.curves);
-                    }
-                    lavit_runs.push(run);
-                }
-            }
+            outcome.add(result?, config, &inputs, opts)?;
         }
     }
-    Ok(SeedIdeasOutcome {
-        stage1: base.stage1,
-        stage1_slots,
-        curves,
-        plora: runs,
-        pixel_head: pixel_runs,
-        lavit: lavit_runs,
-        seconds: started.elapsed().as_secs_f64(),
-    })
-}
-
-/// One stage-2 run of the comparison.
-#[derive(Clone, Copy, Debug)]
-enum Job {
-    /// PLoRA / LoRA / full.
-    Tune(Tuning),
-    /// The plain (full) run with PixelLLM's head.
-    Pixel,
-    /// The plain (full) run reading LaVIT tokens (after the tokenizer's own training).
-    Lavit,
-}
-
-/// A stage-2 run's start: its settings and its model, adapters or head drawn.
-enum Start {
-    Tuned(Tuning, TrainConfig, Llava),
-    Pixel(TrainConfig, PixelLlava),
-    Lavit(TrainConfig, LavitLlava),
-}
-
-/// A finished stage-2 run.
-enum Finished {
-    Tuned(PLoraRun, Curve),
-    Pixel(Box<PixelOutcome>),
-    Lavit(Box<LavitOutcome>),
-}
-
-/// The start of `job` for the `k`-th seed from the stage-1 model.
-fn start(
-    config: &SeedIdeasConfig,
-    job: Job,
-    k: usize,
-    stage1: &Llava,
-    opts: &RunOptions,
-) -> Result<Start, String> {
-    Ok(match job {
-        Job::Tune(tuning) => {
-            let tc = stage2_config(config, tuning, k);
-            opts.device.seed(tc.seed);
-            let model = draw_now(tuned_start(&config.plora, tuning, stage1)?);
-            Start::Tuned(tuning, tc, model)
-        }
-        Job::Pixel => {
-            let tc = stage2_config(config, Tuning::Full, k);
-            opts.device.seed(tc.seed);
-            let head = PixelHeadConfig::new(stage1.language_model.hidden_size())
-                .with_hidden(config.pixel_head.hidden);
-            Start::Pixel(tc, draw_now(PixelLlava::new(stage1.clone(), &head)))
-        }
-        Job::Lavit => {
-            let tc = stage2_config(config, Tuning::Full, k);
-            opts.device.seed(tc.seed);
-            let size = config.base.model.image_size;
-            Start::Lavit(tc, draw_now(lavit_start(&config.lavit, stage1, size)))
-        }
-    })
-}
-
-/// Stage 2 of each start at once, one thread each (progress shown only for a single run).
-fn train_at_once(
-    config: &SeedIdeasConfig,
-    starts: Vec<Start>,
-    base: &Stage1Base,
-    inputs: &Inputs,
-    opts: &RunOptions,
-) -> Vec<Result<Finished, String>> {
-    let quiet = RunOptions {
-        verbose: opts.verbose && starts.len() == 1,
-        ..opts.clone()
-    };
-    let quiet = &quiet;
-    std::thread::scope(|scope| {
-        let handles: Vec<_> = starts
-            .into_iter()
-            .map(|start| {
-                scope.spawn(move || match start {
-                    Start::Tuned(tuning, tc, model) => {
-                        plora_run(config, tuning, tc, model, base, inputs, quiet)
-                            .map(|(run, curve)| Finished::Tuned(run, curve))
-                    }
-                    Start::Pixel(tc, model) => pixel_slots(config, tc, model, base, inputs, quiet)
-                        .map(|o| Finished::Pixel(Box::new(o))),
-                    Start::Lavit(tc, model) => lavit_slots(config, tc, model, base, inputs, quiet)
-                        .map(|o| Finished::Lavit(Box::new(o))),
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| {
-                h.join()
-                    .unwrap_or_else(|_| Err("a run's thread panicked".into()))
-            })
-            .collect()
-    })
-}
-
-/// A pixel-head run and its model's held-out slot accuracy.
-fn pixel_slots(
-    config: &SeedIdeasConfig,
-    tc: TrainConfig,
-    model: PixelLlava,
-    base: &Stage1Base,
-    inputs: &Inputs,
-    opts: &RunOptions,
-) -> Result<PixelOutcome, String> {
-    let dir = opts.out.join(format!("seed-{}/pixel", tc.seed));
-    let mut outcome = pixel_run(&config.pixel_head, tc, model, base, inputs, opts)?;
-    let slots = slot_scores(config, &outcome.model.llava, base, inputs, opts, &dir)?;
-    outcome.run.slot_accuracy = slots.overall();
+    outcome.seconds = started.elapsed().as_secs_f64();
     Ok(outcome)
-}
-
-/// A LaVIT run and its model's held-out slot accuracy.
-fn lavit_slots(
-    config: &SeedIdeasConfig,
-    tc: TrainConfig,
-    model: LavitLlava,
-    base: &Stage1Base,
-    inputs: &Inputs,
-    opts: &RunOptions,
-) -> Result<LavitOutcome, String> {
-    let dir = opts.out.join(format!("seed-{}/lavit", tc.seed));
-    let world = &config.base.world.dir;
-    let mut outcome = lavit_run(&config.lavit, tc, model, base, inputs, world, opts)?;
-    let slots = slot_scores(config, &outcome.model, base, inputs, opts, &dir)?;
-    outcome.run.slot_accuracy = slots.overall();
-    Ok(outcome)
-}
-
-/// Stage 2's training settings for `tuning` and the `k`-th seed.
-fn stage2_config(config: &SeedIdeasConfig, tuning: Tuning, k: usize) -> TrainConfig {
-    let mut tc = config.base.finetune.clone();
-    tc.seed += k as u64;
-    if tuning != Tuning::Full {
-        tc.optim.lr = config.plora.adapter_lr;
-    }
-    tc
-}
-
-/// The model stage 2 tunes: the stage-1 model with `tuning`'s trainable parts.
-pub fn tuned_start(section: &PLoraSection, tuning: Tuning, start: &Llava) -> Result<Llava, String> {
-    Ok(match tuning {
-        Tuning::Full => start.clone(),
-        Tuning::Lora => {
-            let mut m = section
-                .lora
-                .apply(start.clone())
-                .map_err(|e| e.to_string())?;
-            m.multi_modal_projector = m.multi_modal_projector.set_require_grad(true);
-            m
-        }
-        Tuning::Plora => section
-            .plora
-            .apply(start.clone())
-            .map_err(|e| e.to_string())?,
-    })
-}
-
-/// A labelled loss curve.
-type Curve = (String, Vec<(usize, f64)>);
-
-/// Stage 2 of `model` (the stage-1 model with `tuning`'s trainable parts) with `tc`, and its
-/// held-out slot accuracy.
-fn plora_run(
-    config: &SeedIdeasConfig,
-    tuning: Tuning,
-    tc: TrainConfig,
-    model: Llava,
-    base: &Stage1Base,
-    inputs: &Inputs,
-    opts: &RunOptions,
-) -> Result<(PLoraRun, Curve), String> {
-    let trainable = trainable_params(&model);
-    let name = format!("seed-{}/{}", tc.seed, tuning.name());
-    eprintln!(
-        "{name}: {} steps, {trainable} trainable parameters",
-        tc.steps
-    );
-    let (model, report) = opts.train_stage(
-        &inputs.batcher,
-        model,
-        Arc::new(MleObjective),
-        base.data.clone(),
-        &tc,
-        &name,
-    )?;
-    let slots = slot_scores(config, &model, base, inputs, opts, &opts.out.join(&name))?;
-    let Slots {
-        slot_accuracy,
-        slots_by_kind,
-    } = Slots::of(&slots);
-    let run = PLoraRun {
-        tuning,
-        seed: tc.seed,
-        slot_accuracy,
-        slots_by_kind,
-        trainable_params: trainable,
-        step_ms: report.median_step_ms().unwrap_or(0.0),
-        final_loss: report.steps.last().map_or(f64::NAN, |s| s.loss),
-    };
-    let label = format!("finetune-{}", tuning.name());
-    Ok((run, (label, loss_curve(&report))))
-}
-
-/// Held-out slot accuracy of `model`, its answers written into `dir`.
-pub(crate) fn slot_scores(
-    config: &SeedIdeasConfig,
-    model: &impl Generator,
-    base: &Stage1Base,
-    inputs: &Inputs,
-    opts: &RunOptions,
-    dir: &Path,
-) -> Result<crate::eval::slots::SlotScores, String> {
-    let cal = CalConfig::default();
-    let ctx = EvalContext {
-        eval: &config.base.eval,
-        cal: &cal,
-        world_dir: &config.base.world.dir,
-        inputs,
-        device: &opts.device,
-        verbose: opts.verbose,
-        world: true,
-        val_records: &base.val_records,
-        val: base.data.1.clone(),
-    };
-    slots_written(model, &ctx, dir)?.ok_or_else(|| "no held-out single-turn question".into())
 }
 
 /// Copy `base_run/pretrain` (a finished stage 1) into `out/pretrain` unless it is there.

@@ -455,6 +455,9 @@ fn lavit_summary(config: &SeedIdeasConfig, outcome: &SeedIdeasOutcome) -> serde_
     })
 }
 
+/// A LaVIT row: its name, its number per run, the digits shown.
+type Measure = (&'static str, fn(&LavitRun) -> f64, usize);
+
 /// LaVIT's section of `report.md`.
 fn lavit_markdown(config: &SeedIdeasConfig, outcome: &SeedIdeasOutcome) -> String {
     let mut s = String::new();
@@ -480,26 +483,24 @@ fn lavit_markdown(config: &SeedIdeasConfig, outcome: &SeedIdeasOutcome) -> Strin
             show(&kept_with(outcome, objects), 1.0, 1),
         ]);
     }
-    let rows: [(&str, fn(&LavitRun) -> f64, f64, usize); 4] = [
+    let rows: [Measure; 4] = [
         (
             "correlation tokens kept ~ objects",
             |r| r.kept_objects_correlation,
-            1.0,
             2,
         ),
-        ("codebook perplexity", |r| r.codebook_perplexity, 1.0, 1),
-        ("codes used", |r| r.codes_used as f64, 1.0, 0),
+        ("codebook perplexity", |r| r.codebook_perplexity, 1),
+        ("codes used", |r| r.codes_used as f64, 0),
         (
             "reconstruction error ‖x̂−x‖²/‖x‖²",
             |r| r.reconstruction_error,
-            1.0,
             3,
         ),
     ];
-    for (name, f, scale, digits) in rows {
+    for (name, f, digits) in rows {
         t.row(vec![
             name.into(),
-            show(&lavit_values(outcome, f), scale, digits),
+            show(&lavit_values(outcome, f), 1.0, digits),
         ]);
     }
     let full: Vec<f64> = runs(outcome, Tuning::Full)
