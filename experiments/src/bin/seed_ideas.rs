@@ -1,5 +1,5 @@
-//! The survey's other alignment ideas on the world, against the plain model (so far: PLoRA vs
-//! LoRA vs full finetuning in stage 2).
+//! The survey's other alignment ideas on the world, against the plain model: PLoRA vs LoRA vs
+//! full finetuning in stage 2, a PixelLLM localisation head, a LaVIT visual tokenizer.
 //!
 //! ```text
 //! cargo run --release -p experiments --bin seed_ideas                  # default (CPU)
@@ -8,8 +8,9 @@
 //! ```
 //! Trains (or takes `--base-run`'s) stage-1 model of `cal_llava`'s recipe, then stage 2 per
 //! seed and tuning, and writes `runs/seed_ideas/<time>/`: `report.md`, `summary.json`
-//! (`{"plora": {"runs", "aggregate", "differences"}}`), `loss.png`, `pretrain/` and
-//! `seed-<s>/<tuning>/` (metrics, checkpoints, `predictions.jsonl`).
+//! (`{"plora", "pixel_head", "lavit"}`, each with `runs`, `aggregate`, `differences`),
+//! `loss.png`, `pixel_head.png`, `pretrain/` and `seed-<s>/<run>/` (metrics, checkpoints,
+//! `predictions.jsonl`; runs `full`, `lora`, `plora`, `pixel`, `lavit-tokenizer`, `lavit`).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -21,7 +22,9 @@ use experiments::seed_ideas::{SeedIdeasConfig, Tuning, run};
 use experiments::seed_ideas_report::{markdown, write_all};
 
 #[derive(Parser, Debug)]
-#[command(about = "The survey's other alignment ideas (PLoRA, …) against the plain model")]
+#[command(
+    about = "The survey's other alignment ideas (PLoRA, PixelLLM, LaVIT) against the plain model"
+)]
 struct Args {
     #[command(flatten)]
     run: RunArgs,
@@ -31,6 +34,10 @@ struct Args {
     /// Stage-2 steps (overrides the config).
     #[arg(long)]
     steps: Option<usize>,
+    /// Which ideas run: plora, pixel_head, lavit (comma separated; default all). The PLoRA
+    /// comparison's `full` run is the plain baseline of the other two.
+    #[arg(long, value_delimiter = ',')]
+    ideas: Option<Vec<String>>,
     /// What stage 2 compares: full, lora, plora (comma separated).
     #[arg(long, value_delimiter = ',')]
     tunings: Option<Vec<String>>,
@@ -77,6 +84,21 @@ fn resolve(args: &Args) -> Result<SeedIdeasConfig, String> {
             .iter()
             .map(|s| Tuning::parse(s).map_err(|e| format!("--tunings: {e}")))
             .collect::<Result<_, _>>()?;
+    }
+    if let Some(ideas) = &args.ideas {
+        for idea in ideas {
+            if !["plora", "pixel_head", "lavit"].contains(&idea.as_str()) {
+                return Err(format!(
+                    "--ideas: expected plora|pixel_head|lavit, got {idea}"
+                ));
+            }
+        }
+        let on = |name: &str| ideas.iter().any(|i| i == name);
+        if !on("plora") {
+            c.plora.tunings.clear();
+        }
+        c.pixel_head.run = on("pixel_head");
+        c.lavit.run = on("lavit");
     }
     if let Some(r) = args.rank {
         if r == 0 {
