@@ -237,3 +237,46 @@ fn perplexity_counts_the_codes_in_use() {
     assert!((codebook_perplexity(&[5, 5, 5, 1], 8) - h.exp()).abs() < 1e-12);
     assert_eq!(codebook_perplexity(&[], 8), 0.0);
 }
+
+#[test]
+fn the_code_entropy_rewards_sure_tokens_spread_over_codes() {
+    use vlalign::align::code_entropy;
+    let device = device();
+    let sim = |rows: Vec<f32>| Tensor::<3>::from_data(TensorData::new(rows, [1, 4, 4]), &device);
+    let keep = |k: Vec<f32>| Tensor::<2>::from_data(TensorData::new(k, [1, 4]), &device);
+    let mut diagonal = vec![-1.0f32; 16];
+    (0..4).for_each(|i| diagonal[i * 4 + i] = 1.0);
+    let mut same = vec![-1.0f32; 16];
+    (0..4).for_each(|i| same[i * 4] = 1.0);
+    let h = |s: Vec<f32>, k: Vec<f32>| code_entropy(sim(s), keep(k), 0.01).into_scalar::<f32>();
+    // Each token sure of its own code: H̄ = 0, H(p̄) = ln 4.
+    assert!((h(diagonal.clone(), vec![1.0; 4]) + 4f32.ln()).abs() < 1e-4);
+    // Only the kept tokens count: two kept, two codes.
+    assert!((h(diagonal, vec![1.0, 0.0, 1.0, 0.0]) + 2f32.ln()).abs() < 1e-4);
+    // Every token on one code: nothing to reward.
+    assert!(h(same, vec![1.0; 4]).abs() < 1e-4);
+}
+
+#[test]
+fn reconstruction_error_is_relative_to_the_mean_feature() {
+    use vlalign::align::relative_mse;
+    let device = device();
+    let x = features(3, 5, 4, &device);
+    let mean = x
+        .clone()
+        .reshape([15, 4])
+        .mean_dim(0)
+        .reshape([1, 1, 4])
+        .expand([3, 5, 4]);
+    assert!((relative_mse(mean, x.clone()).into_scalar::<f32>() - 1.0).abs() < 1e-5);
+    assert_eq!(relative_mse(x.clone(), x.clone()).into_scalar::<f32>(), 0.0);
+    // Half-way to the truth from the mean: a quarter of the error.
+    let mean = x
+        .clone()
+        .reshape([15, 4])
+        .mean_dim(0)
+        .reshape([1, 1, 4])
+        .expand([3, 5, 4]);
+    let half = (mean + x.clone()).div_scalar(2.0);
+    assert!((relative_mse(half, x).into_scalar::<f32>() - 0.25).abs() < 1e-5);
+}

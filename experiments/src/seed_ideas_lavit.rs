@@ -13,7 +13,7 @@ use std::sync::Arc;
 use burn::module::Module;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
-use vlalign_align::{LavitLossConfig, MleObjective, codebook_perplexity, relative_mse};
+use vlalign_align::{LavitLossConfig, MleObjective, codebook_perplexity};
 use vlalign_data::world::scene::Object;
 use vlalign_models::{LavitConfig, LavitLlava, Llava};
 use vlalign_train::{LavitLlavaTrainee, LavitTokenizerTrainee, TrainConfig, trainable_params};
@@ -46,7 +46,7 @@ impl Default for LavitSection {
     fn default() -> Self {
         Self {
             run: true,
-            tokenizer_steps: 600,
+            tokenizer_steps: 1000,
             tokenizer_lr: 2e-3,
             codebook_size: 128,
             d_code: 32,
@@ -84,7 +84,7 @@ pub struct LavitRun {
     pub codebook_perplexity: f64,
     /// Codes used at least once on the held-out images.
     pub codes_used: usize,
-    /// `‖x̂ − x‖² / ‖x‖²` of every held-out patch's ViT feature.
+    /// `‖x̂ − x‖² / ‖x − x̄‖²` of every held-out patch's ViT feature (1: the mean feature).
     pub reconstruction_error: f64,
     /// Held-out slot accuracy of the LLM reading LaVIT tokens.
     pub slot_accuracy: f64,
@@ -218,7 +218,9 @@ fn measure(
     let model = model.valid();
     let images = held_out_images(world_dir)?;
     let (mut kept, mut codes) = (Vec::new(), Vec::new());
-    let (mut err, mut norm, mut patches) = (0.0, 0.0, 0);
+    // Σ (x̂ − x)², Σ x per channel, Σ x², patches: the relative error over all images.
+    let (mut err, mut sum, mut sq, mut count) = (0.0, Vec::new(), 0.0, 0usize);
+    let mut patches = 0;
     let size = inputs.batcher.image_size;
     for chunk in images.chunks(32) {
         let mut pixels = Vec::new();
@@ -246,11 +248,20 @@ fn measure(
             kept.push(row.iter().filter(|&&k| k > 0.5).count());
             codes.extend((0..t).filter(|&j| row[j] > 0.5).map(|j| code[i * t + j]));
         }
-        let e = relative_mse(out.reconstruction.clone(), features.clone()).into_scalar::<f64>();
-        let f = features.powi_scalar(2).sum().into_scalar::<f64>();
-        err += e * f;
-        norm += f;
+        let [_, _, d] = features.dims();
+        err += (out.reconstruction - features.clone())
+            .powi_scalar(2)
+            .sum()
+            .into_scalar::<f64>();
+        let channel: Vec<f32> = host(features.clone().sum_dim(1).sum_dim(0).reshape([1, d]))?;
+        sum.resize(d, 0.0);
+        sum.iter_mut()
+            .zip(channel)
+            .for_each(|(s, c)| *s += f64::from(c));
+        sq += features.powi_scalar(2).sum().into_scalar::<f64>();
+        count += n * t;
     }
+    let spread = sq - sum.iter().map(|s| s * s).sum::<f64>() / count.max(1) as f64;
     let objects: Vec<usize> = images.iter().map(|(_, o)| *o).collect();
     let mut by: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
     for (&k, &o) in kept.iter().zip(&objects) {
@@ -275,7 +286,7 @@ fn measure(
         kept_objects_correlation: pearson(&kept, &objects),
         codebook_perplexity: codebook_perplexity(&codes, model.tokenizer.codebook.dims()[0]),
         codes_used: used.len(),
-        reconstruction_error: err / norm.max(1e-12),
+        reconstruction_error: err / spread.max(1e-12),
         slot_accuracy: f64::NAN,
         trainable_params: [0, 0],
         step_ms: 0.0,

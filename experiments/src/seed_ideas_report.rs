@@ -492,7 +492,7 @@ fn lavit_markdown(config: &SeedIdeasConfig, outcome: &SeedIdeasOutcome) -> Strin
         ("codebook perplexity", |r| r.codebook_perplexity, 1),
         ("codes used", |r| r.codes_used as f64, 0),
         (
-            "reconstruction error ‖x̂−x‖²/‖x‖²",
+            "reconstruction error ‖x̂−x‖²/‖x−x̄‖²",
             |r| r.reconstruction_error,
             3,
         ),

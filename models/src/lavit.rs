@@ -126,6 +126,8 @@ pub struct LavitOutput {
     pub quantized: Tensor<3>,
     /// Code indices `[images, tokens]`.
     pub codes: Tensor<2, Int>,
+    /// Cosine similarity of every encoded token to every code `[images, tokens, K]`.
+    pub similarity: Tensor<3>,
     /// Reconstructed ViT features of every patch `[images, tokens, d_vision]`.
     pub reconstruction: Tensor<3>,
 }
@@ -179,7 +181,7 @@ impl Lavit {
             dropped.detach().greater_elem(0.5).float(),
         );
         let merged = features + self.merge_o.forward(folded);
-        let (encoded, quantized, codes) = self.quantize(merged.clone());
+        let (encoded, quantized, codes, similarity) = self.quantize(merged.clone());
         let straight = encoded.clone() + (quantized.clone() - encoded.clone()).detach();
         let reconstruction = self.decode(straight, keep.clone());
         LavitOutput {
@@ -189,12 +191,14 @@ impl Lavit {
             encoded,
             quantized,
             codes,
+            similarity,
             reconstruction,
         }
     }
 
-    /// The L2-normalised codes of every token, their codebook vectors and indices.
-    fn quantize(&self, merged: Tensor<3>) -> (Tensor<3>, Tensor<3>, Tensor<2, Int>) {
+    /// The L2-normalised encodings of every token, their codes' vectors, indices, and the
+    /// similarities to every code.
+    fn quantize(&self, merged: Tensor<3>) -> (Tensor<3>, Tensor<3>, Tensor<2, Int>, Tensor<3>) {
         let [n, t, _] = merged.dims();
         let encoded = l2_normalize(self.to_code.forward(merged));
         let book = l2_normalize(self.codebook.val().unsqueeze_dim::<3>(0)).squeeze_dim::<2>(0);
@@ -203,10 +207,14 @@ impl Lavit {
             .clone()
             .reshape([n * t, c])
             .matmul(book.clone().transpose());
-        let codes = sim.argmax(1).reshape([n * t]);
+        let codes = sim.clone().argmax(1).reshape([n * t]);
         let quantized = book.select(0, codes.clone()).reshape([n, t, c]);
-        debug_assert!(k > 0);
-        (encoded, quantized, codes.reshape([n, t]))
+        (
+            encoded,
+            quantized,
+            codes.reshape([n, t]),
+            sim.reshape([n, t, k]),
+        )
     }
 
     /// Every patch's ViT feature from the kept tokens' codes.

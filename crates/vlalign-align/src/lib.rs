@@ -22,7 +22,9 @@ pub use dpo::{
     DpoConfig, DpoLoss, DpoOutput, PairLogps, PreferenceLogps, SequenceLogps, cal_token_weights,
     dpo_loss, dpo_loss_with, pair_logps, pair_logps_weighted, preference_loss, sequence_logps,
 };
-pub use lavit::{LavitLoss, LavitLossConfig, codebook_perplexity, relative_mse, tokenizer_loss};
+pub use lavit::{
+    LavitLoss, LavitLossConfig, code_entropy, codebook_perplexity, relative_mse, tokenizer_loss,
+};
 pub use mle::MleObjective;
 pub use model::{AlignModel, TextOnlyLogits};
 pub use pixel_head::{

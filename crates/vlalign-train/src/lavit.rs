@@ -58,6 +58,7 @@ impl LavitTokenizerTrainee {
                 ("codebook", l.codebook),
                 ("commitment", l.commitment),
                 ("keep_ratio", l.keep_ratio),
+                ("code_entropy", l.entropy),
             ],
             weights: None,
         };
