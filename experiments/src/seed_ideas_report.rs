@@ -302,18 +302,25 @@ fn pixel_summary(config: &SeedIdeasConfig, outcome: &SeedIdeasOutcome) -> serde_
     })
 }
 
-/// Per seed, slot accuracy with the head minus the plain `full` run's.
-fn pixel_minus_full(outcome: &SeedIdeasOutcome) -> Vec<f64> {
-    outcome
-        .pixel_head
-        .iter()
-        .filter_map(|p| {
+/// Per seed, the slot accuracy of `seed_accuracy`'s runs minus the plain `full` run's.
+fn minus_full(
+    outcome: &SeedIdeasOutcome,
+    seed_accuracy: impl Iterator<Item = (u64, f64)>,
+) -> Vec<f64> {
+    seed_accuracy
+        .filter_map(|(seed, acc)| {
             let full = runs(outcome, Tuning::Full)
                 .into_iter()
-                .find(|r| r.seed == p.seed)?;
-            Some(p.slot_accuracy - full.slot_accuracy)
+                .find(|r| r.seed == seed)?;
+            Some(acc - full.slot_accuracy)
         })
         .collect()
+}
+
+/// Per seed, slot accuracy with the head minus the plain `full` run's.
+fn pixel_minus_full(outcome: &SeedIdeasOutcome) -> Vec<f64> {
+    let pixel = outcome.pixel_head.iter();
+    minus_full(outcome, pixel.map(|r| (r.seed, r.slot_accuracy)))
 }
 
 /// What the head saw: the records' own images, swapped images, or nothing (the mean centre).
@@ -387,16 +394,8 @@ fn pixel_markdown(config: &SeedIdeasConfig, outcome: &SeedIdeasOutcome) -> Strin
 
 /// Per seed, slot accuracy reading LaVIT tokens minus the plain `full` run's.
 fn lavit_minus_full(outcome: &SeedIdeasOutcome) -> Vec<f64> {
-    outcome
-        .lavit
-        .iter()
-        .filter_map(|l| {
-            let full = runs(outcome, Tuning::Full)
-                .into_iter()
-                .find(|r| r.seed == l.seed)?;
-            Some(l.slot_accuracy - full.slot_accuracy)
-        })
-        .collect()
+    let lavit = outcome.lavit.iter();
+    minus_full(outcome, lavit.map(|r| (r.seed, r.slot_accuracy)))
 }
 
 fn lavit_values(outcome: &SeedIdeasOutcome, f: impl Fn(&LavitRun) -> f64) -> Vec<f64> {

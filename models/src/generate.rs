@@ -91,13 +91,16 @@ pub trait Generator {
     ) -> Vec<Vec<u32>>;
 }
 
-/// `Generator` for a model whose `valid()` copy has `generate` and whose decoder is
-/// `language_model`.
+/// `Generator` for a model whose `valid()` copy has `generate` and whose decoder is the field
+/// path given (`language_model` unless named).
 macro_rules! generator {
     ($model:ty) => {
+        generator!($model, language_model);
+    };
+    ($model:ty, $($decoder:ident).+) => {
         impl Generator for $model {
             fn generation_device(&self) -> Device {
-                self.language_model
+                self.$($decoder).+
                     .embed_tokens
                     .weight
                     .val()
@@ -119,6 +122,7 @@ macro_rules! generator {
 
 generator!(Llava);
 generator!(crate::blip2::Blip2);
+generator!(crate::lavit::LavitLlava, llava.language_model);
 
 /// The generation loop of every model that splices visual tokens into a decoder's input:
 /// `splice` turns the left-padded prompt ids and their layout into the first step's

@@ -23,7 +23,7 @@ use burn::nn::{LayerNorm, LayerNormConfig, Linear, LinearConfig};
 use burn::tensor::activation::{gelu, softmax};
 use burn::tensor::{Device, Distribution, Int, Tensor};
 
-use crate::generate::{GenerationConfig, Generator, generate_spliced};
+use crate::generate::{GenerationConfig, generate_spliced};
 use crate::llava::{Layout, Llava, LlavaInput, decode, int_tensor, select_images, splice_visual};
 
 /// LaVIT tokenizer sizes.
@@ -340,20 +340,5 @@ pub(crate) fn hide(valid: &mut [Vec<bool>], hidden: &[Vec<bool>]) {
         for (v, &h) in v.iter_mut().zip(h) {
             *v = *v && !h;
         }
-    }
-}
-
-impl Generator for LavitLlava {
-    fn generation_device(&self) -> Device {
-        self.llava.generation_device()
-    }
-
-    fn generate_no_grad(
-        &self,
-        prompts: &[Vec<u32>],
-        images: Option<Tensor<4>>,
-        config: &GenerationConfig,
-    ) -> Vec<Vec<u32>> {
-        self.valid().generate(prompts, images, config)
     }
 }
