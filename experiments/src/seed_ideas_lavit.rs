@@ -208,6 +208,56 @@ fn held_out_images(world_dir: &Path) -> Result<Vec<(String, usize)>, String> {
     Ok(out)
 }
 
+/// What the tokenizer did to the held-out images, image by image.
+#[derive(Default)]
+struct HeldOut {
+    /// Tokens kept per image.
+    kept: Vec<usize>,
+    /// Codes of the kept tokens.
+    codes: Vec<i64>,
+    /// Patches per image.
+    patches: usize,
+    /// Σ (x̂ − x)², Σ x per channel, Σ x², patches seen: the relative error over all images.
+    err: f64,
+    sum: Vec<f64>,
+    sq: f64,
+    count: usize,
+}
+
+impl HeldOut {
+    /// Tokenize `images` `[n, 3, H, W]` deterministically and add what happened.
+    fn add(&mut self, model: &LavitLlava, images: Tensor<4>) -> Result<(), String> {
+        let features = model.features(images);
+        let out = model.tokenizer.forward(features.clone(), None);
+        let [n, t, d] = features.dims();
+        self.patches = t;
+        let keep: Vec<f32> = host(out.keep)?;
+        let code: Vec<i64> = host_int(out.codes)?;
+        for i in 0..n {
+            let row = &keep[i * t..(i + 1) * t];
+            self.kept.push(row.iter().filter(|&&k| k > 0.5).count());
+            let kept_codes = (0..t).filter(|&j| row[j] > 0.5).map(|j| code[i * t + j]);
+            self.codes.extend(kept_codes);
+        }
+        self.err += (out.reconstruction - features.clone())
+            .powi_scalar(2)
+            .sum()
+            .into_scalar::<f64>();
+        let channel: Vec<f32> = host(features.clone().sum_dim(1).sum_dim(0).reshape([1, d]))?;
+        self.sum.resize(d, 0.0);
+        (self.sum.iter_mut().zip(channel)).for_each(|(s, c)| *s += f64::from(c));
+        self.sq += features.powi_scalar(2).sum().into_scalar::<f64>();
+        self.count += n * t;
+        Ok(())
+    }
+
+    /// `‖x̂ − x‖² / ‖x − x̄‖²` over every image and patch seen.
+    fn reconstruction_error(&self) -> f64 {
+        let mean_sq = self.sum.iter().map(|s| s * s).sum::<f64>() / self.count.max(1) as f64;
+        self.err / (self.sq - mean_sq).max(1e-12)
+    }
+}
+
 /// Tokens kept, codes and reconstruction of the deterministic tokenizer on the held-out images.
 fn measure(
     model: &LavitLlava,
@@ -217,64 +267,35 @@ fn measure(
 ) -> Result<LavitRun, String> {
     let model = model.valid();
     let images = held_out_images(world_dir)?;
-    let (mut kept, mut codes) = (Vec::new(), Vec::new());
-    // Σ (x̂ − x)², Σ x per channel, Σ x², patches: the relative error over all images.
-    let (mut err, mut sum, mut sq, mut count) = (0.0, Vec::new(), 0.0, 0usize);
-    let mut patches = 0;
     let size = inputs.batcher.image_size;
+    let mut seen = HeldOut::default();
     for chunk in images.chunks(32) {
         let mut pixels = Vec::new();
         for (name, _) in chunk {
             let path = inputs.images.join(name);
-            pixels.extend(
-                inputs
-                    .processor
-                    .load(&path)
-                    .map_err(|e| format!("{}: {e}", path.display()))?,
-            );
+            let image = inputs.processor.load(&path);
+            pixels.extend(image.map_err(|e| format!("{}: {e}", path.display()))?);
         }
-        let batch = Tensor::<4>::from_data(
-            TensorData::new(pixels, [chunk.len(), 3, size, size]),
-            device,
-        );
-        let features = model.features(batch);
-        let out = model.tokenizer.forward(features.clone(), None);
-        let [n, t] = out.keep.dims();
-        patches = t;
-        let keep: Vec<f32> = host(out.keep.clone())?;
-        let code: Vec<i64> = host_int(out.codes)?;
-        for i in 0..n {
-            let row = &keep[i * t..(i + 1) * t];
-            kept.push(row.iter().filter(|&&k| k > 0.5).count());
-            codes.extend((0..t).filter(|&j| row[j] > 0.5).map(|j| code[i * t + j]));
-        }
-        let [_, _, d] = features.dims();
-        err += (out.reconstruction - features.clone())
-            .powi_scalar(2)
-            .sum()
-            .into_scalar::<f64>();
-        let channel: Vec<f32> = host(features.clone().sum_dim(1).sum_dim(0).reshape([1, d]))?;
-        sum.resize(d, 0.0);
-        sum.iter_mut()
-            .zip(channel)
-            .for_each(|(s, c)| *s += f64::from(c));
-        sq += features.powi_scalar(2).sum().into_scalar::<f64>();
-        count += n * t;
+        let shape = [chunk.len(), 3, size, size];
+        seen.add(
+            &model,
+            Tensor::from_data(TensorData::new(pixels, shape), device),
+        )?;
     }
-    let spread = sq - sum.iter().map(|s| s * s).sum::<f64>() / count.max(1) as f64;
     let objects: Vec<usize> = images.iter().map(|(_, o)| *o).collect();
     let mut by: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
-    for (&k, &o) in kept.iter().zip(&objects) {
+    for (&k, &o) in seen.kept.iter().zip(&objects) {
         by.entry(o).or_default().push(k);
     }
     let mean = |v: &[usize]| v.iter().sum::<usize>() as f64 / v.len().max(1) as f64;
-    let mut used = codes.clone();
+    let mut used = seen.codes.clone();
     used.sort_unstable();
     used.dedup();
+    let codebook_size = model.tokenizer.codebook.dims()[0];
     Ok(LavitRun {
         seed: 0,
-        patches,
-        kept_per_image: mean(&kept),
+        patches: seen.patches,
+        kept_per_image: mean(&seen.kept),
         kept_by_objects: by
             .into_iter()
             .map(|(objects, ks)| KeptByObjects {
@@ -283,10 +304,10 @@ fn measure(
                 kept: mean(&ks),
             })
             .collect(),
-        kept_objects_correlation: pearson(&kept, &objects),
-        codebook_perplexity: codebook_perplexity(&codes, model.tokenizer.codebook.dims()[0]),
+        kept_objects_correlation: pearson(&seen.kept, &objects),
+        codebook_perplexity: codebook_perplexity(&seen.codes, codebook_size),
         codes_used: used.len(),
-        reconstruction_error: err / spread.max(1e-12),
+        reconstruction_error: seen.reconstruction_error(),
         slot_accuracy: f64::NAN,
         trainable_params: [0, 0],
         step_ms: 0.0,
