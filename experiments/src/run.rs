@@ -272,6 +272,33 @@ pub struct RunArgs {
 }
 
 impl RunArgs {
+    /// The run directory of `experiment` (`--out`, else `runs/<experiment>/<unix time>`),
+    /// prepared for `config` ([`prepare_run_dir`], `--resume` checking `relax`ed equality).
+    pub fn run_dir<C>(
+        &self,
+        experiment: &str,
+        config: &C,
+        relax: impl Fn(&mut C, &C),
+    ) -> Result<PathBuf, String>
+    where
+        C: Serialize + DeserializeOwned + PartialEq,
+    {
+        let out = run_dir(self.out.as_deref(), experiment);
+        prepare_run_dir(&out, config, self.resume, relax)?;
+        Ok(out)
+    }
+
+    /// The options these flags ask for: on `device`, writing into `out`.
+    pub fn options(&self, device: &Device, out: &Path) -> Result<RunOptions, String> {
+        Ok(RunOptions {
+            device: device.clone(),
+            out: out.to_path_buf(),
+            resume: self.resume,
+            verbose: !self.quiet,
+            devices: self.devices()?,
+        })
+    }
+
     /// The devices `--devices` names (empty without it).
     pub fn devices(&self) -> Result<Vec<Device>, String> {
         let names = self.devices.as_deref().unwrap_or_default();

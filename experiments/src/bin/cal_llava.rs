@@ -17,7 +17,7 @@ use clap::Parser;
 use experiments::cal_eval::Outcome;
 use experiments::cal_llava::{CalLlavaConfig, run};
 use experiments::inputs::RealData;
-use experiments::run::{RunArgs, exit_code, prepare_run_dir, run_dir};
+use experiments::run::{RunArgs, exit_code};
 use experiments::run::{RunOptions, StageKind};
 use experiments::{cal_report, seeds};
 use vlalign_align::{Contrast, Pooling};
@@ -160,11 +160,8 @@ fn run_seeds(
         std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         eprintln!("== seed {} ({}/{})", c.seed, k + 1, config.seeds);
         let seed_opts = RunOptions {
-            device: opts.device.clone(),
             out: dir.clone(),
-            resume: opts.resume,
-            verbose: opts.verbose,
-            devices: opts.devices.clone(),
+            ..opts.clone()
         };
         let outcome = run(&c, real, &seed_opts)?;
         cal_report::write_all(&dir, &c, &outcome, command, device)?;
@@ -207,8 +204,7 @@ fn main_inner(args: &Args) -> Result<(), String> {
         selected.spec,
         selected.adapter.clone().unwrap_or_default()
     );
-    let out = run_dir(args.run.out.as_deref(), "cal_llava");
-    prepare_run_dir(&out, &config, args.run.resume, |before, now| {
+    let out = args.run.run_dir("cal_llava", &config, |before, now| {
         // Stages are named by objective and noise level, so a resumed run may add levels.
         before.noise = now.noise.clone();
     })?;
@@ -232,13 +228,7 @@ fn main_inner(args: &Args) -> Result<(), String> {
             held_out: 0.05,
         }),
     };
-    let opts = RunOptions {
-        device: selected.device.clone(),
-        out: out.clone(),
-        resume: args.run.resume,
-        verbose: !args.run.quiet,
-        devices: args.run.devices()?,
-    };
+    let opts = args.run.options(&selected.device, &out)?;
     let command = std::env::args().collect::<Vec<_>>().join(" ");
     let outcomes = run_seeds(&config, real.as_ref(), &opts, &command, &device_name)?;
     println!();

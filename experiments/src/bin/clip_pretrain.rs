@@ -15,8 +15,7 @@ use std::time::Instant;
 
 use clap::Parser;
 use experiments::clip_pretrain::{ClipPretrainConfig, run, write_all};
-use experiments::run::RunOptions;
-use experiments::run::{RunArgs, exit_code, prepare_run_dir, run_dir};
+use experiments::run::{RunArgs, exit_code};
 
 #[derive(Parser, Debug)]
 #[command(about = "Pre-train a CLIP pair of towers on the world's captions and evaluate it")]
@@ -49,21 +48,14 @@ fn main() -> ExitCode {
 fn main_inner(args: &Args) -> Result<(), String> {
     let config = resolve(args)?;
     let selected = args.run.select_device()?;
-    let out = run_dir(args.run.out.as_deref(), "clip_pretrain");
-    prepare_run_dir(&out, &config, args.run.resume, |_, _| {})?;
+    let out = args.run.run_dir("clip_pretrain", &config, |_, _| {})?;
     eprintln!(
         "clip_pretrain on {}, writing {}",
         selected.spec,
         out.display()
     );
     let started = Instant::now();
-    let opts = RunOptions {
-        device: selected.device.clone(),
-        out: out.clone(),
-        resume: args.run.resume,
-        verbose: !args.run.quiet,
-        devices: args.run.devices()?,
-    };
+    let opts = args.run.options(&selected.device, &out)?;
     let outcome = run(&config, &opts)?;
     let command = std::env::args().collect::<Vec<_>>().join(" ");
     write_all(&out, &config, &outcome, &command)?;

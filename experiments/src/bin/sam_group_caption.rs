@@ -15,7 +15,7 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use clap::Parser;
-use experiments::run::{RunArgs, RunOptions, exit_code, prepare_run_dir, run_dir};
+use experiments::run::{RunArgs, RunOptions, exit_code};
 use experiments::sam_group_caption::{SamGroupCaptionConfig, SamOutcome, run, start};
 use experiments::sam_report::write_all;
 use vlalign_models::Pooling;
@@ -79,8 +79,7 @@ fn main() -> ExitCode {
 fn main_inner(args: &Args) -> Result<(), String> {
     let config = resolve(args)?;
     let selected = args.run.select_device()?;
-    let out = run_dir(args.run.out.as_deref(), "sam_group_caption");
-    prepare_run_dir(&out, &config, args.run.resume, |_, _| {})?;
+    let out = args.run.run_dir("sam_group_caption", &config, |_, _| {})?;
     eprintln!(
         "sam_group_caption on {}, {} seed(s), writing {}",
         selected.spec,
@@ -98,12 +97,10 @@ fn main_inner(args: &Args) -> Result<(), String> {
         let mut work = Vec::new();
         for &k in chunk {
             let seeded = config.seeded(k);
+            let dir = out.join(format!("seed-{}", seeded.seed));
             let opts = RunOptions {
-                device: selected.device.clone(),
-                out: out.join(format!("seed-{}", seeded.seed)),
-                resume: args.run.resume,
                 verbose: !args.run.quiet && jobs == 1,
-                devices: args.run.devices()?,
+                ..args.run.options(&selected.device, &dir)?
             };
             let start = start(&seeded, &opts)?;
             work.push((seeded, opts, start));

@@ -17,7 +17,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use experiments::cal_llava::{CalLlavaConfig, base_recipe};
-use experiments::run::{RunArgs, RunOptions, exit_code, prepare_run_dir, run_dir};
+use experiments::run::{RunArgs, exit_code};
 use experiments::seed_ideas::{SeedIdeasConfig, Tuning, run};
 use experiments::seed_ideas_report::{markdown, write_all};
 
@@ -118,21 +118,14 @@ fn main() -> ExitCode {
 fn main_inner(args: &Args) -> Result<(), String> {
     let config = resolve(args)?;
     let selected = args.run.select_device()?;
-    let out = run_dir(args.run.out.as_deref(), "seed_ideas");
-    prepare_run_dir(&out, &config, args.run.resume, |_, _| {})?;
+    let out = args.run.run_dir("seed_ideas", &config, |_, _| {})?;
     eprintln!(
         "seed_ideas on {}, {} seed(s), writing {}",
         selected.spec,
         config.seeds,
         out.display()
     );
-    let opts = RunOptions {
-        device: selected.device.clone(),
-        out: out.clone(),
-        resume: args.run.resume,
-        verbose: !args.run.quiet,
-        devices: args.run.devices()?,
-    };
+    let opts = args.run.options(&selected.device, &out)?;
     let outcome = run(&config, &opts, args.jobs)?;
     let command = std::env::args().collect::<Vec<_>>().join(" ");
     write_all(&out, &config, &outcome, &command)?;

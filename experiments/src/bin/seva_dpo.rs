@@ -22,8 +22,7 @@ use std::time::Instant;
 use clap::{Parser, Subcommand};
 use experiments::cal_llava::base_recipe;
 use experiments::inputs::RealData;
-use experiments::run::run_dir;
-use experiments::run::{RunArgs, RunOptions, StageKind, exit_code, prepare_run_dir};
+use experiments::run::{RunArgs, StageKind, exit_code};
 use experiments::seva_dpo::{SevaDpoConfig, Variant, run};
 use experiments::seva_report;
 
@@ -147,17 +146,10 @@ fn main_inner(args: &Args) -> Result<(), String> {
         selected.spec,
         selected.adapter.clone().unwrap_or_default()
     );
-    let out = run_dir(args.run.out.as_deref(), "seva_dpo");
-    prepare_run_dir(&out, &config, args.run.resume, |_, _| {})?;
+    let out = args.run.run_dir("seva_dpo", &config, |_, _| {})?;
     eprintln!("seva_dpo on {device_name}, writing {}", out.display());
     let started = Instant::now();
-    let opts = RunOptions {
-        device: selected.device.clone(),
-        out: out.clone(),
-        resume: args.run.resume,
-        verbose: !args.run.quiet,
-        devices: args.run.devices()?,
-    };
+    let opts = args.run.options(&selected.device, &out)?;
     let real = args.data.as_ref().map(|data| RealData {
         data: data.clone(),
         image_folder: args.image_folder.clone().unwrap_or_default(),

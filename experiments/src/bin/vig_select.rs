@@ -18,8 +18,7 @@ use std::time::Instant;
 
 use clap::Parser;
 use experiments::inputs::RealData;
-use experiments::run::{RunArgs, exit_code, prepare_run_dir, run_dir};
-use experiments::run::{RunOptions, StageKind};
+use experiments::run::{RunArgs, StageKind, exit_code};
 use experiments::vig_report;
 use experiments::vig_select::{VigSelectConfig, run};
 
@@ -97,8 +96,7 @@ fn main_inner(args: &Args) -> Result<(), String> {
         selected.spec,
         selected.adapter.clone().unwrap_or_default()
     );
-    let out = run_dir(args.run.out.as_deref(), "vig_select");
-    prepare_run_dir(&out, &config, args.run.resume, |_, _| {})?;
+    let out = args.run.run_dir("vig_select", &config, |_, _| {})?;
     eprintln!("vig_select on {device_name}, writing {}", out.display());
     let started = Instant::now();
     let real = args.data.as_ref().map(|data| RealData {
@@ -115,13 +113,7 @@ fn main_inner(args: &Args) -> Result<(), String> {
     let outcome = run(
         &config,
         real.as_ref(),
-        &RunOptions {
-            device: selected.device.clone(),
-            out: out.clone(),
-            resume: args.run.resume,
-            verbose: !args.run.quiet,
-            devices: args.run.devices()?,
-        },
+        &args.run.options(&selected.device, &out)?,
     )?;
     let command = std::env::args().collect::<Vec<_>>().join(" ");
     vig_report::write_all(&out, &config, &outcome, &command, &device_name)?;
