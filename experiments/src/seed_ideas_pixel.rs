@@ -147,8 +147,8 @@ pub fn pixel_run(
     let model = trained.model;
     let size = world_image_px(base, &inputs.images)?;
     let val = &base.data.1;
-    let (own, placed) = locate(&model, val, &inputs.batcher, &opts.device, false, opts)?;
-    let (swapped, _) = locate(&model, val, &inputs.batcher, &opts.device, true, opts)?;
+    let own = locate(&model, val, &inputs.batcher, &opts.device, false, opts)?;
+    let swapped = locate(&model, val, &inputs.batcher, &opts.device, true, opts)?;
     let run = PixelRun {
         seed: tc.seed,
         slot_accuracy: f64::NAN,
@@ -159,15 +159,12 @@ pub fn pixel_run(
         step_ms: report.median_step_ms().unwrap_or(0.0),
         final_l1: last_mean(&report.steps, "localisation_l1", 20),
     };
-    let keep = pictured_ids(&placed, section.pictures);
+    let keep = pictured_ids(&own.0, section.pictures);
     Ok(PixelOutcome {
         run,
         curve: ("finetune-pixel".into(), loss_curve(&report)),
         model,
-        placed: placed
-            .into_iter()
-            .filter(|p| keep.contains(&p.id))
-            .collect(),
+        placed: own.0.into_iter().filter(|p| keep.contains(&p.id)).collect(),
     })
 }
 
@@ -280,7 +277,7 @@ fn locate(
     device: &Device,
     swap: bool,
     opts: &RunOptions,
-) -> Result<(Tokens, Vec<Placed>), String> {
+) -> Result<Tokens, String> {
     let model = model.valid();
     let n = val.len();
     let bar = if opts.verbose {
@@ -306,8 +303,7 @@ fn locate(
         bar.inc((end - start) as u64);
     }
     bar.finish_and_clear();
-    let placed = tokens.0.clone();
-    Ok((tokens, placed))
+    Ok(tokens)
 }
 
 /// Images `[n, …]` moved by one: image `i` becomes image `i + 1`.

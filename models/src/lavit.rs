@@ -115,8 +115,6 @@ impl LavitConfig {
 pub struct LavitOutput {
     /// 1 for kept patches, 0 for dropped `[images, tokens]` (straight-through when sampled).
     pub keep: Tensor<2>,
-    /// The selector's keep probability `[images, tokens]`.
-    pub keep_prob: Tensor<2>,
     /// Features with the dropped patches folded in `[images, tokens, d_vision]` (what the LLM
     /// sees at the kept patches).
     pub merged: Tensor<3>,
@@ -156,7 +154,6 @@ impl Lavit {
         let logits = self
             .select_fc2
             .forward(gelu(self.select_fc1.forward(features.clone())));
-        let keep_prob = softmax(logits.clone(), 2).narrow(2, 1, 1).reshape([n, t]);
         let keep = match gumbel_tau {
             Some(tau) => {
                 let u = logits.random_like(Distribution::Uniform(1e-6, 1.0 - 1e-6));
@@ -186,7 +183,6 @@ impl Lavit {
         let reconstruction = self.decode(straight, keep.clone());
         LavitOutput {
             keep,
-            keep_prob,
             merged,
             encoded,
             quantized,
