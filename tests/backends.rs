@@ -3,8 +3,9 @@
 //! contrast pass and KV-cache generation on it. Runs with `--features wgpu` (the device: wgpu)
 //! or `--features cuda` (cuda:0); `VLALIGN_TEST_DEVICE=wgpu|cuda` picks when both are built. On
 //! a machine without the device (for wgpu: no GPU and no Vulkan driver — Debian's
-//! `mesa-vulkan-drivers` gives lavapipe, which CI installs) every test says so and checks
-//! nothing.
+//! `mesa-vulkan-drivers` gives lavapipe, which CI installs) every test prints a SKIPPED line
+//! and checks nothing — unless `VLALIGN_REQUIRE_DEVICE=1`, under which a missing, broken or
+//! unknown device fails every test.
 #![cfg(any(feature = "wgpu", feature = "cuda"))]
 
 mod common;
@@ -35,18 +36,17 @@ fn open(name: &str) -> Device {
     }
 }
 
-/// The device under test, or `None` (with the reason on stderr) when it cannot run.
-fn gpu() -> Option<Device> {
-    let name = std::env::var("VLALIGN_TEST_DEVICE").unwrap_or_else(|_| {
-        if cfg!(feature = "wgpu") {
-            "wgpu"
-        } else {
-            "cuda"
-        }
-        .into()
-    });
+/// Whether the environment requires the device (`VLALIGN_REQUIRE_DEVICE=1`, set by `.ci/run`
+/// after installing lavapipe and by `tools/gpu_check.sh`): then a device that is missing,
+/// broken or unknown fails the test instead of skipping it.
+fn device_required() -> bool {
+    std::env::var("VLALIGN_REQUIRE_DEVICE").is_ok_and(|v| v == "1")
+}
+
+/// Why the device under test cannot run, if it cannot.
+fn probe(name: &str) -> Result<Device, String> {
     let opened = std::panic::catch_unwind(|| {
-        let device = open(&name);
+        let device = open(name);
         let identity = device.identity();
         // A first op: adapters that cannot run compute fail here.
         let x = Tensor::<1>::from_data(TensorData::new(vec![1.0f32, 2.0], [2]), &device);
@@ -57,16 +57,49 @@ fn gpu() -> Option<Device> {
         Ok((device, identity, sum)) if sum == 3.0 => {
             let adapter = identity.map_or("unknown adapter".into(), |i| i.name);
             eprintln!("{name} device: {adapter}");
-            Some(device)
+            Ok(device)
         }
-        _ => {
-            eprintln!(
-                "SKIPPED: no usable {name} device (for wgpu without a GPU, a Vulkan driver: on \
+        Ok((_, _, sum)) => Err(format!("the {name} device is broken: 1 + 2 gave {sum}")),
+        Err(panic) => {
+            let reason = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "it panicked".into());
+            Err(format!(
+                "no usable {name} device ({reason}; for wgpu without a GPU, a Vulkan driver: on \
                  Debian `apt-get install mesa-vulkan-drivers` gives lavapipe)"
-            );
+            ))
+        }
+    }
+}
+
+/// The device under test, or `None` (with a SKIPPED line on stderr) when it cannot run; under
+/// `VLALIGN_REQUIRE_DEVICE=1` a device that cannot run fails the test.
+fn gpu() -> Option<Device> {
+    let name = std::env::var("VLALIGN_TEST_DEVICE").unwrap_or_else(|_| {
+        if cfg!(feature = "wgpu") {
+            "wgpu"
+        } else {
+            "cuda"
+        }
+        .into()
+    });
+    match probe(&name) {
+        Ok(device) => Some(device),
+        Err(reason) if device_required() => {
+            panic!("VLALIGN_REQUIRE_DEVICE=1 and {reason}")
+        }
+        Err(reason) => {
+            eprintln!("SKIPPED: {reason}");
             None
         }
     }
+}
+
+#[test]
+fn an_unknown_device_is_never_usable() {
+    assert!(probe("tpu").is_err());
 }
 
 fn fixture(name: &str) -> PathBuf {

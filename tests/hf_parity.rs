@@ -400,3 +400,58 @@ fn blip2_hub_layout_with_q_and_v_biases_loads_fused() {
     println!("blip2 hub layout logits max abs diff {d:e}");
     assert!(d <= TOL, "{d}");
 }
+
+/// SAM's W-Former against a PyTorch port of SAM's public encoder loop (McCartney01/SAM,
+/// `Qformer.py`, `BertEncoder.forward`) on the InstructBLIP fixture: random scorer and bridges,
+/// six images in groups of 1, 2 and 3, with instruction text. Pooling over all images (the code)
+/// and over the others (the paper); the exchange at SAM's last layer and moved earlier.
+#[test]
+fn wformer_matches_sams_public_encoder_loop() {
+    use burn::module::Param;
+    use burn::nn::Linear;
+    use vlalign::models::{Pooling, QFormerText, WFormerConfig};
+    let io = Io::open("wformer");
+    let (mut model, _, _) = hf::load_blip2(&fixture("instructblip"), &device()).unwrap();
+    // torch's Linear weight is [out, in]; burn's [in, out].
+    let linear = |name: &str| Linear {
+        weight: Param::from_tensor(io.float::<2>(&format!("{name}.weight")).transpose()),
+        bias: Some(Param::from_tensor(io.float::<1>(&format!("{name}.bias")))),
+    };
+    let groups: Vec<usize> = io.ints("groups").1.iter().map(|&g| g as usize).collect();
+    let ids = io.int("qformer_input_ids");
+    let [n, t] = ids.dims();
+    let text = QFormerText {
+        ids,
+        valid: Tensor::from_data(TensorData::new(vec![true; n * t], [n, t]), &device()),
+    };
+    let pixels = io.float::<4>("pixel_values");
+    let plain = model.encode_images(pixels.clone(), None, &groups, Some(text.clone()));
+    let cases = [
+        ("all", Pooling::All, None, None),
+        ("others", Pooling::Others, None, None),
+        ("inject0", Pooling::All, Some(0), None),
+        ("inject0_return1", Pooling::All, Some(0), Some(1)),
+    ];
+    for (name, pooling, inject, ret) in cases {
+        let mut w = WFormerConfig::new(32, 32)
+            .with_pooling(pooling)
+            .with_inject_layer(inject)
+            .with_return_layer(ret)
+            .init(&device());
+        w.score = linear("score");
+        w.bridge_in = linear("bridge_in");
+        w.bridge_out = linear("bridge_out");
+        model.wformer = Some(w);
+        let ours = model.encode_images(pixels.clone(), None, &groups, Some(text.clone()));
+        let expected = io.float::<3>(name);
+        // The fixture is not the plain Q-Former: the W-Former moves the multi-image tokens.
+        let moved = max_abs_diff(
+            plain.clone().narrow(0, 1, 5),
+            expected.clone().narrow(0, 1, 5),
+        );
+        assert!(moved > 1e-1, "{name}: {moved}");
+        let d = max_abs_diff(ours, expected);
+        println!("wformer {name}: max abs diff {d:e} (the W-Former moves a token by {moved:.3})");
+        assert!(d <= 1e-5, "{name}: {d}");
+    }
+}

@@ -9,7 +9,7 @@ use burn::module::Param;
 use burn::tensor::{Distribution, Tensor, TensorData};
 use common::*;
 use vlalign::align::{LavitLossConfig, codebook_perplexity, tokenizer_loss};
-use vlalign::models::{GenerationConfig, Lavit, LavitConfig, LavitLlava};
+use vlalign::models::{GenerationConfig, GumbelSample, Lavit, LavitConfig, LavitLlava};
 
 /// A tokenizer whose selector keeps (`bias` > 0) or drops (< 0) every patch, or decides by
 /// its weights (`None`).
@@ -41,6 +41,14 @@ fn lavit_llava(device: &burn::tensor::Device, bias: Option<f32>) -> LavitLlava {
     }
 }
 
+/// Gumbel noise for `x`'s patches at temperature 1, from a fixed generator.
+fn noise(x: &Tensor<3>) -> GumbelSample {
+    use rand::SeedableRng;
+    let [n, t, _] = x.dims();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+    GumbelSample::draw(1.0, n, t, &mut rng, &x.device())
+}
+
 fn features(n: usize, t: usize, d: usize, device: &burn::tensor::Device) -> Tensor<3> {
     Tensor::random([n, t, d], Distribution::Normal(0.0, 1.0), device)
 }
@@ -50,7 +58,7 @@ fn selection_is_hard_and_straight_through() {
     let device = device().autodiff();
     let lavit = LavitConfig::new(12, 9).init(&device);
     let x = features(3, 9, 12, &device);
-    let out = lavit.forward(x.clone(), Some(1.0));
+    let out = lavit.forward(x.clone(), Some(noise(&x)));
     let keep = to_vec(out.keep.clone().inner());
     assert!(keep.iter().all(|&k| k == 0.0 || k == 1.0), "{keep:?}");
     assert!(keep.contains(&0.0) && keep.contains(&1.0));
@@ -144,7 +152,7 @@ fn the_tokenizer_loss_trains_encoder_codebook_and_decoder() {
     let device = device().autodiff();
     let lavit = LavitConfig::new(12, 9).init(&device);
     let x = features(4, 9, 12, &device);
-    let out = lavit.forward(x.clone(), Some(1.0));
+    let out = lavit.forward(x.clone(), Some(noise(&x)));
     let loss = tokenizer_loss(&out, x, &LavitLossConfig::default());
     assert!(loss.reconstruction > 0.0 && loss.keep_ratio > 0.0 && loss.keep_ratio < 1.0);
     let grads = loss.loss.backward();
@@ -279,4 +287,61 @@ fn reconstruction_error_is_relative_to_the_mean_feature() {
         .expand([3, 5, 4]);
     let half = (mean + x.clone()).div_scalar(2.0);
     assert!((relative_mse(half, x).into_scalar::<f32>() - 0.25).abs() < 1e-5);
+}
+
+/// A batch of two images (the tokenizer stage reads the images only).
+fn image_batch(device: &burn::tensor::Device) -> vlalign::data::VlmBatch {
+    use burn::tensor::{Bool, Int};
+    let ids = || Tensor::<2, Int>::zeros([2, 1], device);
+    vlalign::data::VlmBatch {
+        ids: vec!["a".into(), "b".into()],
+        images: Some(images(2, device)),
+        image_index: None,
+        image_sample: vec![0, 1],
+        input_ids: ids(),
+        labels: ids(),
+        attention_mask: Tensor::<2, Bool>::from_data(
+            TensorData::new(vec![true, true], [2, 1]),
+            device,
+        ),
+        token_weights: None,
+        truth: vec![vec![None]; 2],
+        boxes: Vec::new(),
+        lengths: vec![1, 1],
+        padding: vlalign::data::Padding::Right,
+    }
+}
+
+/// The selector's noise at training step `k` comes from the run's seed and `k` alone: the same
+/// seed draws the same noise whatever the device's global RNG did, another seed other noise,
+/// and a trainee reopened from a record saved after two steps goes on with steps 3 and 4
+/// exactly (the draw count is in the record, so it is in every checkpoint).
+#[test]
+fn tokenizer_noise_is_seeded_per_run_and_resumes_exactly() {
+    use burn::module::Module;
+    use burn::train::TrainStep;
+    use vlalign::train::LavitTokenizerTrainee;
+    let device = device().autodiff();
+    let batch = image_batch(&device);
+    // Parameters initialise lazily: a record round trip fixes them, so every trainee below
+    // starts from the same weights and only the noise can differ.
+    let model = lavit_llava(&device, None);
+    let model = model.clone().load_record(model.into_record());
+    let trainee =
+        |seed| LavitTokenizerTrainee::new(model.clone(), LavitLossConfig::default(), seed);
+    let losses = |t: &LavitTokenizerTrainee, n: usize| -> Vec<f64> {
+        (0..n)
+            .map(|_| t.step(batch.clone()).item.loss_value)
+            .collect()
+    };
+    let first = losses(&trainee(1), 4);
+    assert!(first.windows(2).any(|w| w[0] != w[1]), "{first:?}");
+    let again = trainee(1);
+    device.seed(99);
+    assert_eq!(losses(&again, 4), first);
+    assert_ne!(losses(&trainee(2), 4), first);
+    let interrupted = trainee(1);
+    losses(&interrupted, 2);
+    let resumed = trainee(1).load_record(interrupted.into_record());
+    assert_eq!(losses(&resumed, 2), first[2..]);
 }

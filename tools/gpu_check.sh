@@ -7,7 +7,11 @@
 # `cal_llava --quick` and `bench` (tiny and small presets) on the device, and with two or more
 # NVIDIA GPUs a data-parallel `cal_llava --quick --devices cuda:0,cuda:1`. A step that fails is
 # reported as failed and the script goes on; it exits non-zero if any failed.
+# VLALIGN_REQUIRE_DEVICE=1 for every step: a backend test whose device is missing, broken or
+# unknown fails instead of skipping; a step that still printed a SKIPPED line is reported as
+# "skipped", never "ok".
 set -uo pipefail
+export VLALIGN_REQUIRE_DEVICE=1
 cd "$(dirname "$0")/.."
 report=$(realpath -m "${1:-gpu-check.md}")
 backends=${BACKENDS:-"cuda wgpu"}
@@ -33,7 +37,12 @@ run() {
     local start=$(date +%s)
     echo "== $name"
     if "$@" >"$log" 2>&1; then
-        status=ok
+        if grep -q "SKIPPED" "$log"; then
+            status=skipped
+            failed=1
+        else
+            status=ok
+        fi
     else
         status=FAILED
         failed=1

@@ -26,11 +26,15 @@ For each model this saves the checkpoint with `save_pretrained` (config.json + s
                  layer, tiny Llama), a 32-px PNG + preprocessor_config.json → logits
   instructblip/  InstructBlipForConditionalGeneration: the same plus Q-Former instruction ids → logits
   blip2_legacy/  the BLIP-2 weights (key bias zeroed) in the pre-transformers-5 hub layout: q_bias/v_bias
+  wformer/       SAM's W-Former on the instructblip/ weights: a PyTorch port of SAM's encoder loop
+                 (McCartney01/SAM, Qformer.py, BertEncoder.forward) with random scorer and bridges,
+                 6 images in groups of 1, 2 and 3 → image tokens (pooling all / others, and the
+                 exchange moved to other layers)
 
   seva_score/    a tiny LLaVA (model/, byte-level BPE tokenizer.json), two 32-px PNGs and preference
                  pairs: each answer's summed log-prob under vicuna_v1 (expected.jsonl)
 
-    python tools/make_fixtures.py --only llava_train   # just that one (or --only clip|seva_score|blip2)
+    python tools/make_fixtures.py --only llava_train   # just that one (or --only clip|seva_score|blip2|wformer)
 
 The package versions used are written to tests/fixtures/VERSIONS.
 """
@@ -512,6 +516,100 @@ def blip2_legacy(model, ids, pixels):
     print("wrote", os.path.abspath(path))
 
 
+@torch.no_grad()
+def sam_encoder(qformer, embedded, features, context, bridge_in, bridge_out, inject, ret, q):
+    """SAM's `BertEncoder.forward` (McCartney01/SAM, Qformer.py), ported: a second stream, a copy
+    of the embedded states, runs the same layers against the group context. At layer `inject` the
+    main stream's *input* is added through `one_2_muliple` (bridge_in) into the second stream's
+    input; at layer `ret` the second stream's *output* goes through `multiple_2_one` (bridge_out)
+    and is added to the main stream's input of that same layer, and only then does the main
+    stream run it. The public code has inject = ret = the last layer."""
+    main, second = embedded, embedded.clone()
+    for i, layer in enumerate(qformer.encoder.layer):
+        from_second = None
+        if i <= ret:
+            if i == inject:
+                second = second + bridge_in(main)
+            second = layer(second, None, context, query_length=q)
+            if i == ret:
+                from_second = bridge_out(second)
+        if from_second is not None:
+            main = main + from_second
+        main = layer(main, None, features, query_length=q)
+    return main[:, :q]
+
+
+@torch.no_grad()
+def sam_tokens(model, pixels, text, groups, score, bridge_in, bridge_out, pooling, inject, ret):
+    """Each image's LLM tokens: a group of one runs the plain Q-Former; in a larger group the
+    softmax over the group's images of `score(patch)` pools the context (`all`: every image of
+    the group, as SAM's code; `others`: the other images, as the paper says)."""
+    features = model.vision_model(pixel_values=pixels).last_hidden_state
+    qf = model.qformer
+    n, q = features.shape[0], model.query_tokens.shape[1]
+    embedded = qf.embeddings(input_ids=text, query_embeds=model.query_tokens.expand(n, -1, -1))
+    out, start = [], 0
+    for size in groups:
+        f = features[start:start + size]
+        e = embedded[start:start + size]
+        if size == 1:
+            out.append(plain_qformer(qf, e, f, q))
+        else:
+            def pool(idx):
+                w = torch.softmax(score(f[idx]), dim=0)
+                return (w * f[idx]).sum(0)
+            if pooling == "all":
+                context = pool(list(range(size))).expand(size, -1, -1)
+            else:
+                context = torch.stack([pool([i for i in range(size) if i != j]) for j in range(size)])
+            out.append(sam_encoder(qf, e, f, context, bridge_in, bridge_out, inject, ret, q))
+        start += size
+    return model.language_projection(torch.cat(out))
+
+
+def plain_qformer(qformer, embedded, features, q):
+    h = embedded
+    for layer in qformer.encoder.layer:
+        h = layer(h, None, features, query_length=q)
+    return h[:, :q]
+
+
+@torch.no_grad()
+def wformer():
+    from transformers import InstructBlipForConditionalGeneration
+
+    torch.manual_seed(5)
+    model = InstructBlipForConditionalGeneration.from_pretrained(os.path.join(OUT, "instructblip")).eval()
+    d, dv = model.config.qformer_config.hidden_size, model.config.vision_config.hidden_size
+    score = torch.nn.Linear(dv, 1)
+    bridge_in, bridge_out = torch.nn.Linear(d, d), torch.nn.Linear(d, d)
+    for p in [*score.parameters(), *bridge_in.parameters(), *bridge_out.parameters()]:
+        p.normal_(0.0, 0.3)
+    size = model.config.vision_config.image_size
+    groups = [1, 2, 3]
+    pixels = torch.randn(sum(groups), 3, size, size)
+    text = torch.randint(1, 60, (sum(groups), 5))
+    last = model.config.qformer_config.num_hidden_layers - 1
+    run = lambda pooling, inject, ret: sam_tokens(model, pixels, text, groups, score, bridge_in,
+                                                  bridge_out, pooling, inject, ret)
+    outputs = {"all": run("all", last, last), "others": run("others", last, last),
+               "inject0": run("all", 0, last), "inject0_return1": run("all", 0, 1)}
+    q = model.query_tokens.shape[1]
+    plain = plain_qformer(model.qformer, model.qformer.embeddings(
+        input_ids=text, query_embeds=model.query_tokens.expand(len(pixels), -1, -1)),
+        model.vision_model(pixel_values=pixels).last_hidden_state, q)
+    moved = (outputs["all"] - model.language_projection(plain))[1:].abs().max().item()
+    assert moved > 1e-1, f"the W-Former barely changes the tokens ({moved})"
+    path = fresh("wformer")
+    save_io(path, {"pixel_values": pixels, "qformer_input_ids": text,
+                   "groups": torch.tensor(groups), "score.weight": score.weight,
+                   "score.bias": score.bias, "bridge_in.weight": bridge_in.weight,
+                   "bridge_in.bias": bridge_in.bias, "bridge_out.weight": bridge_out.weight,
+                   "bridge_out.bias": bridge_out.bias, **outputs})
+    write_versions(os.path.join(path, "VERSIONS"))
+    print("wrote", os.path.abspath(path), f"(the W-Former moves a token by {moved:.3f})")
+
+
 def write_versions(path):
     with open(path, "w") as f:
         f.write(f"python {sys.version.split()[0]}\ntorch {torch.__version__}\n"
@@ -519,14 +617,16 @@ def write_versions(path):
 
 
 if __name__ == "__main__":
-    only = {"llava_train": llava_train, "clip": clip, "seva_score": seva_score, "blip2": blip2}
+    only = {"llava_train": llava_train, "clip": clip, "seva_score": seva_score, "blip2": blip2,
+            "wformer": wformer}
     if len(sys.argv) == 3 and sys.argv[1] == "--only" and sys.argv[2] in only:
         only[sys.argv[2]]()
     elif sys.argv[1:]:
-        sys.exit("usage: make_fixtures.py [--only llava_train|clip|seva_score|blip2]")
+        sys.exit("usage: make_fixtures.py [--only llava_train|clip|seva_score|blip2|wformer]")
     else:
         main()
         llava_train()
         clip()
         seva_score()
         blip2()
+        wformer()

@@ -71,7 +71,7 @@ pub fn compiled_backends() -> Vec<Backend> {
 pub enum DeviceError {
     /// The name is not a backend at all.
     #[error(
-        "unknown device '{name}': expected one of flex, ndarray, wgpu, cuda (optionally cuda:N)"
+        "unknown device '{name}': expected one of flex, ndarray, wgpu, cuda (cuda:N and wgpu:N pick a device; the CPU backends have one)"
     )]
     Unknown {
         /// What was asked for.
@@ -124,13 +124,14 @@ fn without_panicking<T>(f: impl FnOnce() -> T + std::panic::UnwindSafe) -> Resul
     })
 }
 
-/// A parsed `--device` value: a backend and, for CUDA, a device index.
+/// A parsed `--device` value: a backend and, for CUDA and wgpu, a device index.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DeviceSpec {
     /// Backend.
     pub backend: Backend,
-    /// Device index (CUDA), 0 otherwise.
-    pub index: usize,
+    /// Device index: CUDA's ordinal (none: 0), wgpu's discrete adapter (none: wgpu's default
+    /// adapter); the CPU backends have none.
+    pub index: Option<usize>,
 }
 
 impl FromStr for DeviceSpec {
@@ -141,11 +142,11 @@ impl FromStr for DeviceSpec {
         let (name, index) = match lower.split_once(':') {
             Some((name, idx)) => (
                 name.to_string(),
-                idx.parse::<usize>().map_err(|_| DeviceError::Unknown {
+                Some(idx.parse::<usize>().map_err(|_| DeviceError::Unknown {
                     name: s.to_string(),
-                })?,
+                })?),
             ),
-            None => (lower.clone(), 0),
+            None => (lower.clone(), None),
         };
         let backend = match name.as_str() {
             "flex" | "cpu" => Backend::Flex,
@@ -158,15 +159,22 @@ impl FromStr for DeviceSpec {
                 });
             }
         };
+        if index.is_some() && matches!(backend, Backend::Flex | Backend::Ndarray) {
+            // The CPU backends have one device: an index would be silently ignored.
+            return Err(DeviceError::Unknown {
+                name: s.to_string(),
+            });
+        }
         Ok(DeviceSpec { backend, index })
     }
 }
 
 impl fmt::Display for DeviceSpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.backend {
-            Backend::Cuda => write!(f, "cuda:{}", self.index),
-            b => write!(f, "{b}"),
+        match (self.backend, self.index) {
+            (Backend::Cuda, i) => write!(f, "cuda:{}", i.unwrap_or(0)),
+            (b, Some(i)) => write!(f, "{b}:{i}"),
+            (b, None) => write!(f, "{b}"),
         }
     }
 }
@@ -197,7 +205,7 @@ pub fn select_device(requested: Option<&str>) -> Result<SelectedDevice, DeviceEr
                     compiled: "none".into(),
                 }
             })?,
-            index: 0,
+            index: None,
         },
     };
     open(spec)
@@ -239,7 +247,11 @@ fn open(spec: DeviceSpec) -> Result<SelectedDevice, DeviceError> {
         Backend::Wgpu => {
             #[cfg(feature = "wgpu")]
             {
-                let device = Device::wgpu(burn::tensor::DeviceKind::DefaultDevice);
+                let kind = match spec.index {
+                    Some(i) => burn::tensor::DeviceKind::DiscreteGpu(i),
+                    None => burn::tensor::DeviceKind::DefaultDevice,
+                };
+                let device = Device::wgpu(kind);
                 let identity = device.identity();
                 let name = identity.as_ref().map(|i| i.name.clone());
                 let software = identity.as_ref().is_some_and(|i| i.physical.is_none());
@@ -256,7 +268,7 @@ fn open(spec: DeviceSpec) -> Result<SelectedDevice, DeviceError> {
         Backend::Cuda => {
             #[cfg(feature = "cuda")]
             {
-                let index = spec.index;
+                let index = spec.index.unwrap_or(0);
                 // cudarc panics where the CUDA driver library cannot be loaded: say so instead.
                 let opened = without_panicking(move || {
                     let device = Device::cuda(index);
@@ -284,9 +296,18 @@ mod tests {
             "cuda:1".parse::<DeviceSpec>().unwrap(),
             DeviceSpec {
                 backend: Backend::Cuda,
-                index: 1
+                index: Some(1)
             }
         );
+        assert_eq!("wgpu:1".parse::<DeviceSpec>().unwrap().index, Some(1));
+        assert_eq!(
+            "wgpu:1".parse::<DeviceSpec>().unwrap().to_string(),
+            "wgpu:1"
+        );
+        assert_eq!("wgpu".parse::<DeviceSpec>().unwrap().index, None);
+        assert_eq!("cuda".parse::<DeviceSpec>().unwrap().to_string(), "cuda:0");
+        // The CPU backends have one device.
+        assert!("flex:1".parse::<DeviceSpec>().is_err());
         assert_eq!("FLEX".parse::<DeviceSpec>().unwrap().backend, Backend::Flex);
         assert!(matches!(
             "tpu".parse::<DeviceSpec>(),

@@ -201,11 +201,13 @@ pub fn run_dir(out: Option<&Path>, experiment: &str) -> PathBuf {
     })
 }
 
-/// Create the run directory `out` and write the resolved configuration to `config.toml`. On
-/// `resume`, the configuration the directory was made with must equal `config` once `relax`
-/// has copied over what a resume may change (e.g. `cal_llava`'s noise levels: stages are named
-/// by them, so a resumed run may add levels); otherwise the checkpoints would silently continue
-/// another experiment.
+/// Create the run directory `out` and write the resolved configuration to `config.toml`.
+/// Without `resume`, a directory that already holds anything (a finished or a started run) is
+/// refused, naming it, and left exactly as it was. On `resume`, the configuration the directory
+/// was made with must equal `config` once `relax` has copied over what a resume may change
+/// (e.g. `cal_llava`'s noise levels: stages are named by them, so a resumed run may add
+/// levels); otherwise the checkpoints would silently continue another experiment. Nothing is
+/// written before these checks pass.
 pub fn prepare_run_dir<C>(
     out: &Path,
     config: &C,
@@ -215,7 +217,9 @@ pub fn prepare_run_dir<C>(
 where
     C: Serialize + DeserializeOwned + PartialEq,
 {
-    std::fs::create_dir_all(out).map_err(|e| format!("{}: {e}", out.display()))?;
+    if !resume {
+        refuse_existing_run(out)?;
+    }
     let path = out.join("config.toml");
     if resume && path.is_file() {
         let text =
@@ -232,7 +236,42 @@ where
         }
     }
     let text = toml::to_string_pretty(config).map_err(|e| e.to_string())?;
+    std::fs::create_dir_all(out).map_err(|e| format!("{}: {e}", out.display()))?;
     std::fs::write(&path, text).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// An error when `out` exists and is not an empty directory.
+fn refuse_existing_run(out: &Path) -> Result<(), String> {
+    if !out.exists() {
+        return Ok(());
+    }
+    if !out.is_dir() {
+        return Err(format!(
+            "--out {}: exists and is not a directory",
+            out.display()
+        ));
+    }
+    let mut entries: Vec<String> = std::fs::read_dir(out)
+        .map_err(|e| format!("{}: {e}", out.display()))?
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    if entries.is_empty() {
+        return Ok(());
+    }
+    entries.sort();
+    let shown = entries
+        .iter()
+        .take(4)
+        .cloned()
+        .collect::<Vec<_>>()
+        .join(", ");
+    let more = if entries.len() > 4 { ", …" } else { "" };
+    Err(format!(
+        "{} already holds a run ({shown}{more}): continue it with --resume, or choose another \
+         --out; nothing was changed",
+        out.display()
+    ))
 }
 
 /// Read a TOML configuration file.
@@ -283,6 +322,8 @@ impl RunArgs {
     where
         C: Serialize + DeserializeOwned + PartialEq,
     {
+        // Every flag is checked before a byte is written.
+        self.devices()?;
         let out = run_dir(self.out.as_deref(), experiment);
         prepare_run_dir(&out, config, self.resume, relax)?;
         Ok(out)
@@ -305,6 +346,7 @@ impl RunArgs {
         if names.len() == 1 {
             return Err("--devices: give two or more (one device is --device)".into());
         }
+        check_device_list(names)?;
         names
             .iter()
             .map(|n| {
@@ -341,6 +383,35 @@ impl RunArgs {
     }
 }
 
+/// A `--devices` list must name distinct devices of one backend (`cuda` and `cuda:0` are one
+/// device; a list mixing backends would split a step's batches between unlike devices).
+pub fn check_device_list(names: &[String]) -> Result<(), String> {
+    let specs = names
+        .iter()
+        .map(|n| {
+            n.parse::<crate::device::DeviceSpec>()
+                .map_err(|e| format!("--devices: {e}"))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    for (i, a) in specs.iter().enumerate() {
+        if let Some(b) = specs[..i].iter().find(|b| b.to_string() == a.to_string()) {
+            return Err(format!(
+                "--devices: {b} is named twice ({})",
+                names.join(",")
+            ));
+        }
+        if a.backend != specs[0].backend {
+            return Err(format!(
+                "--devices: one backend per run, got {} and {} ({})",
+                specs[0].backend,
+                a.backend,
+                names.join(",")
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// What an experiment binary's `main` returns: success, or the error on stderr and failure.
 pub fn exit_code(result: Result<(), String>) -> std::process::ExitCode {
     match result {
@@ -349,5 +420,53 @@ pub fn exit_code(result: Result<(), String>) -> std::process::ExitCode {
             eprintln!("error: {e}");
             std::process::ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(s: &str) -> Vec<String> {
+        s.split(',').map(String::from).collect()
+    }
+
+    #[test]
+    fn device_lists_are_distinct_devices_of_one_backend() {
+        assert!(check_device_list(&names("cuda:0,cuda:1")).is_ok());
+        let twice = check_device_list(&names("cuda,cuda:0")).unwrap_err();
+        assert!(twice.contains("cuda:0 is named twice"), "{twice}");
+        let mixed = check_device_list(&names("cuda:0,wgpu")).unwrap_err();
+        assert!(mixed.contains("one backend"), "{mixed}");
+        assert!(check_device_list(&names("cuda:0,tpu")).is_err());
+        assert!(check_device_list(&names("flex,flex")).is_err());
+    }
+
+    #[derive(serde::Serialize, serde::Deserialize, PartialEq, Debug)]
+    struct Conf {
+        steps: usize,
+    }
+
+    #[test]
+    fn a_run_directory_in_use_is_refused_without_resume_and_left_as_it_was() {
+        let tmp = tempfile::tempdir().unwrap();
+        let out = tmp.path().join("run");
+        prepare_run_dir(&out, &Conf { steps: 3 }, false, |_, _| {}).unwrap();
+        std::fs::write(out.join("summary.json"), "{}").unwrap();
+        let before = std::fs::read(out.join("config.toml")).unwrap();
+        let e = prepare_run_dir(&out, &Conf { steps: 5 }, false, |_, _| {}).unwrap_err();
+        assert!(
+            e.contains(&out.display().to_string()) && e.contains("--resume"),
+            "{e}"
+        );
+        assert_eq!(std::fs::read(out.join("config.toml")).unwrap(), before);
+        // A resume with another configuration is refused too, and changes nothing.
+        assert!(prepare_run_dir(&out, &Conf { steps: 5 }, true, |_, _| {}).is_err());
+        assert_eq!(std::fs::read(out.join("config.toml")).unwrap(), before);
+        prepare_run_dir(&out, &Conf { steps: 3 }, true, |_, _| {}).unwrap();
+        // An empty directory is a fresh run.
+        let empty = tmp.path().join("empty");
+        std::fs::create_dir(&empty).unwrap();
+        prepare_run_dir(&empty, &Conf { steps: 3 }, false, |_, _| {}).unwrap();
     }
 }

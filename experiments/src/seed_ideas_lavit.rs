@@ -134,7 +134,7 @@ pub fn lavit_run(
     let mut tok_tc = tc.clone();
     tok_tc.steps = section.tokenizer_steps;
     tok_tc.optim.lr = section.tokenizer_lr;
-    let trainee = LavitTokenizerTrainee::new(model, section.loss.clone());
+    let trainee = LavitTokenizerTrainee::new(model, section.loss.clone(), tc.seed);
     let tok_params = trainable_params(&trainee);
     let name = format!("seed-{}/lavit-tokenizer", tc.seed);
     eprintln!(

@@ -61,9 +61,9 @@ pub enum Variant {
     /// pair's noise (a fresh sample) as a further rejected answer, weighted
     /// `image_negative_weight`.
     ImageNegative,
-    /// `full` with token-weighted DPO (CAL-DPO): each answer token's log-prob weighted by
+    /// `full` with token-weighted DPO (`cal_weighted`; not Calibrated DPO, an unrelated method): each answer token's log-prob weighted by
     /// CAL's weight (`base.cal`) computed with a live reference (the frozen start).
-    CalDpo,
+    CalWeighted,
 }
 
 impl Variant {
@@ -73,7 +73,7 @@ impl Variant {
             Variant::Full => "full",
             Variant::Lora => "lora",
             Variant::ImageNegative => "image_negative",
-            Variant::CalDpo => "cal_dpo",
+            Variant::CalWeighted => "cal_weighted",
         }
     }
 }

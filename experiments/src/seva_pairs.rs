@@ -4,14 +4,13 @@
 //! tensor at a step of SeVa's 1000-step schedule, a horizontal flip, a centre crop.
 
 use std::collections::HashMap;
-use std::hash::{DefaultHasher, Hash, Hasher};
 use std::time::Instant;
 
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
-use vlalign_data::augment::diffusion_noise;
+use vlalign_data::augment::{diffusion_noise, record_seed};
 
 use burn::data::dataloader::batcher::Batcher;
 use burn::data::dataset::Dataset;
@@ -55,9 +54,8 @@ impl Augmentation {
         let at = |c: usize, y: usize, x: usize| pixels[(c * size + y) * size + x];
         match *self {
             Augmentation::Noise(step) => {
-                let mut h = DefaultHasher::new();
-                (seed, id).hash(&mut h);
-                diffusion_noise(&pixels, step, &mut StdRng::seed_from_u64(h.finish()))
+                let seed = record_seed(seed, id);
+                diffusion_noise(&pixels, step, &mut StdRng::seed_from_u64(seed))
             }
             Augmentation::Flip => (0..3 * size * size)
                 .map(|i| {

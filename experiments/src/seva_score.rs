@@ -5,8 +5,9 @@
 use std::io::Write as _;
 use std::path::PathBuf;
 
+use burn::data::dataset::Dataset;
 use serde_json::json;
-use vlalign_data::{Template, read_pairs};
+use vlalign_data::{PreferenceDataset, PreferencePair, Template, read_pairs};
 
 use crate::cal_llava::CalLlavaConfig;
 use crate::inputs::{Inputs, RealData, read_valid, real_inputs};
@@ -32,7 +33,7 @@ pub struct ModelArgs {
     /// `tokenizer.json` (default: the model directory's).
     #[arg(long)]
     pub tokenizer: Option<PathBuf>,
-    /// Longest sequence (tokens, image slots included); a longer pair is an error naming it.
+    /// Longest sequence (tokens, image slots included); a longer pair is reported and skipped.
     #[arg(long, default_value_t = 2048)]
     pub max_len: usize,
     /// Pairs (or prompts) per batch.
@@ -91,7 +92,8 @@ pub struct ScoreArgs {
 /// Score `args.pairs` with `args.model.model` into `args.model.out`.
 pub fn score(args: &ScoreArgs, run: &RunArgs) -> Result<(), String> {
     let (inputs, opts) = args.model.inputs(run)?;
-    let mut pairs = read_pairs(&args.pairs).map_err(|e| e.to_string())?;
+    let pairs = read_pairs(&args.pairs).map_err(|e| e.to_string())?;
+    let mut pairs = usable(pairs, &inputs);
     let b = args.model.batch_size;
     score_pairs(&inputs.init, &mut pairs, &inputs, b, None, &opts)?;
     let mut text = Vec::new();
@@ -167,6 +169,7 @@ pub fn pairs(args: &PairsArgs, run: &RunArgs) -> Result<(), String> {
     for set in sets {
         all.extend(set.pairs);
     }
+    let mut all = usable(all, &inputs);
     score_pairs(
         &inputs.init,
         &mut all,
@@ -183,4 +186,34 @@ pub fn pairs(args: &PairsArgs, run: &RunArgs) -> Result<(), String> {
         args.model.out.display()
     );
     Ok(())
+}
+
+/// The pairs that can be scored: both answers encoded whole within the length limit, the image
+/// present and decodable. Each other pair is reported on stderr by id and field and left out,
+/// so one bad pair does not cost the others.
+fn usable(pairs: Vec<PreferencePair>, inputs: &Inputs) -> Vec<PreferencePair> {
+    let total = pairs.len();
+    let mut kept = Vec::with_capacity(total);
+    for pair in pairs {
+        let checked = PreferenceDataset::new(
+            vec![pair.clone()],
+            &inputs.enc.chat,
+            &inputs.images,
+            inputs.processor.clone(),
+        )
+        .map_err(|e| e.to_string())
+        .and_then(|d| d.get(0).map(|_| ()).map_err(|e| e.to_string()));
+        match checked {
+            Ok(()) => kept.push(pair),
+            Err(e) => eprintln!("skipped pair {}: {e}", pair.id),
+        }
+    }
+    if kept.len() < total {
+        eprintln!(
+            "skipped {} of {total} pairs (named above); the other {} are written",
+            total - kept.len(),
+            kept.len()
+        );
+    }
+    kept
 }

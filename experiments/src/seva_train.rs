@@ -1,5 +1,5 @@
 //! One DPO run of `seva_dpo`: the policy of a variant (full, LoRA, image-side negative,
-//! CAL-DPO) from the starting model, trained through the trainer with DPO's diagnostics live;
+//! cal_weighted) from the starting model, trained through the trainer with DPO's diagnostics live;
 //! what it reports (trainable parameters, reward curves); a model saved as a transformers
 //! directory (LoRA adapters merged).
 
@@ -39,7 +39,7 @@ pub fn train_dpo(
     let mut tc: TrainConfig = config.train.clone();
     tc.seed += k as u64;
     let policy = match variant {
-        Variant::Full | Variant::ImageNegative | Variant::CalDpo => {
+        Variant::Full | Variant::ImageNegative | Variant::CalWeighted => {
             let mut m = base.clone();
             m.vision_tower = m.vision_tower.no_grad();
             m
@@ -60,7 +60,7 @@ pub fn train_dpo(
     if variant == Variant::ImageNegative {
         dpo.image_negative_weight = config.image_negative_weight;
     }
-    let trainee = if variant == Variant::CalDpo {
+    let trainee = if variant == Variant::CalWeighted {
         dpo.cal_token_weights = Some(config.base.cal.clone());
         DpoTrainee::with_live_reference(policy, base.valid(), dpo)
     } else {

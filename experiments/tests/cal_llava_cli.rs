@@ -39,6 +39,24 @@ fn losses(dir: &Path) -> Vec<String> {
     out
 }
 
+/// Every file under `dir` with its bytes.
+fn snapshot(dir: &Path) -> Vec<(std::path::PathBuf, Vec<u8>)> {
+    let mut files = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                files.push((p.clone(), std::fs::read(&p).unwrap()));
+            }
+        }
+    }
+    files.sort();
+    files
+}
+
 #[test]
 fn quick_run_writes_the_report() {
     let tmp = tempfile::tempdir().unwrap();
@@ -93,6 +111,27 @@ fn quick_run_writes_the_report() {
         "images swapped",
     ] {
         assert!(report.contains(column), "{column} missing from the report");
+    }
+
+    // A rerun into the finished directory without --resume, or with a bad flag, is refused
+    // naming the directory or the flag, and every file stays as it was.
+    let before = snapshot(&out);
+    for extra in [&[][..], &["--resume", "--devices", "flex,bogus"][..]] {
+        let again = cal_llava(&tmp.path().join("world"), &out, extra)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&again.stderr);
+        assert!(!again.status.success(), "{extra:?}: {stderr}");
+        let named = if extra.is_empty() {
+            out.display().to_string()
+        } else {
+            "--devices".to_string()
+        };
+        assert!(stderr.contains(&named), "{extra:?}: {stderr}");
+        assert!(
+            snapshot(&out) == before,
+            "{extra:?} changed the run directory"
+        );
     }
 
     // `evaluate --run` re-scores the trained models on the test split.

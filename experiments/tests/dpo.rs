@@ -409,7 +409,7 @@ fn the_image_side_negative_adds_its_margin_and_references_agree() {
     assert!((live - precomputed).abs() < 1e-4, "{live} vs {precomputed}");
 }
 
-/// Token-weighted DPO (CAL-DPO): CAL's weights, computed with the live reference, lie in
+/// Token-weighted DPO (`cal_weighted`): CAL's weights, computed with the live reference, lie in
 /// [α, β] on the answer tokens and change the log-probs; at the reference the loss is ln 2;
 /// trained through the trainer with a live reference, it learns the preference.
 #[test]
@@ -496,6 +496,6 @@ fn cal_token_weighted_dpo_weights_answer_tokens_and_trains() {
     let after = scalar(dpo_loss_with(&dpo, &trained.model.valid(), Some(&reference), &all).loss);
     assert!(
         after < 2f64.ln() - 0.01,
-        "CAL-DPO loss after training: {after}"
+        "cal_weighted loss after training: {after}"
     );
 }

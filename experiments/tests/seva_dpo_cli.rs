@@ -180,6 +180,58 @@ fn score_matches_transformers_on_the_fixture() {
     }
 }
 
+/// A bad pair (its image missing, its answer cut by `--max-len`) is reported by id and skipped;
+/// the good pairs are scored and written as before.
+#[test]
+fn score_skips_bad_pairs_by_id_and_writes_the_others() {
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/seva_score");
+    let tmp = tempfile::tempdir().unwrap();
+    let mut pairs = std::fs::read_to_string(fixture.join("pairs.jsonl")).unwrap();
+    let long = "very ".repeat(400);
+    pairs.push_str(concat!(
+        r#"{"id": "no-image", "image": "missing.png", "question": "Q?", "#,
+        r#""chosen": "A.", "rejected": "B."}"#,
+        "\n"
+    ));
+    pairs.push_str(&format!(
+        "{{\"id\": \"cut\", \"image\": \"a.png\", \"question\": \"Q?\", \"chosen\": \"{long}\", \"rejected\": \"B.\"}}\n"
+    ));
+    let input = tmp.path().join("pairs.jsonl");
+    std::fs::write(&input, pairs).unwrap();
+    let out = tmp.path().join("scores.jsonl");
+    let run = Command::new(env!("CARGO_BIN_EXE_seva_dpo"))
+        .args([
+            "--quiet",
+            "--device",
+            "flex",
+            "score",
+            "--max-len",
+            "256",
+            "--model",
+        ])
+        .arg(fixture.join("model"))
+        .arg("--pairs")
+        .arg(&input)
+        .arg("--image-folder")
+        .arg(fixture.join("images"))
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(run.status.success(), "{stderr}");
+    assert!(stderr.contains("skipped pair no-image"), "{stderr}");
+    assert!(stderr.contains("skipped pair cut"), "{stderr}");
+    let ours = std::fs::read_to_string(&out).unwrap();
+    let want = std::fs::read_to_string(fixture.join("expected.jsonl")).unwrap();
+    let ids = |text: &str| -> Vec<String> {
+        text.lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["id"].to_string())
+            .collect()
+    };
+    assert_eq!(ids(&ours), ids(&want));
+}
+
 /// The user's model and records (the transformers fixture, a tiny random LLaVA whose answers
 /// depend on the image): `seva_dpo pairs` makes and scores pairs; the experiment itself runs
 /// DPO (LoRA) on them and reports the held-out reward accuracy, saving the merged model.

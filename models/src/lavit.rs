@@ -146,17 +146,48 @@ fn masked_attention(q: Tensor<3>, k: Tensor<3>, v: Tensor<3>, allowed: Tensor<2>
     attn.matmul(v)
 }
 
+/// The selector's noise for one training forward: the Gumbel-softmax temperature and uniform
+/// draws `[images, tokens, 2]` in (0, 1). The caller draws them (from a seeded generator of its
+/// run), so a selection never depends on the device's global RNG or on other jobs using it.
+#[derive(Clone, Debug)]
+pub struct GumbelSample {
+    /// Temperature.
+    pub tau: f64,
+    /// Uniform draws, one per patch and class (drop, keep).
+    pub uniform: Tensor<3>,
+}
+
+impl GumbelSample {
+    /// Draws from `rng` for `images` × `tokens` patches, kept inside [1e-6, 1 − 1e-6].
+    pub fn draw(
+        tau: f64,
+        images: usize,
+        tokens: usize,
+        rng: &mut impl rand::Rng,
+        device: &Device,
+    ) -> Self {
+        let values: Vec<f32> = (0..images * tokens * 2)
+            .map(|_| rng.random_range(1e-6f32..1.0 - 1e-6))
+            .collect();
+        let uniform = Tensor::from_data(
+            burn::tensor::TensorData::new(values, [images, tokens, 2]),
+            device,
+        );
+        Self { tau, uniform }
+    }
+}
+
 impl Lavit {
-    /// Tokenize `features` `[images, tokens, d_vision]`; `gumbel_tau`: sample the selection
-    /// (training) at this temperature, else keep where the keep logit is the larger.
-    pub fn forward(&self, features: Tensor<3>, gumbel_tau: Option<f64>) -> LavitOutput {
+    /// Tokenize `features` `[images, tokens, d_vision]`; `gumbel`: sample the selection with
+    /// this noise (training), else keep where the keep logit is the larger.
+    pub fn forward(&self, features: Tensor<3>, gumbel: Option<GumbelSample>) -> LavitOutput {
         let [n, t, _] = features.dims();
         let logits = self
             .select_fc2
             .forward(gelu(self.select_fc1.forward(features.clone())));
-        let keep = match gumbel_tau {
-            Some(tau) => {
-                let u = logits.random_like(Distribution::Uniform(1e-6, 1.0 - 1e-6));
+        let keep = match gumbel {
+            Some(GumbelSample { tau, uniform: u }) => {
+                assert_eq!(u.dims(), [n, t, 2], "Gumbel draws for another shape");
                 let gumbel = u.log().neg().log().neg();
                 let soft = softmax((logits + gumbel).div_scalar(tau), 2)
                     .narrow(2, 1, 1)

@@ -38,7 +38,7 @@ pub use blip_vision::{BlipVisionConfig, BlipVisionModel};
 pub use blip2::{Blip2, Blip2Config, Blip2Input};
 pub use clip::{Clip, ClipConfig, ClipTextConfig, ClipTextTransformer};
 pub use generate::{GenerationConfig, Generator, Sampling};
-pub use lavit::{Lavit, LavitConfig, LavitLlava, LavitOutput};
+pub use lavit::{GumbelSample, Lavit, LavitConfig, LavitLlava, LavitOutput};
 pub use llava::{Llava, LlavaConfig, LlavaInput, ModelOutput, TextOnlyOutput};
 pub use llm::{DecoderConfig, DecoderLm, KvCache};
 pub use pixel_head::{PixelHead, PixelHeadConfig, PixelLlava};

@@ -6,10 +6,15 @@
 //! code does: the current image included) or, per image, the others' ([`Pooling::Others`], as
 //! the paper says). A second stream of query states — a copy of the embedded queries — runs
 //! through the *same* Q-Former layers, cross-attending to that context. At the exchange layers
-//! two zero-initialised linear bridges couple the streams: after layer `inject_layer` the main
-//! stream is added into the second (`bridge_in`), after layer `return_layer` the second is
-//! added back into the main one (`bridge_out`). With zero bridges the model is exactly the plain
-//! Q-Former; a group of one image skips the second stream.
+//! two zero-initialised linear bridges couple the streams, wired as SAM's public code
+//! (`Qformer.py`, `BertEncoder.forward`) wires them at its last layer: the main stream's *input*
+//! of layer `inject_layer` is added into the second stream's input of that layer (`bridge_in`,
+//! the code's `one_2_muliple`); the second stream's *output* of layer `return_layer` is added to
+//! the main stream's input of that same layer (`bridge_out`, `multiple_2_one`), and only then
+//! does the main stream run it. With both at the last layer (the default) the main stream's
+//! states pass through the last layer twice: once in the second stream, once after coming back.
+//! With zero bridges the model is exactly the plain Q-Former; a group of one image skips the
+//! second stream.
 
 use burn::config::Config;
 use burn::module::Module;
@@ -37,10 +42,11 @@ pub struct WFormerConfig {
     pub vision_hidden_size: usize,
     /// Width of the Q-Former states (the bridges).
     pub hidden_size: usize,
-    /// Layer after which the main stream is added into the second (`None`: the last).
+    /// Layer whose main-stream input is added into the second stream's input (`None`: the last).
     #[config(default = "None")]
     pub inject_layer: Option<usize>,
-    /// Layer after which the second stream is added back into the main (`None`: the last).
+    /// Layer whose second-stream output is added to the main stream's input of the same layer
+    /// before the main stream runs it (`None`: the last).
     #[config(default = "None")]
     pub return_layer: Option<usize>,
     /// What the context pools.
@@ -76,10 +82,10 @@ pub struct WFormer {
     pub bridge_in: Linear,
     /// Second → main stream.
     pub bridge_out: Linear,
-    /// Layer after which `bridge_in` applies (`None`: last).
+    /// Layer at whose input `bridge_in` applies (`None`: last).
     #[module(skip)]
     pub inject_layer: Option<usize>,
-    /// Layer after which `bridge_out` applies (`None`: last).
+    /// Layer at whose output (second stream) `bridge_out` applies (`None`: last).
     #[module(skip)]
     pub return_layer: Option<usize>,
     /// What the context pools.
@@ -185,13 +191,12 @@ impl WFormer {
              main stream would never reach the second"
         );
         for i in 0..qformer.num_layers() {
-            main = qformer.run_layer(i, main, features.clone());
             if i <= ret {
+                if i == inject {
+                    let from_main = main.hidden.clone().select(0, multi_index.clone());
+                    second.hidden = second.hidden + self.bridge_in.forward(from_main);
+                }
                 second = qformer.run_layer(i, second, context.clone());
-            }
-            if i == inject {
-                let from_main = main.hidden.clone().select(0, multi_index.clone());
-                second.hidden = second.hidden + self.bridge_in.forward(from_main);
             }
             if i == ret {
                 let back = self.bridge_out.forward(second.hidden.clone());
@@ -199,6 +204,7 @@ impl WFormer {
                 let padded = Tensor::cat(vec![back, Tensor::zeros([1, t, d], &device)], 0);
                 main.hidden = main.hidden + padded.select(0, slot.clone());
             }
+            main = qformer.run_layer(i, main, features.clone());
         }
         main.hidden.narrow(1, 0, main.query_length)
     }

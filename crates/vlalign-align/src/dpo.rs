@@ -6,7 +6,8 @@
 //!
 //! and the loss, averaged over pairs:
 //! - `sigmoid` (DPO): `−(1 − ε)·log σ(βh) − ε·log σ(−βh)` (ε: label smoothing),
-//! - `ipo`: `(h − 1/(2β))²`,
+//! - `ipo`: `(h − 1/(2β))²`, with each log-prob divided by its answer's token count by default
+//!   (`length_normalized`; IPO's token-level form, as TRL computes it),
 //! - `hinge`: `relu(1 − βh)`,
 //!
 //! plus, optionally, an SFT term `α·NLL(y_w)` per token (RPO) and an image-side negative
@@ -51,7 +52,12 @@ pub struct DpoConfig {
     pub sft_weight: f64,
     /// Weight of the image-side negative (0 = off).
     pub image_negative_weight: f64,
-    /// Token-weighted DPO (CAL-DPO): every answer token's log-prob, of the policy and of the
+    /// Divide each answer's summed log-prob by its supervised token count before the margin
+    /// (`None`: yes for `ipo`, as the IPO paper's token-level form and TRL do; no for `sigmoid`
+    /// and `hinge`, DPO's summed form).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub length_normalized: Option<bool>,
+    /// Token-weighted DPO (`cal_weighted`; not Calibrated DPO, an unrelated method): every answer token's log-prob, of the policy and of the
     /// reference alike, is weighted by CAL's weight computed with the reference (its Δ between
     /// the image pass and the contrast pass). Needs a live reference: the weights are not in
     /// the pairs file.
@@ -67,6 +73,7 @@ impl Default for DpoConfig {
             label_smoothing: 0.0,
             sft_weight: 0.0,
             image_negative_weight: 0.0,
+            length_normalized: None,
             cal_token_weights: None,
         }
     }
@@ -160,8 +167,20 @@ pub fn preference_loss(config: &DpoConfig, logps: PreferenceLogps) -> DpoOutput 
         reference,
         image_negative,
     } = logps;
-    let chosen_ratio = policy.chosen.sum.clone() - reference.chosen.sum.detach();
-    let rejected_ratio = policy.rejected.sum.clone() - reference.rejected.sum.detach();
+    let normalized = config
+        .length_normalized
+        .unwrap_or(config.loss == DpoLoss::Ipo);
+    // log π − log π_ref of one answer set (per token when length-normalised).
+    let ratio = |p: &SequenceLogps, r: Tensor<1>| {
+        let diff = p.sum.clone() - r.detach();
+        if normalized {
+            diff / p.tokens.clone().clamp_min(1.0)
+        } else {
+            diff
+        }
+    };
+    let chosen_ratio = ratio(&policy.chosen, reference.chosen.sum.clone());
+    let rejected_ratio = ratio(&policy.rejected, reference.rejected.sum.clone());
     let h = chosen_ratio.clone() - rejected_ratio.clone();
     let mut loss = margin_loss(config, h.clone()).mean();
     if config.sft_weight > 0.0 {
@@ -170,7 +189,7 @@ pub fn preference_loss(config: &DpoConfig, logps: PreferenceLogps) -> DpoOutput 
         loss = loss + nll * config.sft_weight;
     }
     if let Some((p, r)) = image_negative.filter(|_| config.image_negative_weight > 0.0) {
-        let h_image = chosen_ratio.clone() - (p.sum - r.sum.detach());
+        let h_image = chosen_ratio.clone() - ratio(&p, r.sum);
         loss = loss + margin_loss(config, h_image).mean() * config.image_negative_weight;
     }
     let beta = config.beta;
@@ -371,7 +390,7 @@ mod tests {
         let d = Device::default();
         let hs = [1.0f64, -1.0];
         let mean = |f: &dyn Fn(f64) -> f64| hs.iter().map(|&h| f(h)).sum::<f64>() / 2.0;
-        let cases: [(DpoConfig, f64); 4] = [
+        let cases: [(DpoConfig, f64); 5] = [
             (DpoConfig::default(), mean(&|h| -sigmoid(0.1 * h).ln())),
             (
                 DpoConfig {
@@ -383,9 +402,18 @@ mod tests {
             (
                 DpoConfig {
                     loss: DpoLoss::Ipo,
+                    length_normalized: Some(false),
                     ..DpoConfig::default()
                 },
                 mean(&|h| (h - 5.0).powi(2)),
+            ),
+            // IPO's default: per-token log-probs. Pair 1: 0.5/2 − (−0.5)/3; pair 2: 0/4 − 1/1.
+            (
+                DpoConfig {
+                    loss: DpoLoss::Ipo,
+                    ..DpoConfig::default()
+                },
+                ((0.25 + 0.5 / 3.0 - 5.0f64).powi(2) + (-1.0 - 5.0f64).powi(2)) / 2.0,
             ),
             (
                 DpoConfig {

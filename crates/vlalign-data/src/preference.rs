@@ -206,10 +206,8 @@ impl Dataset<PreferenceItem> for PreferenceDataset {
         })?;
         let negative_pixels = self.negatives.map(|(step, seed)| {
             use rand::SeedableRng;
-            use std::hash::{DefaultHasher, Hash, Hasher};
-            let mut h = DefaultHasher::new();
-            (seed, &pair.id).hash(&mut h);
-            let mut rng = rand::rngs::StdRng::seed_from_u64(h.finish());
+            let seed = crate::augment::record_seed(seed, &pair.id);
+            let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
             crate::augment::diffusion_noise(&pixels, step, &mut rng)
         });
         Ok(PreferenceItem {

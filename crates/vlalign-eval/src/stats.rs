@@ -2,21 +2,17 @@
 //! and for paired per-seed differences (CAL − MLE on the same seed).
 
 use serde::{Deserialize, Serialize};
+use statrs::distribution::{ContinuousCDF, StudentsT};
 
-/// Two-sided 95 % critical values of Student's t for 1..=30 degrees of freedom.
-const T95: [f64; 30] = [
-    12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160,
-    2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056,
-    2.052, 2.048, 2.045, 2.042,
-];
-
-/// The 0.975 quantile of Student's t with `df` degrees of freedom (the normal 1.960 past 30).
+/// The 0.975 quantile of Student's t with `df` degrees of freedom (exact for every df, from
+/// `statrs`; infinite for 0).
 pub fn t95(df: usize) -> f64 {
-    match df {
-        0 => f64::INFINITY,
-        1..=30 => T95[df - 1],
-        _ => 1.960,
+    if df == 0 {
+        return f64::INFINITY;
     }
+    StudentsT::new(0.0, 1.0, df as f64)
+        .expect("location 0, scale 1 and df ≥ 1 are valid")
+        .inverse_cdf(0.975)
 }
 
 /// Mean and 95 % interval of a sample.
@@ -70,11 +66,27 @@ mod tests {
         assert_eq!(i.n, 3);
         assert!((i.mean - 2.0).abs() < 1e-12);
         assert!((i.std - 1.0).abs() < 1e-12);
-        assert!((i.ci95.expect("n > 1") - 4.303 / 3f64.sqrt()).abs() < 1e-12);
+        assert!((i.ci95.expect("n > 1") - 4.302653 / 3f64.sqrt()).abs() < 1e-6);
         assert_eq!(i.show(1.0, 2), "2.00 ± 2.48");
         let one = Interval::of(&[0.5]).expect("non-empty");
         assert_eq!((one.ci95, one.show(100.0, 1)), (None, "50.0".to_string()));
         assert!(Interval::of(&[]).is_none());
-        assert_eq!(t95(100), 1.960);
+    }
+
+    #[test]
+    fn t_quantiles_are_exact_past_thirty_degrees_of_freedom() {
+        // Tables (R's qt(0.975, df)): no jump to the normal 1.960 at 31.
+        for (df, t) in [
+            (1, 12.706205),
+            (2, 4.302653),
+            (30, 2.042272),
+            (31, 2.039513),
+            (60, 2.000298),
+            (100, 1.983972),
+            (1000, 1.962339),
+        ] {
+            assert!((t95(df) - t).abs() < 1e-5, "df {df}: {} vs {t}", t95(df));
+        }
+        assert!(t95(0).is_infinite());
     }
 }

@@ -3,11 +3,14 @@
 //! keep ratio; `vlalign_align::lavit`), and [`LavitLlavaTrainee`] trains the LLaVA that reads
 //! the tokenizer's tokens with an objective of `vlalign-align` (the tokenizer frozen).
 
-use burn::module::Module;
+use burn::module::{Module, RunningState};
+use burn::tensor::Tensor;
 use burn::train::{InferenceStep, TrainOutput, TrainStep};
+use rand::SeedableRng;
 use vlalign_align::{LavitLossConfig, tokenizer_loss};
 use vlalign_data::VlmBatch;
-use vlalign_models::LavitLlava;
+use vlalign_data::augment::record_seed;
+use vlalign_models::{GumbelSample, LavitLlava};
 
 use crate::step::{StepOutput, Trainable, backward, objective_trainee};
 
@@ -19,10 +22,20 @@ objective_trainee!(
 );
 
 /// The tokenizer of a [`LavitLlava`] under training; only the batch's images are used.
+///
+/// The selector's Gumbel noise of training step `k` is drawn from a generator seeded by the
+/// run's seed and `k` alone; `k` (the draws made so far) is part of the module, so it is saved
+/// with every checkpoint and a resumed stage draws what the uninterrupted one drew, whatever
+/// else runs in the process.
 #[derive(Module, Debug)]
 pub struct LavitTokenizerTrainee {
     /// The model (its LLaVA frozen: only the tokenizer has gradients).
     pub model: LavitLlava,
+    /// Training forwards run so far (one value), saved in the checkpoints.
+    pub draws: RunningState<Tensor<1>>,
+    /// Seed of the selector's noise.
+    #[module(skip)]
+    pub seed: u64,
     /// Loss weights and the selector's temperature.
     #[module(skip)]
     pub loss: LavitLossConfig,
@@ -32,24 +45,43 @@ pub struct LavitTokenizerTrainee {
 }
 
 impl LavitTokenizerTrainee {
-    /// Train `model`'s tokenizer (its LLaVA is frozen here) with `loss`.
-    pub fn new(model: LavitLlava, loss: LavitLossConfig) -> Self {
+    /// Train `model`'s tokenizer (its LLaVA is frozen here) with `loss`, the selector's noise
+    /// seeded by `seed`.
+    pub fn new(model: LavitLlava, loss: LavitLossConfig, seed: u64) -> Self {
         let LavitLlava { llava, tokenizer } = model;
+        let device = tokenizer.codebook.device();
         Self {
             model: LavitLlava {
                 llava: llava.no_grad(),
                 tokenizer,
             },
+            draws: RunningState::new(Tensor::zeros([1], &device)),
+            seed,
             loss,
             loss_scale: 1.0,
         }
     }
 
-    /// The loss on `batch`'s images; `tau`: sample the selection (training), else decide.
-    fn run(&self, batch: &VlmBatch, tau: Option<f64>) -> (burn::tensor::Tensor<1>, StepOutput) {
+    /// The next training forward's noise for `images` × `tokens` patches (counts the draw).
+    fn next_noise(&self, images: usize, tokens: usize) -> GumbelSample {
+        let value = self.draws.value_sync();
+        let k = value.clone().into_scalar::<f32>() as u64;
+        self.draws.update(value.add_scalar(1.0));
+        // Apply the update now (a running state applies it lazily): a checkpoint taken after
+        // this step must hold this draw.
+        self.draws.value_sync();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(record_seed(self.seed, &k.to_string()));
+        let device = self.model.tokenizer.codebook.device();
+        GumbelSample::draw(self.loss.tau, images, tokens, &mut rng, &device)
+    }
+
+    /// The loss on `batch`'s images; `train`: sample the selection, else decide.
+    fn run(&self, batch: &VlmBatch, train: bool) -> (burn::tensor::Tensor<1>, StepOutput) {
         let images = batch.images.clone().expect("tokenizer batches hold images");
         let features = self.model.features(images).detach();
-        let out = self.model.tokenizer.forward(features.clone(), tau);
+        let [n, t, _] = features.dims();
+        let noise = train.then(|| self.next_noise(n, t));
+        let out = self.model.tokenizer.forward(features.clone(), noise);
         let l = tokenizer_loss(&out, features, &self.loss);
         let output = vlalign_align::ObjectiveOutput {
             loss: l.loss,
@@ -77,7 +109,7 @@ impl TrainStep for LavitTokenizerTrainee {
     type Output = StepOutput;
 
     fn step(&self, batch: VlmBatch) -> TrainOutput<StepOutput> {
-        let (loss, item) = self.run(&batch, Some(self.loss.tau));
+        let (loss, item) = self.run(&batch, true);
         TrainOutput::new(self, backward(loss, self.loss_scale), item)
     }
 }
@@ -88,6 +120,6 @@ impl InferenceStep for LavitTokenizerTrainee {
 
     fn step(&self, batch: VlmBatch) -> StepOutput {
         // Validation scores the deterministic tokenizer (no Gumbel noise).
-        self.run(&batch, None).1
+        self.run(&batch, false).1
     }
 }

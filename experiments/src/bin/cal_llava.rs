@@ -204,12 +204,6 @@ fn main_inner(args: &Args) -> Result<(), String> {
         selected.spec,
         selected.adapter.clone().unwrap_or_default()
     );
-    let out = args.run.run_dir("cal_llava", &config, |before, now| {
-        // Stages are named by objective and noise level, so a resumed run may add levels.
-        before.noise = now.noise.clone();
-    })?;
-    eprintln!("cal_llava on {device_name}, writing {}", out.display());
-    let started = Instant::now();
     let real = match &args.data {
         None => None,
         Some(data) => Some(RealData {
@@ -228,6 +222,12 @@ fn main_inner(args: &Args) -> Result<(), String> {
             held_out: 0.05,
         }),
     };
+    let out = args.run.run_dir("cal_llava", &config, |before, now| {
+        // Stages are named by objective and noise level, so a resumed run may add levels.
+        before.noise = now.noise.clone();
+    })?;
+    eprintln!("cal_llava on {device_name}, writing {}", out.display());
+    let started = Instant::now();
     let opts = args.run.options(&selected.device, &out)?;
     let command = std::env::args().collect::<Vec<_>>().join(" ");
     let outcomes = run_seeds(&config, real.as_ref(), &opts, &command, &device_name)?;

@@ -37,7 +37,7 @@ struct Args {
     #[arg(long, value_delimiter = ',')]
     noise_steps: Option<Vec<usize>>,
     /// What DPO trains: full, lora, image_negative (full + mDPO's image-side negative),
-    /// cal_dpo (full, token-weighted by CAL), comma separated.
+    /// cal_weighted (full, token-weighted by CAL; not Calibrated DPO), comma separated.
     #[arg(long, value_delimiter = ',')]
     variants: Option<Vec<String>>,
     /// DPO steps.
@@ -106,9 +106,9 @@ fn resolve(args: &Args) -> Result<SevaDpoConfig, String> {
                 "full" => Ok(Variant::Full),
                 "lora" => Ok(Variant::Lora),
                 "image_negative" => Ok(Variant::ImageNegative),
-                "cal_dpo" => Ok(Variant::CalDpo),
+                "cal_weighted" => Ok(Variant::CalWeighted),
                 other => Err(format!(
-                    "--variants: expected full|lora|image_negative|cal_dpo, got {other}"
+                    "--variants: expected full|lora|image_negative|cal_weighted, got {other}"
                 )),
             })
             .collect::<Result<_, _>>()?;
@@ -146,6 +146,15 @@ fn main_inner(args: &Args) -> Result<(), String> {
         selected.spec,
         selected.adapter.clone().unwrap_or_default()
     );
+    let data_parallel = args.run.devices.as_ref().is_some_and(|d| d.len() > 1);
+    if data_parallel && config.variants.contains(&Variant::CalWeighted) {
+        // Its live reference stays on the first device while each step's batches run on all.
+        return Err(
+            "--devices: the cal_weighted variant scores with a live reference on one device; \
+             run it on one --device"
+                .into(),
+        );
+    }
     let out = args.run.run_dir("seva_dpo", &config, |_, _| {})?;
     eprintln!("seva_dpo on {device_name}, writing {}", out.display());
     let started = Instant::now();

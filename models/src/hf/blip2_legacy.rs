@@ -9,6 +9,8 @@ use std::path::Path;
 
 use burn::module::Param;
 use burn::tensor::{DType, Tensor, TensorData};
+use safetensors::Dtype;
+use safetensors::tensor::Metadata;
 
 use super::checkpoint::{LoadError, LoadReport, weight_files};
 use crate::blip2::Blip2;
@@ -23,50 +25,62 @@ fn layer_of(key: &str, suffix: &str) -> Option<usize> {
         .ok()
 }
 
+/// The largest header a safetensors file may have (the `safetensors` crate's own bound).
+const MAX_HEADER_BYTES: u64 = 100_000_000;
+
 /// A tensor of a safetensors file, as f32 (F32, F16 or BF16), or `None` when the file lacks it.
+/// Only the header and that tensor's bytes are read. The header is bounded (at most 100 MB and
+/// within the file) before anything is allocated, then parsed and validated by the `safetensors`
+/// crate (contiguous offsets, each tensor's byte count equal to its shape × dtype, no overflow),
+/// and its data must end where the file ends: a hostile header is an error naming the file.
 fn read_tensor(file: &Path, key: &str) -> Result<Option<Vec<f32>>, LoadError> {
     let err = |m: String| LoadError::File {
         path: file.to_path_buf(),
         message: m,
     };
     let mut f = std::fs::File::open(file).map_err(|e| err(e.to_string()))?;
+    let file_len = f.metadata().map_err(|e| err(e.to_string()))?.len();
     let mut len = [0u8; 8];
-    f.read_exact(&mut len).map_err(|e| err(e.to_string()))?;
-    let n = u64::from_le_bytes(len) as usize;
-    let mut header = vec![0u8; n];
-    f.read_exact(&mut header).map_err(|e| err(e.to_string()))?;
-    let header: serde_json::Value =
+    f.read_exact(&mut len)
+        .map_err(|e| err(format!("header length: {e}")))?;
+    let n = u64::from_le_bytes(len);
+    if n > MAX_HEADER_BYTES || n > file_len.saturating_sub(8) {
+        return Err(err(format!(
+            "the header claims {n} bytes; the file has {file_len} (headers are at most \
+             {MAX_HEADER_BYTES} bytes)"
+        )));
+    }
+    let mut header = vec![0u8; n as usize];
+    f.read_exact(&mut header)
+        .map_err(|e| err(format!("header: {e}")))?;
+    let metadata: Metadata =
         serde_json::from_slice(&header).map_err(|e| err(format!("header: {e}")))?;
-    let Some(entry) = header.get(key) else {
+    let data_len = file_len - 8 - n;
+    if metadata.data_len() as u64 != data_len {
+        return Err(err(format!(
+            "the header's tensors span {} bytes; the file holds {data_len} after the header",
+            metadata.data_len()
+        )));
+    }
+    let Some(info) = metadata.info(key) else {
         return Ok(None);
     };
-    let bad = || err(format!("{key}: malformed header entry {entry}"));
-    let shape: Vec<usize> = entry["shape"]
-        .as_array()
-        .ok_or_else(bad)?
-        .iter()
-        .map(|d| d.as_u64().map(|d| d as usize).ok_or_else(bad))
-        .collect::<Result<_, _>>()?;
-    let offsets = entry["data_offsets"].as_array().ok_or_else(bad)?;
-    let (start, end) = (
-        offsets.first().and_then(|v| v.as_u64()).ok_or_else(bad)?,
-        offsets.get(1).and_then(|v| v.as_u64()).ok_or_else(bad)?,
-    );
-    let dtype = match entry["dtype"].as_str() {
-        Some("F32") => DType::F32,
-        Some("F16") => DType::F16,
-        Some("BF16") => DType::BF16,
+    let dtype = match info.dtype {
+        Dtype::F32 => DType::F32,
+        Dtype::F16 => DType::F16,
+        Dtype::BF16 => DType::BF16,
         other => {
             return Err(err(format!(
                 "{key}: dtype {other:?} (expected F32, F16, BF16)"
             )));
         }
     };
-    let mut bytes = vec![0u8; end.saturating_sub(start) as usize];
-    f.seek(SeekFrom::Start(8 + n as u64 + start))
+    let (start, end) = info.data_offsets;
+    let mut bytes = vec![0u8; end - start];
+    f.seek(SeekFrom::Start(8 + n + start as u64))
         .and_then(|_| f.read_exact(&mut bytes))
         .map_err(|e| err(format!("{key}: {e}")))?;
-    let data = TensorData::from_bytes_vec(bytes, shape, dtype).convert::<f32>();
+    let data = TensorData::from_bytes_vec(bytes, info.shape.clone(), dtype).convert::<f32>();
     let values = data
         .try_into_vec::<f32>()
         .map_err(|e| err(format!("{key}: {e:?}")))?;
@@ -133,4 +147,92 @@ pub(super) fn fuse_legacy_qkv_bias(
         .ignored
         .extend(legacy_unused.into_iter().map(|k| format!("{k} (fused)")));
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A file of `header` (JSON) followed by `data` bytes.
+    fn file(name: &str, header: &str, claimed: Option<u64>, data: &[u8]) -> std::path::PathBuf {
+        let path = std::env::temp_dir().join(format!(
+            "vlalign-legacy-{}-{name}.safetensors",
+            std::process::id()
+        ));
+        let n = claimed.unwrap_or(header.len() as u64);
+        let mut bytes = n.to_le_bytes().to_vec();
+        bytes.extend(header.as_bytes());
+        bytes.extend(data);
+        std::fs::write(&path, bytes).unwrap();
+        path
+    }
+
+    fn error(path: &Path) -> String {
+        let e = read_tensor(path, "t").unwrap_err().to_string();
+        std::fs::remove_file(path).ok();
+        assert!(e.contains(&path.display().to_string()), "{e}");
+        e
+    }
+
+    #[test]
+    fn a_valid_file_reads_the_tensor() {
+        let data: Vec<u8> = [1.0f32, -2.0]
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect();
+        let path = file(
+            "ok",
+            r#"{"t":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}}"#,
+            None,
+            &data,
+        );
+        assert_eq!(read_tensor(&path, "t").unwrap(), Some(vec![1.0, -2.0]));
+        assert_eq!(read_tensor(&path, "other").unwrap(), None);
+        std::fs::remove_file(&path).ok();
+    }
+
+    #[test]
+    fn hostile_headers_are_errors_naming_the_file() {
+        let header = r#"{"t":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}}"#;
+        // A header length of 2^60 bytes: refused before any allocation.
+        let e = error(&file("huge", header, Some(1 << 60), &[0; 8]));
+        assert!(e.contains("1152921504606846976"), "{e}");
+        // Offsets past the end of the file.
+        let e = error(&file(
+            "past",
+            r#"{"t":{"dtype":"F32","shape":[1024],"data_offsets":[0,4096]}}"#,
+            None,
+            &[0; 8],
+        ));
+        assert!(e.contains("4096"), "{e}");
+        // Overlapping tensors.
+        error(&file(
+            "overlap",
+            r#"{"t":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"u":{"dtype":"F32","shape":[2],"data_offsets":[4,12]}}"#,
+            None,
+            &[0; 12],
+        ));
+        // A byte count that is not the shape's, and a shape whose size overflows.
+        error(&file(
+            "size",
+            r#"{"t":{"dtype":"F32","shape":[3],"data_offsets":[0,8]}}"#,
+            None,
+            &[0; 8],
+        ));
+        error(&file(
+            "overflow",
+            r#"{"t":{"dtype":"F32","shape":[4294967296,4294967296,16],"data_offsets":[0,8]}}"#,
+            None,
+            &[0; 8],
+        ));
+        // A dtype the fused bias cannot take, and a truncated file.
+        let e = error(&file(
+            "dtype",
+            r#"{"t":{"dtype":"I64","shape":[1],"data_offsets":[0,8]}}"#,
+            None,
+            &[0; 8],
+        ));
+        assert!(e.contains("I64"), "{e}");
+        error(&file("short", header, None, &[0; 4]));
+    }
 }
