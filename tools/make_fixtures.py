@@ -34,7 +34,7 @@ For each model this saves the checkpoint with `save_pretrained` (config.json + s
   seva_score/    a tiny LLaVA (model/, byte-level BPE tokenizer.json), two 32-px PNGs and preference
                  pairs: each answer's summed log-prob under vicuna_v1 (expected.jsonl)
 
-    python tools/make_fixtures.py --only llava_train   # just that one (or --only clip|seva_score|blip2|wformer)
+    python tools/make_fixtures.py --only llava_train   # just that one (or --only llava|clip|seva_score|blip2|wformer)
 
 The package versions used are written to tests/fixtures/VERSIONS.
 """
@@ -161,7 +161,16 @@ def main():
     ids = torch.randint(0, 128, (1, 10))
     save_io(path, {"input_ids": ids, "logits": qwen(input_ids=ids).logits})
 
-    # LLaVA: tiny CLIP + tiny Llama; 16 image slots spliced after two text tokens.
+    write_versions(os.path.join(OUT, "VERSIONS"))
+    llava()
+    print("wrote", os.path.abspath(OUT))
+
+
+@torch.no_grad()
+def llava():
+    """LLaVA: tiny CLIP + tiny Llama; 16 image slots spliced after two text tokens; the same
+    weights in the three key layouts and the original projector file."""
+    torch.manual_seed(11)
     image_token = 129
     lcfg = LlavaConfig(
         vision_config=clip_config(), text_config=llama_config(vocab=130),
@@ -170,12 +179,18 @@ def main():
     )
     path = fresh("llava")
     llava = LlavaForConditionalGeneration(lcfg).eval()
+    # The default init gives the projector tiny weights, so the image would barely move the
+    # logits and a parity test could not tell whether the image path ran: scale them.
+    for p in llava.model.multi_modal_projector.parameters():
+        p.normal_(0.0, 0.2)
     llava.save_pretrained(path)
     pixels = torch.randn(1, 3, 32, 32)
     ids = torch.cat([
         torch.tensor([[1, 17]]), torch.full((1, 16), image_token), torch.randint(3, 120, (1, 6)),
     ], dim=1)
     logits = llava(input_ids=ids, pixel_values=pixels).logits
+    moved = (logits - llava(input_ids=ids, pixel_values=-pixels).logits).abs().max().item()
+    assert moved > 1e-1, f"llava: the image barely changes the logits ({moved})"
     save_io(path, {
         "input_ids": ids, "pixel_values": pixels, "logits": logits,
         "greedy": greedy(llava, ids, pixel_values=pixels),
@@ -228,9 +243,8 @@ def main():
     }
     safetensors.torch.save_file({k: v.contiguous() for k, v in proj.items()},
                                 os.path.join(OUT, "mm_projector.safetensors"))
-
-    write_versions(os.path.join(OUT, "VERSIONS"))
-    print("wrote", os.path.abspath(OUT))
+    write_versions(os.path.join(OUT, "llava", "VERSIONS"))
+    print("wrote llava fixtures", f"(the image moves a logit by {moved:.3f})")
 
 
 # The training fixture: AdamW as vlalign's `OptimConfig` sets it (PyTorch's epsilon, decoupled
@@ -618,11 +632,11 @@ def write_versions(path):
 
 if __name__ == "__main__":
     only = {"llava_train": llava_train, "clip": clip, "seva_score": seva_score, "blip2": blip2,
-            "wformer": wformer}
+            "wformer": wformer, "llava": llava}
     if len(sys.argv) == 3 and sys.argv[1] == "--only" and sys.argv[2] in only:
         only[sys.argv[2]]()
     elif sys.argv[1:]:
-        sys.exit("usage: make_fixtures.py [--only llava_train|clip|seva_score|blip2|wformer]")
+        sys.exit("usage: make_fixtures.py [--only llava|llava_train|clip|seva_score|blip2|wformer]")
     else:
         main()
         llava_train()
