@@ -186,7 +186,10 @@ fn llava_forward_matches_in_every_key_layout() {
         negated.images = negated.images.map(|x| x.neg());
         let moved = max_abs_diff(llava.forward(negated).logits, io.float::<3>("logits"));
         println!("{dir}: the image moves a logit by {moved:.3}");
-        assert!(moved > 1e-1, "{dir}: the image barely moves the logits ({moved})");
+        assert!(
+            moved > 1e-1,
+            "{dir}: the image barely moves the logits ({moved})"
+        );
     }
 }
 

@@ -121,7 +121,10 @@ fn loss_and_every_gradient_match_transformers() {
         }
     }
     let with_grad = ours.iter().filter(|(_, g)| g.is_some()).count();
-    let nonzero = expected.iter().filter(|g| g.iter().any(|x| *x != 0.0)).count();
+    let nonzero = expected
+        .iter()
+        .filter(|g| g.iter().any(|x| *x != 0.0))
+        .count();
     println!(
         "loss {ours_loss:.7} vs {theirs:.7}; {with_grad} of {} parameters carry a gradient \
          ({nonzero} non-zero in transformers); worst element {:.3} of its tolerance \
@@ -132,7 +135,10 @@ fn loss_and_every_gradient_match_transformers() {
         worst.2,
         ours_loss = ours_value,
     );
-    assert_eq!((with_grad, nonzero, ours.len()), (GRADIENTS, GRADIENTS, PARAMETERS));
+    assert_eq!(
+        (with_grad, nonzero, ours.len()),
+        (GRADIENTS, GRADIENTS, PARAMETERS)
+    );
     assert!(
         worst.0 <= 1.0,
         "parameter #{} element {}: {:.3} × the tolerance",

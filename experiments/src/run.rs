@@ -217,15 +217,37 @@ pub fn prepare_run_dir<C>(
 where
     C: Serialize + DeserializeOwned + PartialEq,
 {
+    prepare_run_dir_on(out, config, &[], resume, relax)
+}
+
+/// [`prepare_run_dir`] that also records the training devices (`--devices`; empty: one device)
+/// in `config.toml`'s `[run]` table and refuses a resume on another device list: a step of a
+/// data-parallel run consumes a batch per device, so the data position would differ.
+pub fn prepare_run_dir_on<C>(
+    out: &Path,
+    config: &C,
+    devices: &[String],
+    resume: bool,
+    relax: impl Fn(&mut C, &C),
+) -> Result<(), String>
+where
+    C: Serialize + DeserializeOwned + PartialEq,
+{
     if !resume {
         refuse_existing_run(out)?;
     }
     let path = out.join("config.toml");
+    let at = |e: &dyn std::fmt::Display| format!("{}: {e}", path.display());
     if resume && path.is_file() {
-        let text =
-            std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-        let mut before: C =
-            toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+        let text = std::fs::read_to_string(&path).map_err(|e| at(&e))?;
+        let mut table: toml::Table = toml::from_str(&text).map_err(|e| at(&e))?;
+        let run = table.remove("run");
+        let recorded: Vec<String> = run
+            .and_then(|r| r.get("devices").cloned())
+            .map(|d| d.try_into().map_err(|e| at(&e)))
+            .transpose()?
+            .unwrap_or_default();
+        let mut before: C = table.try_into().map_err(|e| at(&e))?;
         relax(&mut before, config);
         if before != *config {
             return Err(format!(
@@ -234,8 +256,29 @@ where
                 path.display()
             ));
         }
+        if recorded != devices {
+            let show = |d: &[String]| {
+                if d.is_empty() {
+                    "one device".to_string()
+                } else {
+                    format!("--devices {}", d.join(","))
+                }
+            };
+            return Err(format!(
+                "{} was trained on {}; resume it on the same ({} would read other data)",
+                out.display(),
+                show(&recorded),
+                show(devices)
+            ));
+        }
     }
-    let text = toml::to_string_pretty(config).map_err(|e| e.to_string())?;
+    let mut table = toml::Table::try_from(config).map_err(|e| e.to_string())?;
+    if !devices.is_empty() {
+        let mut run = toml::Table::new();
+        run.insert("devices".into(), devices.to_vec().into());
+        table.insert("run".into(), run.into());
+    }
+    let text = toml::to_string_pretty(&table).map_err(|e| e.to_string())?;
     std::fs::create_dir_all(out).map_err(|e| format!("{}: {e}", out.display()))?;
     std::fs::write(&path, text).map_err(|e| format!("{}: {e}", path.display()))
 }
@@ -274,10 +317,17 @@ fn refuse_existing_run(out: &Path) -> Result<(), String> {
     ))
 }
 
-/// Read a TOML configuration file.
+/// Read a TOML configuration file (a run directory's `config.toml` too: its `[run]` table is
+/// left out).
 pub fn read_config<C: DeserializeOwned>(path: &Path) -> Result<C, String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))
+    let mut table: toml::Table =
+        toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    // A run directory's `[run]` table records how it ran (the devices), not what it does.
+    table.remove("run");
+    table
+        .try_into()
+        .map_err(|e| format!("{}: {e}", path.display()))
 }
 
 /// The flags every experiment binary takes (`#[command(flatten)]` into its own).
@@ -325,7 +375,8 @@ impl RunArgs {
         // Every flag is checked before a byte is written.
         self.devices()?;
         let out = run_dir(self.out.as_deref(), experiment);
-        prepare_run_dir(&out, config, self.resume, relax)?;
+        let devices = self.devices.clone().unwrap_or_default();
+        prepare_run_dir_on(&out, config, &devices, self.resume, relax)?;
         Ok(out)
     }
 
@@ -464,6 +515,18 @@ mod tests {
         assert!(prepare_run_dir(&out, &Conf { steps: 5 }, true, |_, _| {}).is_err());
         assert_eq!(std::fs::read(out.join("config.toml")).unwrap(), before);
         prepare_run_dir(&out, &Conf { steps: 3 }, true, |_, _| {}).unwrap();
+        // The devices are recorded; a resume on others is refused, naming both.
+        let dp = tmp.path().join("dp");
+        let two = names("cuda:0,cuda:1");
+        prepare_run_dir_on(&dp, &Conf { steps: 3 }, &two, false, |_, _| {}).unwrap();
+        let text = std::fs::read_to_string(dp.join("config.toml")).unwrap();
+        assert!(text.contains("[run]") && text.contains("cuda:1"), "{text}");
+        let e = prepare_run_dir_on(&dp, &Conf { steps: 3 }, &[], true, |_, _| {}).unwrap_err();
+        assert!(
+            e.contains("--devices cuda:0,cuda:1") && e.contains("one device"),
+            "{e}"
+        );
+        prepare_run_dir_on(&dp, &Conf { steps: 3 }, &two, true, |_, _| {}).unwrap();
         // An empty directory is a fresh run.
         let empty = tmp.path().join("empty");
         std::fs::create_dir(&empty).unwrap();

@@ -64,7 +64,8 @@ pub fn markdown(config: &VigSelectConfig, o: &VigOutcome, command: &str, device:
          trains, from scratch). VIG scored with the stage-1 model on every training QA sample: real and \
          blurred images (Gaussian σ = {} px on the {} px input, see `blurred.png`) in one batched \
          forward, {:.1} samples/s. Stage 2: {} steps from the stage-1 model on each selection, \
-         vision tower frozen, same data order.\n",
+         vision tower frozen, same data order; the supervised tokens a selection drops inside a \
+         kept sample weigh {} (`vig.floor`; 0 = the paper's rule).\n",
         c.world.images,
         c.world.prior,
         c.pretrain.steps,
@@ -72,7 +73,8 @@ pub fn markdown(config: &VigSelectConfig, o: &VigOutcome, command: &str, device:
         config.vig.sigma,
         c.model.image_size,
         o.scoring_samples_per_s,
-        c.finetune.steps
+        c.finetune.steps,
+        config.vig.floor
     );
     let mut t = Table::new([
         "p",

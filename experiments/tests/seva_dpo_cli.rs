@@ -18,6 +18,36 @@ fn json(path: &Path) -> serde_json::Value {
     serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
 }
 
+/// The live reference of `cal_weighted` stays on one device: a data-parallel run of it is
+/// refused before anything is written.
+#[test]
+fn cal_weighted_on_several_devices_is_refused_before_writing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("run");
+    let run = Command::new(env!("CARGO_BIN_EXE_seva_dpo"))
+        .args([
+            "--quick",
+            "--quiet",
+            "--devices",
+            "flex,flex",
+            "--variants",
+            "cal_weighted",
+        ])
+        .arg("--world")
+        .arg(tmp.path().join("world"))
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(!run.status.success());
+    assert!(
+        stderr.contains("cal_weighted") && stderr.contains("--devices"),
+        "{stderr}"
+    );
+    assert!(!out.exists(), "the run directory was created");
+}
+
 #[test]
 fn quick_run_writes_pairs_runs_and_the_summary() {
     let tmp = tempfile::tempdir().unwrap();

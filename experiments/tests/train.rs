@@ -320,4 +320,33 @@ fn data_parallel_on_two_devices_equals_one_device_accumulating_their_batches() {
     let (resumed, w_resumed) = parallel_run_with(&s, &cut, &two, 1, true, None);
     assert_eq!(resumed, parallel, "a resumed data-parallel run differs");
     assert_eq!(w_resumed, w_parallel);
+
+    // Resumed on one device, the checkpoint's data position (2 batches a step) is not where
+    // one device's steps would put it: refused, naming both.
+    let cut = tmp.path().join("cut-one");
+    parallel_run_with(&s, &cut, &two, 1, false, Some(4));
+    let mut tc = config(5);
+    tc.accumulation = 1;
+    let refused = fit(
+        Trainee::new(model(&s), Arc::new(MleObjective)),
+        s.train.clone(),
+        s.valid.clone(),
+        s.batcher.clone(),
+        &Device::flex(),
+        &tc,
+        Stage {
+            dir: &cut,
+            label: "test",
+            resume: true,
+            stop_after: None,
+            show: &[],
+            renderer: Some(quiet_renderer()),
+            devices: &[],
+        },
+    );
+    let e = match refused {
+        Ok(_) => panic!("a resume on other devices is refused"),
+        Err(e) => e.to_string(),
+    };
+    assert!(e.contains("consumed") && e.contains("1 device(s)"), "{e}");
 }

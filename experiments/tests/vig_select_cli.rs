@@ -55,6 +55,40 @@ fn quick_run_writes_scores_report_and_summary() {
     assert_eq!(runs[2]["objective"], "vig+cal");
 }
 
+/// `--seeds 2`: each seed's full report in `seed-<s>/`, and one comparison with every run's
+/// interval and its paired difference to MLE.
+#[test]
+fn seeds_give_per_seed_reports_and_paired_differences_to_mle() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("run");
+    let status = Command::new(env!("CARGO_BIN_EXE_vig_select"))
+        .args([
+            "--quick", "--quiet", "--device", "flex", "--seeds", "2", "--world",
+        ])
+        .arg(tmp.path().join("world"))
+        .arg("--out")
+        .arg(&out)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let s: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("summary.json")).unwrap()).unwrap();
+    let seeds: Vec<u64> = serde_json::from_value(s["seeds"].clone()).unwrap();
+    assert_eq!(seeds.len(), 2);
+    for seed in &seeds {
+        assert!(out.join(format!("seed-{seed}/report.md")).is_file());
+    }
+    let c = &s["comparison"];
+    assert_eq!(c["baseline"], "mle");
+    let slots = &c["runs"]["vig p50"]["slot_accuracy"];
+    assert_eq!(slots["values"].as_array().unwrap().len(), 2);
+    assert!(slots["interval"]["ci95"].is_number());
+    let diff = &c["paired_differences"]["vig p50 - mle"]["slot_accuracy"]["values"];
+    assert_eq!(diff.as_array().unwrap().len(), 2);
+    let report = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(report.contains("**vig p50 − mle**"), "{report}");
+}
+
 #[test]
 fn real_data_scores_the_users_records_with_the_loaded_model() {
     use burn::tensor::Device;

@@ -162,8 +162,10 @@ pub fn select(samples: &[SampleVig], p: f64) -> Selection {
 
 /// Token weights for a sample's sequence from its mask over supervised tokens: `labels` is the
 /// encoded sequence's labels (−100 where unsupervised); weight 1 on kept supervised tokens and
-/// on everything unsupervised (it carries no loss anyway), 0 on dropped ones.
-pub fn token_weights(labels: &[i64], mask: &[bool]) -> Vec<f32> {
+/// on everything unsupervised (it carries no loss anyway), `floor` on dropped ones (0: the
+/// paper's rule, the token only context; a floor > 0 keeps answer templates supervised, as CAL's
+/// α keeps every token's weight ≥ α).
+pub fn token_weights(labels: &[i64], mask: &[bool], floor: f32) -> Vec<f32> {
     let mut k = 0;
     labels
         .iter()
@@ -176,7 +178,7 @@ pub fn token_weights(labels: &[i64], mask: &[bool]) -> Vec<f32> {
                 let w = if mask.get(k).copied().unwrap_or(true) {
                     1.0
                 } else {
-                    0.0
+                    floor
                 };
                 k += 1;
                 w
@@ -246,12 +248,17 @@ mod tests {
     fn token_weights_follow_the_mask_over_supervised_positions() {
         let labels = [-100, -100, 7, 8, -100, 9];
         assert_eq!(
-            token_weights(&labels, &[true, false, true]),
+            token_weights(&labels, &[true, false, true], 0.0),
             vec![1.0, 1.0, 1.0, 0.0, 1.0, 1.0]
         );
         assert_eq!(
-            token_weights(&labels, &[false, false, false]),
+            token_weights(&labels, &[false, false, false], 0.0),
             vec![1.0, 1.0, 0.0, 0.0, 1.0, 0.0]
+        );
+        // A floor weights the dropped supervised tokens, nothing else.
+        assert_eq!(
+            token_weights(&labels, &[true, false, false], 0.25),
+            vec![1.0, 1.0, 1.0, 0.25, 1.0, 0.25]
         );
     }
 }

@@ -308,6 +308,19 @@ where
 
     let n = stage.devices.len().max(1);
     let accumulation = config.accumulation * n;
+    if let Some(m) = &resume {
+        // The checkpoint's data position must be where this run's steps put it: another
+        // batch size, accumulation or device count would resume on other data.
+        let expected = m.step * config.batch_size * accumulation;
+        if m.items_consumed != expected {
+            return Err(TrainError::Config(format!(
+                "the checkpoint at step {} consumed {} training items, but {} steps of this \
+                 run consume {expected} ({} per batch × {} accumulation × {n} device(s)): \
+                 resume with the batch size, accumulation and devices the run started with",
+                m.step, m.items_consumed, m.step, config.batch_size, config.accumulation
+            )));
+        }
+    }
     trainee.set_loss_scale(1.0 / accumulation as f32);
     let (optim, scheduler) = config.optim.init(config.steps)?;
     let items = config.steps * config.batch_size * accumulation;

@@ -48,6 +48,10 @@ struct Args {
     /// run instead of training one (its configuration becomes the base recipe).
     #[arg(long)]
     base_run: Option<PathBuf>,
+    /// Learning rate of the plain (`full`) stage 2, the baseline of every idea (the adapters
+    /// take `plora.adapter_lr`).
+    #[arg(long)]
+    lr: Option<f64>,
     /// Stage-2 runs trained at once (each keeps about one core busy on flex).
     #[arg(long, default_value_t = 2)]
     jobs: usize,
@@ -78,6 +82,12 @@ fn resolve(args: &Args) -> Result<SeedIdeasConfig, String> {
     }
     if let Some(s) = args.steps {
         c.base.finetune.steps = s;
+    }
+    if let Some(lr) = args.lr {
+        if !(lr > 0.0 && lr.is_finite()) {
+            return Err(format!("--lr: a positive learning rate, got {lr}"));
+        }
+        c.base.finetune.optim.lr = lr;
     }
     if let Some(t) = &args.tunings {
         c.plora.tunings = t

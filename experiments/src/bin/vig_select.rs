@@ -20,6 +20,7 @@ use clap::Parser;
 use experiments::inputs::RealData;
 use experiments::run::{RunArgs, StageKind, exit_code};
 use experiments::vig_report;
+use experiments::vig_seeds::run_seeds;
 use experiments::vig_select::{VigSelectConfig, run};
 
 #[derive(Parser, Debug)]
@@ -36,6 +37,14 @@ struct Args {
     /// Steps of stage 1 and stage 2.
     #[arg(long)]
     steps: Option<usize>,
+    /// Weight of the supervised tokens a selection drops inside kept samples (0: the paper's
+    /// rule, context only; default 0.2).
+    #[arg(long)]
+    floor: Option<f32>,
+    /// Run the whole experiment over this many seeds (model init and data order) and report
+    /// mean ± 95 % intervals and paired differences to MLE.
+    #[arg(long)]
+    seeds: Option<usize>,
     /// Real data: LLaVA records to score and select (instead of the world).
     #[arg(long, requires = "image_folder")]
     data: Option<PathBuf>,
@@ -78,6 +87,18 @@ fn resolve(args: &Args) -> Result<VigSelectConfig, String> {
     if let Some(s) = args.sigma {
         config.vig.sigma = s;
     }
+    if let Some(f) = args.floor {
+        if !(0.0..=1.0).contains(&f) {
+            return Err(format!("--floor: in [0, 1], got {f}"));
+        }
+        config.vig.floor = f;
+    }
+    if let Some(n) = args.seeds {
+        if n == 0 {
+            return Err("--seeds: at least 1".into());
+        }
+        config.seeds = n;
+    }
     if let Some(s) = args.steps {
         config.common.pretrain.steps = s;
         config.common.finetune.steps = s;
@@ -110,12 +131,18 @@ fn main_inner(args: &Args) -> Result<(), String> {
         stage: StageKind::Finetune,
         held_out: 0.05,
     });
-    let outcome = run(
-        &config,
-        real.as_ref(),
-        &args.run.options(&selected.device, &out)?,
-    )?;
+    let opts = args.run.options(&selected.device, &out)?;
     let command = std::env::args().collect::<Vec<_>>().join(" ");
+    if config.seeds > 1 {
+        run_seeds(&config, real.as_ref(), &opts, &command, &device_name)?;
+        println!(
+            "wrote {} ({:.0} s)",
+            out.join("report.md").display(),
+            started.elapsed().as_secs_f64()
+        );
+        return Ok(());
+    }
+    let outcome = run(&config, real.as_ref(), &opts)?;
     vig_report::write_all(&out, &config, &outcome, &command, &device_name)?;
     vig_report::print_table(&outcome);
     println!(
