@@ -428,7 +428,11 @@ mod tests {
             let mut l = logps(&d);
             l.image_negative = None;
             let got = value(preference_loss(&config, l).loss);
-            assert!((got - want).abs() < 1e-6, "{config:?}: {got} vs {want}");
+            // f32 arithmetic: relative to the loss (IPO's squares reach ~30).
+            assert!(
+                (got - want).abs() < 1e-6 * want.abs().max(1.0),
+                "{config:?}: {got} vs {want}"
+            );
         }
     }
 
