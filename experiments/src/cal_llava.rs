@@ -338,8 +338,9 @@ fn world_stage1<'a>(
     let (mut starts, mut step_ms) = (Vec::new(), 0.0);
     for (objective, name) in stages {
         eprintln!(
-            "stage 1 ({name}): {} steps on captions",
-            config.pretrain.steps
+            "stage 1 ({name}): {} steps on captions{}",
+            config.pretrain.steps,
+            if config.pretrain_qa { " and QA" } else { "" }
         );
         let (m, report) = opts.train_stage(
             &inputs.batcher,
