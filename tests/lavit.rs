@@ -83,11 +83,10 @@ fn a_token_folds_in_dropped_patches_only() {
         max_abs_diff(all.forward(x.clone(), None).merged, x.clone()),
         0.0
     );
-    // Half kept: changing a kept patch leaves the other kept tokens' merged features alone;
-    // changing a dropped one moves them.
-    // A random selector that keeps at least two of the first image's patches and drops one:
-    // drawn until it does (the init comes from the device's RNG, which tests running in
-    // parallel share, so one draw is not reproducible).
+    // Some kept, some dropped: changing a kept patch leaves the other kept tokens' merged
+    // features alone; changing a dropped one moves them. The random selector is drawn until it
+    // keeps at least two of the first image's patches and drops one (the init comes from the
+    // device's RNG, which tests running in parallel share, so one draw is not reproducible).
     let (lavit, keep) = (0..50)
         .map(|_| {
             let lavit = LavitConfig::new(d, t).init(&device);

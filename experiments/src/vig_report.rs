@@ -11,7 +11,8 @@ use vlalign_data::{TextTokenizer, WordKind};
 use crate::table::Table;
 use crate::vig_select::{VigOutcome, VigSelectConfig};
 
-fn pope_mean(r: &crate::cal_eval::RunResult) -> Option<f64> {
+/// The mean POPE F1 over the splits a run has (`None` without hallucination scores).
+pub(crate) fn pope_mean(r: &crate::cal_eval::RunResult) -> Option<f64> {
     let h = r.hallucination.as_ref()?;
     (!h.pope_f1.is_empty()).then(|| h.pope_f1.values().sum::<f64>() / h.pope_f1.len() as f64)
 }

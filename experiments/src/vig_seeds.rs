@@ -55,12 +55,9 @@ fn label(r: &SelectRun) -> String {
 
 fn values(r: &SelectRun) -> Vec<Option<f64>> {
     let h = r.result.hallucination.as_ref();
-    let pope = h.and_then(|h| {
-        (!h.pope_f1.is_empty()).then(|| h.pope_f1.values().sum::<f64>() / h.pope_f1.len() as f64)
-    });
     vec![
         r.result.slot_accuracy,
-        pope,
+        vig_report::pope_mean(&r.result),
         h.map(|h| h.chair_s),
         Some(r.result.perplexity),
         Some(r.kept_tokens_pct),

@@ -258,9 +258,30 @@ fn parallel_run_with(
     stop_after: Option<usize>,
 ) -> (Vec<f64>, Vec<f32>) {
     use burn::module::Module;
+    let (trained, report) =
+        parallel_fit(s, dir, devices, accumulation, resume, stop_after).unwrap();
+    let weights = trained.model.valid().multi_modal_projector.layers[0]
+        .weight
+        .val()
+        .into_data()
+        .convert::<f32>()
+        .try_into_vec::<f32>()
+        .unwrap();
+    (report.steps.iter().map(|r| r.loss).collect(), weights)
+}
+
+/// 5 steps of the MLE trainee on `devices` (empty: one device), as the trainer returns them.
+fn parallel_fit(
+    s: &Setup,
+    dir: &Path,
+    devices: &[Device],
+    accumulation: usize,
+    resume: bool,
+    stop_after: Option<usize>,
+) -> Result<(Trainee, vlalign_train::TrainReport), TrainError> {
     let mut tc = config(5);
     tc.accumulation = accumulation;
-    let (trained, report) = fit(
+    fit(
         Trainee::new(model(s), Arc::new(MleObjective)),
         s.train.clone(),
         s.valid.clone(),
@@ -277,15 +298,6 @@ fn parallel_run_with(
             devices,
         },
     )
-    .unwrap();
-    let weights = trained.model.valid().multi_modal_projector.layers[0]
-        .weight
-        .val()
-        .into_data()
-        .convert::<f32>()
-        .try_into_vec::<f32>()
-        .unwrap();
-    (report.steps.iter().map(|r| r.loss).collect(), weights)
 }
 
 #[test]
@@ -325,25 +337,7 @@ fn data_parallel_on_two_devices_equals_one_device_accumulating_their_batches() {
     // one device's steps would put it: refused, naming both.
     let cut = tmp.path().join("cut-one");
     parallel_run_with(&s, &cut, &two, 1, false, Some(4));
-    let mut tc = config(5);
-    tc.accumulation = 1;
-    let refused = fit(
-        Trainee::new(model(&s), Arc::new(MleObjective)),
-        s.train.clone(),
-        s.valid.clone(),
-        s.batcher.clone(),
-        &Device::flex(),
-        &tc,
-        Stage {
-            dir: &cut,
-            label: "test",
-            resume: true,
-            stop_after: None,
-            show: &[],
-            renderer: Some(quiet_renderer()),
-            devices: &[],
-        },
-    );
+    let refused = parallel_fit(&s, &cut, &[], 1, true, None);
     let e = match refused {
         Ok(_) => panic!("a resume on other devices is refused"),
         Err(e) => e.to_string(),
